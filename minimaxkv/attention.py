@@ -1,0 +1,218 @@
+r"""Softmax attention over a weighted cache: outputs, log-masses and weights.
+
+For a query :math:`q` and a cache :math:`(K, V, b)` (THEORY.md §1)
+
+.. math::
+    s_j(q) = \tau \langle q, k_j\rangle + b_j,\qquad Z(q) = \sum_j e^{s_j(q)},\qquad
+    A(q) = \sum_j \frac{e^{s_j(q)}}{Z(q)} v_j ,
+
+with :math:`\tau = 1/\sqrt d` by default. With causal positions, query :math:`t` sees the atoms
+whose position is :math:`\le t`.
+
+Two evaluation paths give the same numbers up to float round-off:
+
+* **dense** materialises the ``[p, n]`` logits;
+* **chunked** runs an online softmax over key blocks (running max, running mass, running
+  numerator), so peak memory is ``O(p * chunk)``, not ``O(p * n)``. Blocks combine by the
+  block-decomposition identity I1 (``docs/theory.md``), which :func:`combine` implements.
+
+Inputs of any float dtype are accumulated in at least float32; logits are max-stabilised, so
+logits of magnitude 1e4 are handled exactly.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float, Int
+
+from . import _check
+from .cache import Cache, validate
+
+HIGHEST = lax.Precision.HIGHEST
+DENSE_MAX_N = 4096  # above this many atoms the automatic path is chunked
+DEFAULT_CHUNK = 1024
+
+
+def default_scale(d: int) -> float:
+    """The softmax temperature :math:`\\tau = 1/\\sqrt d`."""
+    return float(d) ** -0.5
+
+
+def prepare(queries, cache, scale=None, query_pos=None, key_pos=None, *, name="cache"):
+    """Validate the arguments of an attention call; return them as arrays in compute dtype."""
+    cache = validate(cache, name)
+    n, d = cache.keys.shape
+    q = _check.array(queries, "queries", (None, d))
+    if q.shape[0] == 0:
+        raise ValueError("queries: expected at least one query, got shape (0, %d)" % d)
+    if query_pos is None and key_pos is not None:
+        raise ValueError("key_pos given without query_pos: causal masking needs both positions")
+    qpos = _check.positions(query_pos, q.shape[0], "query_pos")
+    kpos = _check.positions(key_pos, n, "key_pos")
+    if qpos is not None and kpos is None:
+        kpos = jnp.arange(n)
+    dt = _check.compute_dtype(q, cache.keys, cache.values, cache.logw)
+    cache = Cache(*(a.astype(dt) for a in cache))
+    scale = default_scale(d) if scale is None else scale
+    return q.astype(dt), cache, scale, qpos, kpos
+
+
+def logits(q, keys, logw, scale, qpos=None, kpos=None):
+    """Masked logits ``[p, n]``: :math:`\\tau q k^T + b`, ``-inf`` where causally hidden."""
+    s = scale * jnp.einsum("pd,nd->pn", q, keys, precision=HIGHEST) + logw[None, :]
+    if qpos is not None:
+        s = jnp.where(kpos[None, :] <= qpos[:, None], s, -jnp.inf)
+    return s
+
+
+def _safe_max(s, axis):
+    mx = jnp.max(s, axis=axis)
+    return jnp.where(jnp.isfinite(mx), mx, 0.0)
+
+
+def _dense(q, keys, values, logw, scale, qpos, kpos):
+    s = logits(q, keys, logw, scale, qpos, kpos)
+    mx = _safe_max(s, 1)
+    e = jnp.exp(s - mx[:, None])
+    z = jnp.sum(e, axis=1)
+    num = jnp.einsum("pn,nv->pv", e, values, precision=HIGHEST)
+    return _finish(num, z, mx)
+
+
+def _finish(num, z, mx):
+    out = jnp.where(z[:, None] > 0, num / jnp.where(z > 0, z, 1.0)[:, None], 0.0)
+    return out, mx + jnp.log(z)
+
+
+def _chunked(q, keys, values, logw, scale, qpos, kpos, chunk):
+    n = keys.shape[0]
+    nb = -(-n // chunk)
+    pad = nb * chunk - n
+    keys = jnp.pad(keys, ((0, pad), (0, 0)))
+    values = jnp.pad(values, ((0, pad), (0, 0)))
+    logw = jnp.pad(logw, (0, pad), constant_values=-jnp.inf)
+    kpos = None if kpos is None else jnp.pad(kpos, (0, pad))
+    blocks = (
+        keys.reshape(nb, chunk, -1),
+        values.reshape(nb, chunk, -1),
+        logw.reshape(nb, chunk),
+        None if kpos is None else kpos.reshape(nb, chunk),
+    )
+    p, dv = q.shape[0], values.shape[1]
+
+    def step(carry, blk):
+        mx, z, num = carry
+        k, v, b, kp = blk
+        s = logits(q, k, b, scale, qpos, kp)
+        new = jnp.maximum(mx, jnp.max(s, axis=1))
+        safe = jnp.where(jnp.isfinite(new), new, 0.0)
+        alpha = jnp.exp(mx - safe)
+        e = jnp.exp(s - safe[:, None])
+        z = z * alpha + jnp.sum(e, axis=1)
+        num = num * alpha[:, None] + jnp.einsum("pn,nv->pv", e, v, precision=HIGHEST)
+        return (new, z, num), None
+
+    init = (
+        jnp.full((p,), -jnp.inf, q.dtype),
+        jnp.zeros((p,), q.dtype),
+        jnp.zeros((p, dv), q.dtype),
+    )
+    (mx, z, num), _ = lax.scan(step, init, blocks)
+    return _finish(num, z, jnp.where(jnp.isfinite(mx), mx, 0.0))
+
+
+@partial(jax.jit, static_argnames=("chunk",))
+def _attend_core(q, keys, values, logw, scale, qpos, kpos, chunk):
+    if chunk is None or chunk >= keys.shape[0]:
+        return _dense(q, keys, values, logw, scale, qpos, kpos)
+    return _chunked(q, keys, values, logw, scale, qpos, kpos, chunk)
+
+
+def _chunk_for(n: int, chunk):
+    if chunk is None:
+        return None if n <= DENSE_MAX_N else DEFAULT_CHUNK
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk: expected a positive int or None, got {chunk!r}")
+    return chunk
+
+
+def attend_and_mass(
+    queries: Float[Array, "p d"],
+    cache: Cache,
+    scale: float | None = None,
+    *,
+    query_pos: Int[Array, " p"] | None = None,
+    key_pos: Int[Array, " n"] | None = None,
+    chunk: int | None = None,
+) -> tuple[Float[Array, "p dv"], Float[Array, " p"]]:
+    r"""Attention output :math:`A(q)` and log-mass :math:`\log Z(q)` in one pass.
+
+    Args:
+        queries: ``[p, d]``.
+        cache: a :class:`~minimaxkv.Cache` (or a ``Summary``).
+        scale: :math:`\tau`, default :math:`1/\sqrt d`.
+        query_pos, key_pos: integer positions; when ``query_pos`` is given the attention is causal
+            (atom j visible to query i iff ``key_pos[j] <= query_pos[i]``; ``key_pos`` defaults to
+            ``arange(n)``).
+        chunk: key-block size of the online softmax; ``None`` picks dense for ``n <= 4096``.
+
+    Returns:
+        ``(A [p, dv], log Z [p])`` in the accumulation dtype (float32 at least). A query that sees
+        no atom gets output 0 and log-mass ``-inf``.
+    """
+    q, c, scale, qpos, kpos = prepare(queries, cache, scale, query_pos, key_pos)
+    return _attend_core(q, c.keys, c.values, c.logw, scale, qpos, kpos, _chunk_for(c.n, chunk))
+
+
+def attend(queries, cache, scale=None, **kw) -> Float[Array, "p dv"]:
+    r"""Attention output :math:`A(q) = \sum_j p_j(q) v_j` for each query; ``[p, dv]``.
+
+    See :func:`attend_and_mass` for the arguments.
+
+    Example:
+        >>> import jax.numpy as jnp, minimaxkv as mkv
+        >>> c = mkv.Cache(jnp.eye(2), jnp.array([[1.0], [3.0]]))
+        >>> float(mkv.attend(jnp.zeros((1, 2)), c)[0, 0])
+        2.0
+    """
+    return attend_and_mass(queries, cache, scale, **kw)[0]
+
+
+def log_mass(queries, cache, scale=None, **kw) -> Float[Array, " p"]:
+    r"""Log-mass :math:`\log Z(q) = \log\sum_j e^{\tau\langle q,k_j\rangle + b_j}`; ``[p]``."""
+    return attend_and_mass(queries, cache, scale, **kw)[1]
+
+
+def attention_weights(queries, cache, scale=None, *, query_pos=None, key_pos=None):
+    r"""The attention operator :math:`P_{ij} = p_j(q_i) = e^{s_j(q_i)}/Z(q_i)`; dense ``[p, n]``."""
+    q, c, scale, qpos, kpos = prepare(queries, cache, scale, query_pos, key_pos)
+    return _weights_core(q, c.keys, c.logw, scale, qpos, kpos)
+
+
+@jax.jit
+def _weights_core(q, keys, logw, scale, qpos, kpos):
+    s = logits(q, keys, logw, scale, qpos, kpos)
+    mx = _safe_max(s, 1)
+    e = jnp.exp(s - mx[:, None])
+    z = jnp.sum(e, axis=1, keepdims=True)
+    return jnp.where(z > 0, e / jnp.where(z > 0, z, 1.0), 0.0)
+
+
+def combine(
+    outputs: Float[Array, "B p dv"], log_masses: Float[Array, "B p"]
+) -> tuple[Float[Array, "p dv"], Float[Array, " p"]]:
+    r"""Combine per-block attention into the attention of the union (identity I1).
+
+    .. math:: A(q) = \sum_B \lambda_B(q) A_B(q),\quad \lambda_B = Z_B/Z,\quad Z = \sum_B Z_B.
+
+    Blocks that a query cannot see (log-mass ``-inf``) get weight zero.
+    """
+    mx = _safe_max(log_masses, 0)
+    e = jnp.exp(log_masses - mx[None, :])
+    z = jnp.sum(e, axis=0)
+    num = jnp.einsum("bp,bpv->pv", e, outputs, precision=HIGHEST)
+    return _finish(num, z, mx)

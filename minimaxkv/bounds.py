@@ -1,0 +1,385 @@
+r"""Exact identities, upper bounds and lower bounds on compression risk (THEORY.md §3, §5).
+
+Every function here is a statement of ``docs/theory.md`` made computable; the docstring names it.
+
+Upper bounds (a summary of the named kind never exceeds them):
+    :func:`eviction_bound` (U1), :func:`logit_bound` (U2), :func:`merging_bound` (U3),
+    :func:`refit_worst_case` / :func:`width_upper` (U4), :func:`composition_bound` (C1).
+Lower bounds and optima:
+    :func:`oracle` (L1, brute force, n <= 16), :func:`width_lower` (L2, value class, worst case),
+    :func:`width_average_lower` (L2', value class, random values), :func:`lookup_tail` (L3).
+Identities:
+    :func:`reweighted_error` (I2); I1 is :func:`minimaxkv.attention.combine`, I3 is
+    :func:`minimaxkv.summarize.merge`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from jax import lax
+
+from . import _check, linalg
+from .attention import HIGHEST, attend, attention_weights, logits, prepare
+from .cache import Cache, Summary
+from .compressibility import diameter
+
+MAX_ORACLE_N = 16
+
+
+def _mm(a, b):
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+def _weights(w, p, dtype):
+    w = _check.weights(w, p)
+    return jnp.full((p,), 1.0 / p, dtype) if w is None else w.astype(dtype)
+
+
+# ------------------------------------------------------------------------------ identities
+
+
+def reweighted_error(queries, cache: Cache, c, *, scale=None):
+    r"""I2: the error of keeping atom j with weight factor :math:`c_j\ge 0`, by the closed form
+
+    .. math:: A_{\hat C}(q) - A_C(q) = -\frac{\sum_j (1-c_j)\phi_j(q)}{1 - \sum_j (1-c_j)p_j(q)},
+
+    :math:`\phi_j = p_j(v_j - A)`. ``c [n]`` (0 evicts, 1 keeps). Returns ``[p, dv]``.
+    """
+    q, cache, scale, _, _ = prepare(queries, cache, scale)
+    c = _check.array(c, "c", (cache.n,)).astype(q.dtype)
+    pmat = attention_weights(q, cache, scale)
+    a = attend(q, cache, scale)
+    one_minus = 1.0 - c
+    num = _mm(pmat * one_minus[None, :], cache.values) - a * _mm(pmat, one_minus)[:, None]
+    den = 1.0 - _mm(pmat, one_minus)
+    return -num / den[:, None]
+
+
+# ------------------------------------------------------------------------------ upper bounds
+
+
+def eviction_bound(queries, cache: Cache, evicted, *, scale=None):
+    r"""U1: :math:`e(q) \le \frac{\varepsilon(q)}{1-\varepsilon(q)}\max_{j\in E}\lVert v_j - A(q)\rVert`.
+
+    ``evicted`` is a boolean mask ``[n]``; :math:`\varepsilon(q) = \sum_{j\in E}p_j(q)`. Returns the
+    per-query bound ``[p]`` (``inf`` where everything visible is evicted).
+    """
+    q, cache, scale, _, _ = prepare(queries, cache, scale)
+    ev = jnp.asarray(evicted, bool)
+    if ev.shape != (cache.n,):
+        raise ValueError(f"evicted: expected a boolean mask of shape ({cache.n},), got {ev.shape}")
+    pmat = attention_weights(q, cache, scale)
+    a = attend(q, cache, scale)
+    eps = jnp.sum(jnp.where(ev[None, :], pmat, 0.0), axis=1)
+    dist = jnp.linalg.norm(cache.values[None, :, :] - a[:, None, :], axis=2)
+    far = jnp.max(jnp.where(ev[None, :], dist, 0.0), axis=1)
+    return jnp.where(eps < 1, eps / jnp.where(eps < 1, 1 - eps, 1.0) * far, jnp.inf)
+
+
+def softmax_tv_bound(delta):
+    r"""U2 lemma: if logits move by :math:`s'_j - s_j \in [\alpha, \alpha + 2\delta]` for all j, the
+    attention weights move in total variation by at most :math:`\tanh(\delta/2)` (tight)."""
+    return jnp.tanh(jnp.asarray(delta) / 2)
+
+
+def logit_bound(delta, values):
+    r"""U2: :math:`e(q)\le\tanh(\delta/2)\,\mathrm{diam}(V)` for logit moves within a band of
+    half-width δ (in particular :math:`|s'_j-s_j|\le\delta`), values unchanged."""
+    return softmax_tv_bound(delta) * diameter(values)
+
+
+def merging_bound(queries, cache: Cache, labels, centres, *, scale=None):
+    r"""U3: a merged summary (I3) errs by at most :math:`\tanh(\tau\lVert q\rVert r/2)\,\mathrm{diam}(V)`,
+
+    with :math:`r = \max_j\lVert k_j - \kappa_{\ell(j)}\rVert` the distance of the keys to their
+    cluster's key. ``labels [n]``, ``centres [k, d]``. Returns ``[p]``.
+    """
+    q, cache, scale, _, _ = prepare(queries, cache, scale)
+    centres = _check.array(centres, "centres", (None, cache.keys.shape[1])).astype(q.dtype)
+    labels = jnp.asarray(labels)
+    r = jnp.max(jnp.linalg.norm(cache.keys - centres[labels], axis=1))
+    return jnp.tanh(scale * jnp.linalg.norm(q, axis=1) * r / 2) * diameter(cache.values)
+
+
+def composition_bound(outputs, log_masses, outputs_hat, log_masses_hat):
+    r"""C1: error of a block-wise summary from the blocks' own errors and mass errors.
+
+    With blocks B, exact ``(A_B, log Z_B)`` and summarised ``(Â_B, log Ẑ_B)`` (``[B, p, dv]`` and
+    ``[B, p]``), :math:`r_B = \log\hat Z_B - \log Z_B` and :math:`\delta = (\max_B r_B - \min_B r_B)/2`:
+
+    .. math:: \lVert \hat A - A\rVert \le \sum_B \hat\lambda_B\lVert\hat A_B - A_B\rVert
+              + \tanh(\delta/2)\max_{B,B'}\lVert A_B - A_{B'}\rVert .
+
+    Returns the per-query bound ``[p]``.
+    """
+    out, lz, outh, lzh = (jnp.asarray(x) for x in (outputs, log_masses, outputs_hat,
+                                                     log_masses_hat))
+    lam_hat = jax.nn.softmax(lzh, axis=0)
+    err = jnp.linalg.norm(outh - out, axis=2)
+    r = lzh - lz
+    delta = (jnp.max(r, axis=0) - jnp.min(r, axis=0)) / 2
+    spread = jnp.max(jnp.linalg.norm(out[:, None] - out[None, :], axis=3), axis=(0, 1))
+    return jnp.sum(lam_hat * err, axis=0) + jnp.tanh(delta / 2) * spread
+
+
+def refit_worst_case(queries, cache: Cache, keys, logw, *, weights=None, scale=None):
+    r"""U4 (exact): worst case over unit-norm value vectors of the least-squares-refit summary.
+
+    The summary has keys ``keys [m, d]`` and log-weights ``logw [m]``; its values are the LS fit
+    (:func:`minimaxkv.fit.fit_values`), so its output is :math:`\Pi X v` with :math:`X = W^{1/2}P`
+    and :math:`\Pi` the projector on the column span of :math:`W^{1/2}\hat P`. Hence, for one
+    value column,
+
+    .. math:: \sup_{\lVert v\rVert=1} R_P = \lVert (I-\Pi)X\rVert_2^2 \;\ge\; \sigma_{m+1}(X)^2.
+    """
+    q, cache, scale, _, _ = prepare(queries, cache, scale)
+    x = jnp.sqrt(_weights(weights, q.shape[0], q.dtype))[:, None] * attention_weights(q, cache,
+                                                                                       scale)
+    dummy = Cache(jnp.asarray(keys, q.dtype), jnp.zeros((len(keys), 1), q.dtype),
+                  jnp.asarray(logw, q.dtype))
+    xh = jnp.sqrt(_weights(weights, q.shape[0], q.dtype))[:, None] * attention_weights(q, dummy,
+                                                                                        scale)
+    return _residual_norm2(np.asarray(x, np.float64), np.asarray(xh, np.float64))
+
+
+def _residual_norm2(x, basis):
+    u, s, _ = np.linalg.svd(basis, full_matrices=False)
+    rank = int(np.sum(s > s[0] * max(basis.shape) * np.finfo(np.float64).eps)) if s.size else 0
+    u = u[:, :rank]
+    resid = x - u @ (u.T @ x)
+    return float(np.linalg.norm(resid, 2) ** 2)
+
+
+# ------------------------------------------------------------------------------ lower bounds
+
+
+def _attention_operator(queries, cache, weights, scale):
+    q, cache, scale, _, _ = prepare(queries, cache, scale)
+    w = _weights(weights, q.shape[0], q.dtype)
+    return jnp.sqrt(w)[:, None] * attention_weights(q, cache, scale), cache
+
+
+def width_lower(queries, cache: Cache, budget: int, *, weights=None, scale=None):
+    r"""L2: :math:`\sigma_{m+1}(W^{1/2}P)^2` -- value-class worst-case lower bound.
+
+    For every summary whose output is :math:`LV` with :math:`L` of rank :math:`\le m` chosen without
+    looking at V (eviction, reweighting, mean-value merging, LS refit with V-independent keys and
+    weights), the worst case over one unit-norm value column of the weighted-mean risk
+    :math:`\sum_i w_i e(q_i)^2` is at least this number (Eckart-Young). With ``weights=None`` the
+    weights are 1/p (the mean over queries); multiply by p for the summed error, by :math:`d_v`
+    for :math:`d_v` unit-norm value columns. It bounds the class, not one instance. 0 if m = n.
+    """
+    x, cache = _attention_operator(queries, cache, weights, scale)
+    m = _check.budget(budget, cache.n)
+    s = jnp.linalg.svd(x, compute_uv=False)
+    return s[m] ** 2 if m < s.shape[0] else jnp.zeros((), s.dtype)
+
+
+def width_average_lower(queries, cache: Cache, budget: int, *, weights=None, scale=None):
+    r"""L2': :math:`\sum_{i>m}\sigma_i(W^{1/2}P)^2` -- value class, random values.
+
+    If the values have i.i.d. zero-mean entries of variance :math:`s^2`, independent of the
+    summary's linear map, every rank-m value-linear summary has expected risk
+    :math:`\ge d_v s^2 \sum_{i>m}\sigma_i^2` (Eckart-Young in Frobenius norm).
+    """
+    x, cache = _attention_operator(queries, cache, weights, scale)
+    m = _check.budget(budget, cache.n)
+    s = jnp.linalg.svd(x, compute_uv=False)
+    return jnp.sum(s[m:] ** 2)
+
+
+def lookup_tail(n: int, m: int, gap: float):
+    r"""L3 (closed form): :math:`\sum_{i>m}\sigma_i^2` for the exact lookup cache.
+
+    Orthogonal keys, query i aligned with key i with logit gap ``gap`` (own logit minus the others'),
+    uniform weights over the n queries: :math:`P = (a-o)I + o\mathbf 1\mathbf 1^T` with
+    :math:`a = e^{g}/(e^{g}+n-1)`, :math:`o = 1/(e^{g}+n-1)`; for :math:`1\le m<n` the tail is
+    :math:`(n-m)(a-o)^2/n`.
+    """
+    if not 1 <= m <= n:
+        raise ValueError(f"m: expected 1 <= m <= n = {n}, got {m}")
+    den = math.exp(gap) + n - 1
+    a, o = math.exp(gap) / den, 1.0 / den
+    return (n - m) * (a - o) ** 2 / n
+
+
+# ------------------------------------------------------------------------------ achievable
+
+
+def max_volume_support(queries, cache: Cache, budget: int, *, weights=None, scale=None):
+    """Support of m columns of :math:`W^{1/2}P` with maximal volume (brute force, n <= 16)."""
+    x, cache = _attention_operator(queries, cache, weights, scale)
+    m = _check.budget(budget, cache.n)
+    _small(cache.n)
+    x = np.asarray(x, np.float64)
+    best, arg = -1.0, None
+    for s in itertools.combinations(range(cache.n), m):
+        vol = abs(np.linalg.det(x[:, s].T @ x[:, s]))
+        if vol > best:
+            best, arg = vol, s
+    return np.asarray(arg)
+
+
+def width_upper(queries, cache: Cache, budget: int, *, weights=None, scale=None,
+                support=None, iters: int = 2000):
+    r"""U4: achievable value-class worst case of mass-matched, LS-refit subset summaries.
+
+    For a support S: log-weights by mass matching (:func:`minimaxkv.fit.mass_match`), values by
+    least squares; returns :func:`refit_worst_case` for it. With ``support=None``: the minimum over
+    all supports of size m when there are at most 5000 of them, else the support of
+    column-pivoted QR on :math:`W^{1/2}P`. Returns ``(value, support)``.
+    """
+    from .fit import mass_match
+
+    x, cache = _attention_operator(queries, cache, weights, scale)
+    m = _check.budget(budget, cache.n)
+    if support is not None:
+        cands = [np.asarray(support)]
+    elif math.comb(cache.n, m) <= 5000:
+        cands = [np.asarray(s) for s in itertools.combinations(range(cache.n), m)]
+    else:
+        _, _, piv = scipy.linalg.qr(np.asarray(x, np.float64), mode="economic", pivoting=True)
+        cands = [np.sort(piv[:m])]
+    best = (np.inf, None)
+    for s in cands:
+        beta = mass_match(queries, cache, jnp.asarray(s), weights=weights, scale=scale,
+                          iters=iters)
+        val = refit_worst_case(queries, cache, cache.keys[s], beta, weights=weights, scale=scale)
+        if val < best[0]:
+            best = (val, s)
+    return best
+
+
+# ------------------------------------------------------------------------------ oracle (L1)
+
+
+class OracleResult(NamedTuple):
+    """Best summary found by :func:`oracle` and the best plain eviction for reference."""
+
+    risk: jax.Array
+    summary: Summary
+    eviction_risk: jax.Array
+    eviction_support: jax.Array
+
+
+def _small(n):
+    if n > MAX_ORACLE_N:
+        raise ValueError(f"brute force over supports needs n <= {MAX_ORACLE_N} atoms, got n = {n}")
+
+
+def _supports(n: int, m: int):
+    rows, masks = [], []
+    for k in range(1, m + 1):
+        for s in itertools.combinations(range(n), k):
+            rows.append(list(s) + [s[0]] * (m - k))
+            masks.append([True] * k + [False] * (m - k))
+    return jnp.asarray(rows, jnp.int32), jnp.asarray(masks)
+
+
+def oracle(queries, cache: Cache, budget: int, *, weights=None, scale=None, steps: int = 150,
+           lr: float = 0.05, nnls_iters: int = 500, batch_size: int = 512) -> OracleResult:
+    r"""L1: brute-force best summary of the subset class, for ``n <= 16``.
+
+    Class: at most m of the cache's atoms (keys unchanged), any log-weights, any values. For every
+    support S with :math:`|S|\le m` it evaluates
+
+    1. plain eviction (:math:`\beta = b_S`, :math:`\hat V = V_S`);
+    2. least-squares values with :math:`\beta = b_S` and with the mass-matching
+       :math:`\beta = b_S + \log c` (NNLS), each refined by ``steps`` Adam steps on :math:`\beta`
+       of the risk with LS values (variable projection);
+
+    and keeps the lowest risk. So per instance the result is at most the risk of every eviction,
+    mass-matched reweighting and LS refit on any support -- the oracle's class -- and, the risk
+    being a minimum over supports of a non-convex function of β, an upper bound on the class's
+    exact optimum that is exact over supports.
+    """
+    q, cache, scale, _, _ = prepare(queries, cache, scale)
+    _small(cache.n)
+    m = _check.budget(budget, cache.n)
+    w = _weights(weights, q.shape[0], q.dtype)
+    s = logits(q, cache.keys, cache.logw, scale)
+    a = attend(q, cache, scale)
+    pmat = attention_weights(q, cache, scale)
+    idx, mask = _supports(cache.n, m)
+    fn = partial(_oracle_one, s, pmat, a, cache.values, w, steps=steps, lr=lr,
+                 nnls_iters=nnls_iters)
+    ev, best, beta, vals = lax.map(lambda im: fn(*im), (idx, mask), batch_size=batch_size)
+    i = int(jnp.argmin(best))
+    j = int(jnp.argmin(ev))
+    k = int(mask[i].sum())
+    kept = idx[i, :k]
+    summary = Summary(Cache(cache.keys[kept], vals[i, :k], beta[i, :k] + cache.logw[kept]), kept)
+    return OracleResult(best[i], summary, ev[j], idx[j, : int(mask[j].sum())])
+
+
+def _masked_softmax(x, mask):
+    mx = jnp.max(jnp.where(mask, x, -jnp.inf), axis=-1, keepdims=True)
+    e = jnp.where(mask, jnp.exp(jnp.where(mask, x, 0.0) - mx), 0.0)
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def _ls_risk(delta, s_sub, mask, a, w):
+    """Risk with LS values for logits ``s_sub + delta``; returns (risk, values)."""
+    ph = _masked_softmax(s_sub + delta[None, :], mask[None, :])
+    sw = jnp.sqrt(w)[:, None]
+    h = _mm((sw * ph).T, sw * ph)
+    ridge = 1e-13 * (jnp.trace(h) + 1e-300)
+    vals = linalg.ridge_solve(sw * ph, sw * a, ridge)
+    err = _mm(ph, vals) - a
+    return jnp.sum(w * jnp.sum(err * err, axis=1)), vals
+
+
+def _oracle_one(s, pmat, a, values, w, idx, mask, *, steps, lr, nnls_iters):
+    s_sub = s[:, idx]
+    # 1. plain eviction
+    ph = _masked_softmax(s_sub, mask[None, :])
+    ev_err = _mm(ph, values[idx]) - a
+    ev_risk = jnp.sum(w * jnp.sum(ev_err * ev_err, axis=1))
+    # 2. mass matching start
+    sw = jnp.sqrt(w)
+    msub = jnp.where(mask[None, :], pmat[:, idx], 0.0) * sw[:, None]
+    c = linalg.nnls(msub, sw, nnls_iters)
+    start_mm = jnp.where(mask, jnp.log(jnp.maximum(c, 1e-30)), 0.0)
+
+    def obj(delta):
+        return _ls_risk(delta, s_sub, mask, a, w)[0]
+
+    vg = jax.value_and_grad(obj)
+
+    def descend(x0):
+        def body(t, st):
+            x, mo, ve, bx, bf = st
+            f, g = vg(x)
+            g = jnp.where(jnp.isfinite(g) & mask, g, 0.0)
+            better = f < bf
+            bx, bf = jnp.where(better, x, bx), jnp.where(better, f, bf)
+            mo = 0.9 * mo + 0.1 * g
+            ve = 0.999 * ve + 0.001 * g * g
+            mh = mo / (1 - 0.9 ** (t + 1))
+            vh = ve / (1 - 0.999 ** (t + 1))
+            return x - lr * mh / (jnp.sqrt(vh) + 1e-12), mo, ve, bx, bf
+
+        z = jnp.zeros_like(x0)
+        x, _, _, bx, bf = lax.fori_loop(0, steps, body, (x0, z, z, x0, jnp.asarray(jnp.inf,
+                                                                                    x0.dtype)))
+        f = obj(x)
+        return jnp.where(f < bf, x, bx), jnp.minimum(f, bf)
+
+    x0, f0 = descend(jnp.zeros((idx.shape[0],), s.dtype))
+    x1, f1 = descend(start_mm.astype(s.dtype))
+    delta = jnp.where(f1 < f0, x1, x0)
+    _, vals = _ls_risk(delta, s_sub, mask, a, w)
+    ls_risk = obj(delta)
+    use_ev = ev_risk <= ls_risk
+    best = jnp.minimum(ev_risk, ls_risk)
+    delta = jnp.where(use_ev, 0.0, delta)
+    vals = jnp.where(use_ev, values[idx], vals)
+    return ev_risk, best, delta, vals

@@ -1,0 +1,157 @@
+r"""Risk of a summary: how far its attention output is from the cache's (THEORY.md §2).
+
+Pointwise error :math:`e(q) = \lVert A_C(q) - A_{\hat C}(q)\rVert_2`; for a query law given as a
+finite weighted set :math:`\{(q_i, w_i)\}` with :math:`\sum_i w_i = 1`
+
+.. math::
+    R_P = \sum_i w_i\, e(q_i)^2,\qquad R^\infty = \max_i e(q_i)^2,\qquad
+    R^{rel} = R_P \big/ \textstyle\sum_i w_i \lVert A_C(q_i) - \bar v\rVert^2,\qquad
+    R^{mass} = \sum_i w_i \big(\log \hat Z(q_i) - \log Z(q_i)\big)^2,
+
+with :math:`\bar v` the weighted mean value :math:`\sum_j \mathrm{softmax}(b)_j v_j`.
+When queries are Monte-Carlo samples of a distribution, :func:`mc_interval` gives a confidence
+interval for the expectation.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+from scipy import stats
+
+from . import _check
+from .attention import attend_and_mass
+from .cache import validate
+
+REDUCTIONS = ("mean", "max", "sum", "none")
+
+
+def _pair(queries, cache, summary, scale, query_pos, key_pos, summary_pos, chunk):
+    cache = validate(cache, "cache")
+    summary = validate(summary, "summary")
+    if summary.keys.shape[1] != cache.keys.shape[1]:
+        raise ValueError(
+            f"summary: key dimension {summary.keys.shape[1]} differs from the cache's "
+            f"{cache.keys.shape[1]}"
+        )
+    if summary.values.shape[1] != cache.values.shape[1]:
+        raise ValueError(
+            f"summary: value dimension {summary.values.shape[1]} differs from the cache's "
+            f"{cache.values.shape[1]}"
+        )
+    if query_pos is not None and summary_pos is None:
+        raise ValueError("summary_pos: causal risk needs the positions of the summary's atoms")
+    a, lz = attend_and_mass(queries, cache, scale, query_pos=query_pos, key_pos=key_pos, chunk=chunk)
+    ah, lzh = attend_and_mass(
+        queries, summary, scale, query_pos=query_pos, key_pos=summary_pos, chunk=chunk
+    )
+    return a, lz, ah, lzh
+
+
+def _reduce(per_query, w, reduce):
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
+    if reduce == "none":
+        return per_query
+    if reduce == "max":
+        return jnp.max(per_query)
+    if reduce == "sum":
+        return jnp.sum(per_query)
+    return jnp.mean(per_query) if w is None else jnp.sum(w * per_query)
+
+
+def errors(queries, cache, summary, scale=None, *, query_pos=None, key_pos=None,
+           summary_pos=None, chunk=None) -> Float[Array, "p dv"]:
+    r"""Error vectors :math:`A_{\hat C}(q) - A_C(q)`, ``[p, dv]``."""
+    a, _, ah, _ = _pair(queries, cache, summary, scale, query_pos, key_pos, summary_pos, chunk)
+    return ah - a
+
+
+def risk(
+    queries: Float[Array, "p d"],
+    cache,
+    summary,
+    reduce: str = "mean",
+    *,
+    weights: Float[Array, " p"] | None = None,
+    scale: float | None = None,
+    query_pos=None,
+    key_pos=None,
+    summary_pos=None,
+    chunk: int | None = None,
+):
+    r"""Squared attention-output error of ``summary`` against ``cache``.
+
+    .. math:: R_P(\hat C; C) = \sum_i w_i \lVert A_C(q_i) - A_{\hat C}(q_i)\rVert_2^2
+
+    Args:
+        queries: ``[p, d]``; ``weights`` ``[p]`` (default uniform) make them a weighted query law.
+        cache, summary: :class:`~minimaxkv.Cache` or ``Summary`` with the same ``d`` and ``dv``.
+        reduce: ``"mean"`` (the P-risk), ``"max"`` (sup-risk), ``"sum"`` or ``"none"`` (per-query
+            :math:`e(q)^2`, ``[p]``).
+        query_pos, key_pos, summary_pos: causal positions (``summary_pos`` are the positions of the
+            summary atoms, e.g. ``key_pos[kept]``).
+    """
+    a, _, ah, _ = _pair(queries, cache, summary, scale, query_pos, key_pos, summary_pos, chunk)
+    w = _check.weights(weights, a.shape[0])
+    return _reduce(jnp.sum((a - ah) ** 2, axis=1), w, reduce)
+
+
+def relative_risk(queries, cache, summary, *, weights=None, scale=None, chunk=None, **pos):
+    r"""Risk divided by the spread of the outputs: :math:`R_P / \sum_i w_i\lVert A_C(q_i)-\bar v\rVert^2`.
+
+    A relative risk of 1 is what the trivial summary "always answer the mean value" achieves.
+    """
+    a, _, ah, _ = _pair(queries, cache, summary, scale, pos.get("query_pos"), pos.get("key_pos"),
+                        pos.get("summary_pos"), chunk)
+    c = validate(cache)
+    vbar = jax.nn.softmax(c.logw.astype(a.dtype)) @ c.values.astype(a.dtype)
+    w = _check.weights(weights, a.shape[0])
+    num = _reduce(jnp.sum((a - ah) ** 2, axis=1), w, "mean")
+    den = _reduce(jnp.sum((a - vbar) ** 2, axis=1), w, "mean")
+    return num / den
+
+
+def mass_error(queries, cache, summary, reduce="mean", *, weights=None, scale=None, chunk=None,
+               **pos):
+    r"""Squared log-mass error :math:`(\log\hat Z(q) - \log Z(q))^2`, reduced like :func:`risk`."""
+    _, lz, _, lzh = _pair(queries, cache, summary, scale, pos.get("query_pos"), pos.get("key_pos"),
+                          pos.get("summary_pos"), chunk)
+    w = _check.weights(weights, lz.shape[0])
+    return _reduce((lzh - lz) ** 2, w, reduce)
+
+
+class Interval(NamedTuple):
+    """A Monte-Carlo estimate of an expectation with its confidence interval."""
+
+    mean: float
+    stderr: float
+    low: float
+    high: float
+    n: int
+    level: float
+
+
+def mc_interval(samples, level: float = 0.95) -> Interval:
+    r"""Confidence interval for :math:`\mathbb E[X]` from i.i.d. samples (normal approximation).
+
+    .. math:: \bar X \pm z_{(1+\text{level})/2}\, s/\sqrt{N},
+
+    with :math:`s` the sample standard deviation (CLT; coverage tends to ``level`` as N grows).
+    Use it on per-query squared errors ``risk(..., reduce="none")`` of sampled queries.
+    """
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    if x.size < 2:
+        raise ValueError(f"samples: need at least 2 Monte-Carlo samples, got {x.size}")
+    if not np.isfinite(x).all():
+        raise ValueError("samples: contain NaN or Inf")
+    if not 0 < level < 1:
+        raise ValueError(f"level: expected a probability in (0, 1), got {level}")
+    mean = float(x.mean())
+    se = float(x.std(ddof=1) / np.sqrt(x.size))
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    return Interval(mean, se, mean - z * se, mean + z * se, int(x.size), float(level))
