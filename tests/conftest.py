@@ -1,0 +1,28 @@
+"""Test configuration: float64 everywhere unless a test asks for another dtype."""
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261123)
+
+
+def np_attention(q, k, v, b=None, scale=None, qpos=None, kpos=None):
+    """Float64 NumPy reference: (A [p, dv], log Z [p], P [p, n])."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    b = np.zeros(k.shape[0]) if b is None else np.asarray(b, np.float64)
+    scale = 1 / np.sqrt(k.shape[1]) if scale is None else scale
+    s = scale * q @ k.T + b[None, :]
+    if qpos is not None:
+        kpos = np.arange(k.shape[0]) if kpos is None else np.asarray(kpos)
+        s = np.where(np.asarray(kpos)[None, :] <= np.asarray(qpos)[:, None], s, -np.inf)
+    mx = s.max(axis=1, keepdims=True)
+    e = np.exp(s - mx)
+    z = e.sum(axis=1, keepdims=True)
+    pm = e / z
+    return pm @ v, (mx + np.log(z))[:, 0], pm

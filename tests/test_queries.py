@@ -1,0 +1,105 @@
+"""Query laws and RoPE against closed forms and Monte Carlo with explicit tolerances."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import minimaxkv as mkv
+from minimaxkv import queries as Q
+from minimaxkv import rope
+
+
+def test_isotropic_scale(rng):
+    obs = rng.normal(size=(50, 8)) * 3
+    law = Q.isotropic(obs)
+    sigma2 = (obs ** 2).sum() / obs.size
+    np.testing.assert_allclose(np.asarray(law.chol), np.sqrt(sigma2) * np.eye(8), rtol=1e-6)
+    assert float(jnp.abs(law.mean).max()) == 0.0
+
+
+def test_fit_gaussian_matches_numpy(rng):
+    obs = rng.normal(size=(200, 4)) @ rng.normal(size=(4, 4)) + 1.5
+    law = Q.fit_gaussian(obs, shrinkage=0.0)
+    np.testing.assert_allclose(law.mean, obs.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(law.chol @ law.chol.T, np.cov(obs, rowvar=False), rtol=1e-10)
+
+
+def test_gaussian_sampling_moments():
+    law = Q.Gaussian(jnp.array([1.0, -2.0]), jnp.array([[2.0, 0.0], [0.5, 0.3]]))
+    x = np.asarray(Q.sample(law, jax.random.PRNGKey(0), 200_000))
+    cov = np.asarray(law.chol @ law.chol.T)
+    # standard error of a mean of 2e5 draws: sqrt(var / 2e5) <= 0.005; allow 5 standard errors
+    np.testing.assert_allclose(x.mean(0), law.mean, atol=5 * np.sqrt(cov.diagonal().max() / 2e5))
+    np.testing.assert_allclose(np.cov(x, rowvar=False), cov, atol=0.03)
+
+
+@pytest.mark.parametrize("convention", ["half", "interleaved"])
+def test_rope_rotations_match_apply(rng, convention):
+    x = rng.normal(size=(5, 8))
+    pos = np.array([0, 3, 17, 100, 2048])
+    r = rope.rotations(pos, 8, 500.0, convention)
+    np.testing.assert_allclose(rope.apply(jnp.asarray(x), pos, 500.0, convention),
+                               np.einsum("tab,tb->ta", r, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.einsum("tab,tcb->tac", r, r), np.broadcast_to(np.eye(8),
+                               (5, 8, 8)), atol=1e-6)
+
+
+def test_rope_relative_position_and_conventions(rng):
+    """<R_t q, R_s k> depends on t - s only; the two conventions differ by a fixed permutation."""
+    q, k = rng.normal(size=(1, 16)), rng.normal(size=(1, 16))
+    for conv in ("half", "interleaved"):
+        a = float(jnp.sum(rope.apply(q, [10], 100.0, conv) * rope.apply(k, [4], 100.0, conv)))
+        b = float(jnp.sum(rope.apply(q, [106], 100.0, conv) * rope.apply(k, [100], 100.0, conv)))
+        assert abs(a - b) < 1e-4
+    perm = np.concatenate([np.arange(0, 16, 2), np.arange(1, 16, 2)])  # interleaved -> half
+    xi = rope.apply(jnp.asarray(q), [7], 100.0, "interleaved")
+    xh = rope.apply(jnp.asarray(q[:, perm]), [7], 100.0, "half")
+    np.testing.assert_allclose(np.asarray(xi)[:, perm], xh, rtol=1e-5, atol=1e-6)
+
+
+def test_rope_mixture_moments():
+    """Moment-matched Gaussian of the RoPE mixture vs 400k Monte-Carlo draws of the mixture."""
+    d = 6
+    law0 = Q.Gaussian(jnp.array([2.0, 0.0, 1.0, -1.0, 0.5, 3.0]),
+                      jnp.linalg.cholesky(jnp.eye(d) * 0.3 + 0.1))
+    law = Q.rope_future(law0, start=50, horizon=8, theta=10.0)
+    mm = Q.moment_matched(law)
+    x = np.asarray(Q.sample(law, jax.random.PRNGKey(1), 400_000), np.float64)
+    cov = np.asarray(mm.chol @ mm.chol.T)
+    se = np.sqrt(cov.diagonal().max() / 4e5)
+    np.testing.assert_allclose(x.mean(0), mm.mean, atol=6 * se)
+    np.testing.assert_allclose(np.cov(x, rowvar=False), cov, atol=0.05)
+    # Expected Attention's Gaussian has the same mean but a smaller covariance (drops the spread)
+    ea = Q.expected_attention_gaussian(law)
+    np.testing.assert_allclose(ea.mean, mm.mean, rtol=1e-6, atol=1e-6)
+    gap = cov - np.asarray(ea.chol @ ea.chol.T)
+    assert np.linalg.eigvalsh(0.5 * (gap + gap.T)).min() > -1e-6
+
+
+def test_finite_law_resampling(rng):
+    qs = Q.empirical(rng.normal(size=(3, 2)), weights=np.array([0.0, 1.0, 3.0]))
+    x = np.asarray(Q.sample(qs, jax.random.PRNGKey(2), 40_000))
+    freq = [(x == np.asarray(qs.queries)[i]).all(1).mean() for i in range(3)]
+    np.testing.assert_allclose(freq, [0.0, 0.25, 0.75], atol=0.01)
+    assert Q.to_query_set(qs) is qs
+    with pytest.raises(ValueError, match="key= and num="):
+        Q.to_query_set(Q.isotropic(rng.normal(size=(3, 2))))
+
+
+def test_bad_weights():
+    with pytest.raises(ValueError, match="non-negative"):
+        Q.empirical(np.ones((2, 2)), weights=np.array([1.0, -1.0]))
+    with pytest.raises(ValueError, match="sum to zero"):
+        Q.empirical(np.ones((2, 2)), weights=np.array([0.0, 0.0]))
+
+
+def test_monte_carlo_risk_interval_covers_large_sample_value():
+    """Risk under a Gaussian law: the 99.9% interval from 4k draws covers a 400k-draw estimate."""
+    inst = mkv.synthetic.isotropic(jax.random.PRNGKey(3), n=40, d=8, dv=4, dtype=jnp.float64)
+    law = Q.fit_gaussian(inst.queries)
+    summ = mkv.summarize.evict(inst.cache, jnp.arange(20))
+    small = mkv.risk(Q.sample(law, jax.random.PRNGKey(4), 4000), inst.cache, summ, "none")
+    big = mkv.risk(Q.sample(law, jax.random.PRNGKey(5), 400_000), inst.cache, summ)
+    iv = mkv.mc_interval(small, level=0.999)
+    assert iv.low <= float(big) <= iv.high
