@@ -102,7 +102,7 @@ def response_factor(queries, cache, *, weights=None, scale=None, centred=False):
 
 
 def spectrum(queries, cache, k: int | None = None, *, weights=None, scale=None, centred=False,
-             key=None, oversample: int = 10, iters: int = 4):
+             key=None, oversample: int | None = None, iters: int = 4):
     r"""Eigenvalues of :math:`G` (or :math:`\Gamma` if ``centred``), descending.
 
     ``k=None``: the exact spectrum (``eigvalsh`` of G, or of :math:`F^TF` when that is smaller;
@@ -115,7 +115,7 @@ def spectrum(queries, cache, k: int | None = None, *, weights=None, scale=None, 
         n, r = f.shape
         if r < n:
             ev = jnp.linalg.eigvalsh(_mm(f.T, f))
-            ev = jnp.concatenate([ev, jnp.zeros((n - r,), ev.dtype)])
+            ev = jnp.concatenate([jnp.zeros((n - r,), ev.dtype), ev])  # ascending
         else:
             ev = jnp.linalg.eigvalsh(_mm(f, f.T))
         return jnp.clip(ev[::-1], 0.0, None)
@@ -124,10 +124,11 @@ def spectrum(queries, cache, k: int | None = None, *, weights=None, scale=None, 
 
 
 def randomized_spectrum(queries, cache, k: int, *, weights=None, scale=None, centred=False,
-                        key=None, oversample: int = 10, iters: int = 4) -> linalg.Ritz:
+                        key=None, oversample: int | None = None, iters: int = 4) -> linalg.Ritz:
     """Top-k eigenpairs of G (or Γ) with residual bounds, without forming the n x n matrix.
 
-    Products with G use the factor form, :math:`GX = F(F^TX)`, computed from the attention
+    ``k + oversample`` columns (default oversample = k) and ``iters`` power steps. Products with
+    G use the factor form, :math:`GX = F(F^TX)`, computed from the attention
     weights in blocks: cost :math:`O(p\\,n\\,d_v\\,(k+\\text{oversample}))` per product.
     """
     q, c, scale, w, pmat = _setup(queries, cache, weights, scale)
@@ -139,6 +140,7 @@ def randomized_spectrum(queries, cache, k: int, *, weights=None, scale=None, cen
         mat = partial(_gamma_matmat, pmat, w, c.values, a)
     else:
         mat = partial(_g_matmat, pmat, w, c.values)
+    oversample = k if oversample is None else oversample
     return linalg.randomized_eigh(mat, c.n, k, key, oversample, iters, pmat.dtype)
 
 
@@ -264,10 +266,10 @@ def _kcentre(x, m):
         centres, dmin, assign = st
         nxt = jnp.argmax(dmin)
         dn = dist(nxt)
-        assign = jnp.where(dn < dmin, t, assign)
-        return centres.at[t].set(nxt), jnp.minimum(dmin, dn), assign
+        assign = jnp.where(dn < dmin, t, assign).astype(jnp.int32)
+        return centres.at[t].set(nxt.astype(jnp.int32)), jnp.minimum(dmin, dn), assign
 
-    centres = jnp.zeros((m,), jnp.int32)
+    centres = jnp.zeros((m,), jnp.int32)  # atom 0 first
     st = (centres, dist(0), jnp.zeros((x.shape[0],), jnp.int32))
     centres, dmin, assign = lax.fori_loop(1, m, body, st)
     return Covering(jnp.max(dmin), centres, assign)
