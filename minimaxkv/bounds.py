@@ -309,15 +309,22 @@ def oracle(queries, cache: Cache, budget: int, *, weights=None, scale=None, step
     a = attend(q, cache, scale)
     pmat = attention_weights(q, cache, scale)
     idx, mask = _supports(cache.n, m)
-    fn = partial(_oracle_one, s, pmat, a, cache.values, w, steps=steps, lr=lr,
-                 nnls_iters=nnls_iters)
-    ev, best, beta, vals = lax.map(lambda im: fn(*im), (idx, mask), batch_size=batch_size)
+    ev, best, beta, vals = _oracle_all(s, pmat, a, cache.values, w, idx, mask, lr, steps=steps,
+                                       nnls_iters=nnls_iters, batch_size=batch_size)
     i = int(jnp.argmin(best))
     j = int(jnp.argmin(ev))
     k = int(mask[i].sum())
     kept = idx[i, :k]
     summary = Summary(Cache(cache.keys[kept], vals[i, :k], beta[i, :k] + cache.logw[kept]), kept)
     return OracleResult(best[i], summary, ev[j], idx[j, : int(mask[j].sum())])
+
+
+@partial(jax.jit, static_argnames=("steps", "nnls_iters", "batch_size"))
+def _oracle_all(s, pmat, a, values, w, idx, mask, lr, *, steps, nnls_iters, batch_size):
+    def one(im):
+        return _oracle_one(s, pmat, a, values, w, *im, steps=steps, lr=lr, nnls_iters=nnls_iters)
+
+    return lax.map(one, (idx, mask), batch_size=batch_size)
 
 
 def _masked_softmax(x, mask):

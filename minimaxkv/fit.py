@@ -16,6 +16,7 @@ selection rule can reuse them.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from . import _check, linalg
 from .attention import attend, attention_weights, prepare
@@ -29,9 +30,10 @@ def _support(kept, n):
                          f"dtype {kept.dtype}")
     if kept.shape[0] == 0:
         raise ValueError("kept: the support is empty")
-    if _check.is_concrete(kept) and (int(kept.min()) < 0 or int(kept.max()) >= n):
-        raise ValueError(f"kept: indices must lie in [0, {n}), got range "
-                         f"[{int(kept.min())}, {int(kept.max())}]")
+    if _check.is_concrete(kept):
+        lo, hi = int(np.min(np.asarray(kept))), int(np.max(np.asarray(kept)))
+        if lo < 0 or hi >= n:
+            raise ValueError(f"kept: indices must lie in [0, {n}), got range [{lo}, {hi}]")
     return kept
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _check
 from .cache import Cache, Summary, validate
@@ -46,9 +47,10 @@ def merge(cache: Cache, labels, num_clusters: int, keys=None) -> Summary:
         raise ValueError(f"labels: expected {cache.n} integer cluster labels, got shape "
                          f"{labels.shape} dtype {labels.dtype}")
     k = _check.budget(num_clusters, cache.n, "num_clusters")
-    if _check.is_concrete(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
-        raise ValueError(f"labels: must lie in [0, {k}), got range [{int(labels.min())}, "
-                         f"{int(labels.max())}]")
+    if _check.is_concrete(labels):
+        lo, hi = int(np.min(np.asarray(labels))), int(np.max(np.asarray(labels)))
+        if lo < 0 or hi >= k:
+            raise ValueError(f"labels: must lie in [0, {k}), got range [{lo}, {hi}]")
     dt = _check.compute_dtype(cache.keys, cache.values, cache.logw)
     b = cache.logw.astype(dt)
     top = jnp.max(b)

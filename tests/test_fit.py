@@ -1,0 +1,66 @@
+"""Fitting primitives against SciPy / NumPy solvers."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import np_attention
+from scipy.optimize import nnls as scipy_nnls
+
+import minimaxkv as mkv
+from minimaxkv import fit, linalg
+
+
+def test_nnls_matches_scipy(rng):
+    for _ in range(20):
+        a = rng.normal(size=(15, 5))
+        y = rng.normal(size=15)
+        ref, rnorm = scipy_nnls(a, y)
+        got = np.asarray(linalg.nnls(jnp.asarray(a), jnp.asarray(y), 5000))
+        assert (got >= 0).all()
+        obj = np.linalg.norm(a @ got - y)
+        assert obj <= rnorm * (1 + 1e-8) + 1e-12
+        np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_box_constrained_nnls(rng):
+    a = rng.normal(size=(20, 4))
+    y = a @ np.array([5.0, 0.001, 1.0, -2.0])
+    got = np.asarray(linalg.nnls(jnp.asarray(a), jnp.asarray(y), 5000, np.exp(-3), np.exp(3)))
+    assert (got >= np.exp(-3) - 1e-15).all() and (got <= np.exp(3) + 1e-12).all()
+    from scipy.optimize import lsq_linear
+    ref = lsq_linear(a, y, bounds=(np.exp(-3), np.exp(3)), tol=1e-14).x
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_fit_values_matches_numpy_lstsq(rng):
+    c = mkv.Cache(rng.normal(size=(12, 3)), rng.normal(size=(12, 2)))
+    q = rng.normal(size=(20, 3))
+    w = rng.random(20)
+    keys, logw = rng.normal(size=(4, 3)), rng.normal(size=4)
+    got = fit.fit_values(q, c, keys, logw, weights=w)
+    ph = np_attention(q, keys, np.zeros((4, 1)), logw)[2]
+    a = np_attention(q, *c)[0]
+    sw = np.sqrt(w / w.sum())[:, None]
+    ref = np.linalg.lstsq(sw * ph, sw * a, rcond=None)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-8, atol=1e-10)
+
+
+def test_mass_match_exact_when_possible(rng):
+    """If the cache is two copies of each kept atom, weight factor 2 matches the mass exactly."""
+    k = rng.normal(size=(4, 3))
+    v = rng.normal(size=(4, 2))
+    c = mkv.Cache(np.concatenate([k, k]), np.concatenate([v, v]))
+    q = rng.normal(size=(10, 3))
+    beta = fit.mass_match(q, c, np.arange(4))
+    np.testing.assert_allclose(beta, np.log(2.0), atol=1e-6)
+    s = fit.refit(q, c, np.arange(4))
+    assert float(mkv.risk(q, c, s)) < 1e-12
+    assert float(mkv.mass_error(q, c, s)) < 1e-10
+
+
+def test_bad_support():
+    c = mkv.Cache(np.ones((4, 2)), np.ones((4, 1)))
+    with pytest.raises(ValueError, match=r"kept: indices must lie in \[0, 4\)"):
+        fit.refit(np.ones((2, 2)), c, np.array([0, 4]))
+    with pytest.raises(ValueError, match="support is empty"):
+        fit.refit(np.ones((2, 2)), c, np.zeros(0, int))
