@@ -333,8 +333,10 @@ def test_L3_lookup_support_linear():
         inst = synthetic.lookup(jax.random.PRNGKey(1), n=n, d=64, dv=1, gap=gap, dtype=jnp.float64)
         den = np.exp(gap) + n - 1
         eps = frac * ((np.exp(gap) - 1) / den) ** 2
-        tails = [float(bounds.width_average_lower(inst.queries, inst.cache, m))
-                 for m in range(1, n + 1)]
+        sv = np.asarray(mkv.compressibility.attention_singular_values(inst.queries, inst.cache))
+        tails = [float((sv[m:] ** 2).sum()) for m in range(1, n + 1)]
+        np.testing.assert_allclose(  # the library's L2' at one budget agrees
+            bounds.width_average_lower(inst.queries, inst.cache, n // 2), tails[n // 2 - 1])
         m_req = 1 + next(i for i, t in enumerate(tails) if t <= eps * (1 + 1e-9))
         assert m_req == int(np.ceil(n * (1 - frac) - 1e-9)), (n, m_req)
 

@@ -111,3 +111,28 @@ def test_value_radius_sandwich(rng):
         r = float(cm.value_radius(v))
         np.testing.assert_allclose(r, np.linalg.norm(v - v.mean(0), axis=1).max(), rtol=1e-12)
         assert diam / 2 - 1e-12 <= r <= diam + 1e-12
+
+
+def test_G_dominates_zero_value_G(rng):
+    """G - G0 = G0 o VV^T is PSD (Schur), so lambda_i(G) >= lambda_i(G0) for every i."""
+    for _ in range(10):
+        q, c, w = instance(rng)
+        g = np.asarray(cm.response_covariance(q, c, weights=w))
+        g0 = np.asarray(cm.response_covariance(q, mkv.Cache(c.keys, 0 * c.values, c.logw),
+                                               weights=w))
+        lg, l0 = np.linalg.eigvalsh(g)[::-1], np.linalg.eigvalsh(g0)[::-1]
+        assert (lg >= l0 - 1e-13 * lg[0]).all()
+
+
+def test_U3_centroid_radius(rng):
+    """Merging the greedy k-centre clusters at their centroids: keys within 2 r_greedy <= 4 r*."""
+    for _ in range(20):
+        x = rng.normal(size=(9, 2))
+        for m in (2, 3):
+            cov = cm.covering_radius(x, m)
+            lab = np.asarray(cov.assignment)
+            cen = np.stack([x[lab == i].mean(0) for i in range(m)])
+            r_cen = np.linalg.norm(x - cen[lab], axis=1).max()
+            dist = np.linalg.norm(x[:, None] - x[None], axis=2)
+            opt = min(dist[:, list(s)].min(1).max() for s in itertools.combinations(range(9), m))
+            assert r_cen <= 2 * float(cov.radius) * (1 + 1e-12) <= 4 * opt * (1 + 1e-12)
