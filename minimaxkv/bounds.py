@@ -27,6 +27,7 @@ import scipy.linalg
 from jax import lax
 
 from . import _check, linalg
+from .fit import mass_match
 from .attention import HIGHEST, attend, attention_weights, logits, prepare
 from .cache import Cache, Summary
 from .compressibility import diameter
@@ -237,8 +238,6 @@ def width_upper(queries, cache: Cache, budget: int, *, weights=None, scale=None,
     all supports of size m when there are at most 5000 of them, else the support of
     column-pivoted QR on :math:`W^{1/2}P`. Returns ``(value, support)``.
     """
-    from .fit import mass_match
-
     x, cache = _attention_operator(queries, cache, weights, scale)
     m = _check.budget(budget, cache.n)
     if support is not None:

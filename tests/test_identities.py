@@ -2,7 +2,6 @@
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from conftest import np_attention
 
 import minimaxkv as mkv

@@ -1,6 +1,5 @@
 """Risk, relative risk, mass error against NumPy; Monte-Carlo interval coverage."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import np_attention
