@@ -1,0 +1,52 @@
+"""Compression rules: one registry for the published baselines and the ``minimax`` rule.
+
+``get(name, **hyper)`` builds a rule, ``available()`` lists the names. A rule is called as
+``rule(cache, budget, queries=None, key=None) -> Summary``; see :mod:`minimaxkv.rules.base` for
+the conventions (GQA groups, protected atoms, fixed shapes). Appending ``+fit`` to an eviction
+rule's name refits its support (mass-matching log-weights, least-squares values).
+"""
+
+from __future__ import annotations
+
+from . import base, eviction, fitting, minimax as _minimax
+from .base import Rule, group_queries, select
+
+_FACTORIES = {
+    "random": eviction.random,
+    "window": eviction.window,
+    "streaming_llm": eviction.streaming_llm,
+    "h2o": eviction.h2o,
+    "snapkv": eviction.snapkv,
+    "tova": eviction.tova,
+    "knorm": eviction.knorm,
+    "keydiff": eviction.keydiff,
+    "expected_attention": eviction.expected_attention,
+    "leverage": eviction.leverage,
+    "kmeans_merge": fitting.kmeans_merge,
+    "attention_matching": fitting.attention_matching,
+    "minimax": _minimax.minimax,
+    "minimax_agnostic": lambda **kw: _minimax.minimax(agnostic=True, **kw),
+}
+EVICTION = ("random", "window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
+            "expected_attention", "leverage")
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`get` (``+fit`` variants of the eviction rules included)."""
+    return sorted(_FACTORIES) + [f"{r}+fit" for r in EVICTION]
+
+
+def get(name: str, **hyper) -> Rule:
+    """Build the rule ``name`` with hyperparameters ``hyper`` (defaults as in BASELINES.md)."""
+    fit = name.endswith("+fit")
+    base_name = name[: -len("+fit")] if fit else name
+    if base_name not in _FACTORIES or (fit and base_name not in EVICTION):
+        raise ValueError(f"unknown rule {name!r}; available: {', '.join(available())}")
+    try:
+        rule = _FACTORIES[base_name](**hyper)
+    except TypeError as err:
+        raise ValueError(f"rule {base_name!r}: bad hyperparameters {hyper}: {err}") from None
+    return fitting.with_fit(rule) if fit else rule
+
+
+__all__ = ["Rule", "available", "base", "eviction", "fitting", "get", "group_queries", "select"]

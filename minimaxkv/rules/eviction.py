@@ -1,0 +1,159 @@
+r"""Eviction rules: a score per atom, protected atoms, top-k (definitions in BASELINES.md).
+
+Each factory returns a :class:`~minimaxkv.rules.base.Rule`; scores are "higher = kept".
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .. import queries as Q
+from .. import rope
+from ..attention import HIGHEST
+from .base import Rule, head_attention, query_positions, scored
+
+
+def random(sinks: int = 0, window: int = 0) -> Rule:
+    """Uniformly random subset (seeded by ``key``)."""
+    return scored("random", lambda c, q, key: jax.random.uniform(key, (c.n,)), sinks=sinks,
+                  window=window)
+
+
+def window() -> Rule:
+    """The most recent ``budget`` atoms."""
+    return scored("window", lambda c, q, key: jnp.arange(c.n, dtype=jnp.float32))
+
+
+def streaming_llm(sinks: int = 4) -> Rule:
+    """StreamingLLM (Xiao et al. 2023): the first ``sinks`` atoms and the most recent others."""
+    return scored("streaming_llm", lambda c, q, key: jnp.arange(c.n, dtype=jnp.float32),
+                  sinks=sinks)
+
+
+def _h2o_score(cache, queries, key):
+    att = head_attention(cache, queries)  # [g, p, n]
+    p = queries.shape[1]
+    seen = jnp.sum(jnp.arange(cache.n)[None, :] <= query_positions(cache.n, p)[:, None], axis=0)
+    per_head = jnp.sum(att, axis=1) / jnp.maximum(seen, 1)
+    return jnp.mean(per_head, axis=0)
+
+
+def h2o(sinks: int = 0, window: int = 0) -> Rule:
+    """H2O (Zhang et al. 2023): accumulated causal attention of all observed queries, divided by
+    the number of queries that see the atom, mean over the group."""
+    return scored("h2o", _h2o_score, sinks=sinks, window=window, needs_queries=True)
+
+
+def avg_pool_same(x, kernel: int):
+    """1-D average pooling, stride 1, zero padding ``kernel // 2`` counted in the average."""
+    pad = kernel // 2
+    xp = jnp.pad(x, (pad, pad))
+    return jnp.convolve(xp, jnp.ones((kernel,), x.dtype) / kernel, mode="valid")
+
+
+def snapkv(window: int = 64, kernel: int = 5) -> Rule:
+    """SnapKV (Li et al. 2024): attention of the last ``window`` observed queries to the earlier
+    atoms, averaged over those queries, average-pooled (``kernel``), mean over the group; the
+    window's own atoms are kept."""
+
+    def score(cache, queries, key):
+        w = min(window, queries.shape[1], cache.n)
+        att = head_attention(cache, queries)[:, -w:, :]  # [g, w, n]
+        mean = jnp.mean(att, axis=1)[:, : cache.n - w]  # prefix atoms only
+        pooled = jax.vmap(lambda r: avg_pool_same(r, kernel))(mean)
+        full = jnp.zeros((queries.shape[0], cache.n), pooled.dtype).at[:, : cache.n - w].set(pooled)
+        return jnp.mean(full, axis=0)
+
+    def compress(cache, budget, queries, key):
+        w = min(window, queries.shape[1], cache.n)
+        rule = scored("snapkv", score, window=w)
+        return rule.compress(cache, budget, queries, key)
+
+    return Rule("snapkv", compress, True)
+
+
+def tova(sinks: int = 0) -> Rule:
+    """TOVA (Oren et al. 2024): attention of the last observed query, averaged over the heads."""
+
+    def score(cache, queries, key):
+        return jnp.mean(head_attention(cache, queries)[:, -1, :], axis=0)
+
+    return scored("tova", score, sinks=sinks, needs_queries=True)
+
+
+def knorm() -> Rule:
+    """Key norm (Devoto et al. 2024): keep the atoms with the smallest key norm."""
+    return scored("knorm", lambda c, q, key: -jnp.linalg.norm(c.keys.astype(jnp.float32), axis=1))
+
+
+def keydiff() -> Rule:
+    """KeyDiff (Park et al. 2025): keep keys least similar (cosine) to the mean normalised key."""
+
+    def score(cache, queries, key):
+        k = cache.keys.astype(jnp.float32)
+        u = k / jnp.maximum(jnp.linalg.norm(k, axis=1, keepdims=True), 1e-30)
+        mean = jnp.mean(u, axis=0)
+        return -(u @ mean) / jnp.maximum(jnp.linalg.norm(mean), 1e-30)
+
+    return scored("keydiff", score)
+
+
+def expected_attention(horizon: int = 512, theta: float = 10000.0, convention: str = "half",
+                       sinks: int = 4, shrinkage: float = 1e-3) -> Rule:
+    r"""Expected Attention (Devoto, Jeblick & Jégou 2025).
+
+    Observed queries are un-rotated to pre-RoPE (they sit at positions ``n-p..n-1``), a Gaussian
+    :math:`N(\mu,\Sigma)` is fitted per query head, future queries are modelled as
+    :math:`N(\bar R\mu, \bar R\Sigma\bar R^T)` with :math:`\bar R` the RoPE rotation averaged over
+    positions ``n .. n+horizon-1``, and
+
+    .. math:: \text{score}_j = \mathrm{softmax}_j\big(\tau\mu'^Tk_j + \tfrac{\tau^2}2 k_j^T\Sigma'k_j + b_j\big)\,\lVert v_j\rVert,
+
+    the expected un-normalised attention (Gaussian moment generating function); mean over group.
+    """
+
+    def score(cache, queries, key):
+        g, p, d = queries.shape
+        n = cache.n
+        tau = d ** -0.5
+        pre = rope.apply(queries.astype(jnp.float32), -query_positions(n, p), theta, convention)
+        k = cache.keys.astype(jnp.float32)
+
+        def one(qh):
+            law = Q.rope_future(_fit(qh, shrinkage), n, horizon, theta, convention)
+            fut = Q.expected_attention_gaussian(law)
+            cov = fut.chol @ fut.chol.T
+            logit = tau * k @ fut.mean + 0.5 * tau**2 * jnp.einsum("nd,de,ne->n", k, cov, k,
+                                                                   precision=HIGHEST)
+            return jax.nn.softmax(logit + cache.logw) * jnp.linalg.norm(
+                cache.values.astype(jnp.float32), axis=1)
+
+        return jnp.mean(jax.vmap(one)(pre), axis=0)
+
+    return scored("expected_attention", score, sinks=sinks, needs_queries=True)
+
+
+def _fit(q, shrinkage):
+    """Gaussian fit that also works with a single observed query (covariance 0 + shrinkage)."""
+    if q.shape[0] >= 2:
+        return Q.fit_gaussian(q, shrinkage)
+    d = q.shape[1]
+    scale = jnp.maximum(jnp.mean(q * q), 1e-12)
+    return Q.Gaussian(q[0], jnp.sqrt(shrinkage * scale) * jnp.eye(d, dtype=q.dtype))
+
+
+def leverage(sketch: int = 48) -> Rule:
+    r"""Leverage (Compactor, Chari & Van Durme 2025): :math:`\ell_j = x_j^T(X^TX)^{+}x_j` for the
+    centred keys after a Gaussian sketch to ``min(sketch, d)`` dimensions (seeded by ``key``)."""
+
+    def score(cache, queries, key):
+        k = cache.keys.astype(jnp.float32)
+        k = k - jnp.mean(k, axis=0)
+        d = k.shape[1]
+        r = min(sketch, d)
+        x = k @ (jax.random.normal(key, (d, r)) / jnp.sqrt(r)) if r < d else k
+        gram_pinv = jnp.linalg.pinv(x.T @ x, hermitian=True)
+        return jnp.einsum("nr,rs,ns->n", x, gram_pinv, x, precision=HIGHEST)
+
+    return scored("leverage", score)

@@ -1,0 +1,171 @@
+r"""Rules that build new atoms or fit them: k-means merging, Attention Matching, "+fit" variants.
+
+* :func:`kmeans_merge` -- k-means (k = budget) on the keys; each cluster becomes (centroid, mean
+  value, log count) (identity I3 of docs/theory.md).
+* :func:`attention_matching` (Zweiger, Fu, Guo & Kim 2026) -- keys by top RMS attention over the
+  reference queries (or OMP on the mass target); log-weights by bounded NNLS so that the summary's
+  max-stabilised masses match the cache's; values by least squares.
+* :func:`with_fit` -- any selection rule followed by the same fitting steps (``"snapkv+fit"``).
+
+Reference queries are the observed queries of the group, flattened to ``[g * p, d]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .. import linalg
+from ..attention import HIGHEST
+from ..cache import Cache, Summary
+from .base import Rule
+
+
+def _mm(a, b):
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+def _logits(queries, keys, logw):
+    tau = queries.shape[-1] ** -0.5
+    return tau * _mm(queries, keys.T) + logw[None, :]
+
+
+def kmeans_merge(iters: int = 25) -> Rule:
+    """k-means on the keys (k-means++ seeding from ``key``, ``iters`` Lloyd steps), then merge."""
+
+    def compress(cache, budget, queries, key):
+        k = cache.keys.astype(jnp.float32)
+        n = k.shape[0]
+        centres = _kmeanspp(k, budget, key)
+
+        def lloyd(_, cen):
+            lab = jnp.argmin(_sqdist(k, cen), axis=1)
+            onehot = jax.nn.one_hot(lab, budget, dtype=k.dtype)
+            cnt = onehot.sum(0)
+            new = _mm(onehot.T, k) / jnp.maximum(cnt, 1)[:, None]
+            return jnp.where(cnt[:, None] > 0, new, cen)
+
+        centres = lax.fori_loop(0, iters, lloyd, centres)
+        labels = jnp.argmin(_sqdist(k, centres), axis=1)
+        return _merge(cache, labels, budget, n)
+
+    return Rule("kmeans_merge", compress)
+
+
+def _sqdist(x, c):
+    return jnp.sum(x * x, 1)[:, None] - 2 * _mm(x, c.T) + jnp.sum(c * c, 1)[None, :]
+
+
+def _kmeanspp(x, k, key):
+    n = x.shape[0]
+    first = jax.random.randint(key, (), 0, n)
+    cen = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(x[first])
+    d2 = jnp.sum((x - x[first]) ** 2, axis=1)
+
+    def body(i, st):
+        cen, d2 = st
+        ki = jax.random.fold_in(key, i)
+        prob = d2 / jnp.maximum(jnp.sum(d2), 1e-30)
+        j = jax.random.choice(ki, n, p=jnp.where(jnp.sum(d2) > 0, prob, 1.0 / n))
+        cen = cen.at[i].set(x[j])
+        return cen, jnp.minimum(d2, jnp.sum((x - x[j]) ** 2, axis=1))
+
+    cen, _ = lax.fori_loop(1, k, body, (cen, d2))
+    return cen
+
+
+def _merge(cache, labels, k, n):
+    dt = jnp.promote_types(cache.keys.dtype, jnp.float32)
+    b = cache.logw.astype(dt)
+    top = jnp.max(b)
+    w = jnp.exp(b - top)
+    onehot = jax.nn.one_hot(labels, k, dtype=dt) * w[:, None]
+    mass = onehot.sum(0)
+    safe = jnp.where(mass > 0, mass, 1.0)[:, None]
+    keys = _mm(onehot.T, cache.keys.astype(dt)) / safe
+    vals = _mm(onehot.T, cache.values.astype(dt)) / safe
+    logw = jnp.where(mass > 0, top + jnp.log(jnp.where(mass > 0, mass, 1.0)), -jnp.inf)
+    return Summary(Cache(keys, vals, logw), None)
+
+
+# ------------------------------------------------------------------------------ fitting steps
+
+
+def fit_support(cache: Cache, kept, queries, bounds=(float(jnp.exp(-3.0)), float(jnp.exp(3.0))),
+                iters: int = 500) -> Summary:
+    r"""Keep ``kept``; refit log-weights (bounded NNLS on max-stabilised masses) and values (LS).
+
+    With :math:`M(q) = \max_j s_j(q)`, :math:`a_j(q) = e^{s_j(q)-M(q)}` and target
+    :math:`t(q) = \sum_j a_j(q)` (the stabilised mass), :math:`c = \arg\min_{l\le c\le u}
+    \sum_q(\sum_{j\in S}c_ja_j(q) - t(q))^2`, :math:`\beta = b_S + \log c`; then
+    :math:`\hat V = \arg\min\sum_q\lVert\hat p(q)^T\hat V - A(q)\rVert^2`.
+    """
+    q = queries.reshape(-1, queries.shape[-1]).astype(jnp.promote_types(cache.keys.dtype,
+                                                                          jnp.float32))
+    dt = q.dtype
+    keys, vals, b = (x.astype(dt) for x in cache)
+    s = _logits(q, keys, b)
+    mx = jnp.max(s, axis=1, keepdims=True)
+    a = jnp.exp(s - mx)
+    target = jnp.sum(a, axis=1)
+    c = linalg.nnls(a[:, kept], target, iters, bounds[0], bounds[1])
+    beta = b[kept] + jnp.log(c)
+    out = _mm(a, vals) / target[:, None]
+    ph = jax.nn.softmax(_logits(q, keys[kept], beta), axis=1)
+    h = _mm(ph.T, ph)
+    ridge = 1e-6 * jnp.trace(h) / h.shape[0] + 1e-30
+    vhat = linalg.ridge_solve(ph, out, ridge)
+    return Summary(Cache(keys[kept], vhat, beta), kept)
+
+
+def attention_matching(selection: str = "rms", bounds=(float(jnp.exp(-3.0)),
+                                                       float(jnp.exp(3.0)))) -> Rule:
+    """Attention Matching: select keys by ``"rms"`` attention or ``"omp"``, then fit."""
+    if selection not in ("rms", "omp"):
+        raise ValueError(f"selection: expected 'rms' or 'omp', got {selection!r}")
+
+    def compress(cache, budget, queries, key):
+        q = queries.reshape(-1, queries.shape[-1]).astype(jnp.float32)
+        s = _logits(q, cache.keys.astype(jnp.float32), cache.logw.astype(jnp.float32))
+        if selection == "rms":
+            att = jax.nn.softmax(s, axis=1)
+            kept = jnp.sort(lax.top_k(jnp.sqrt(jnp.mean(att * att, axis=0)), budget)[1])
+        else:
+            a = jnp.exp(s - jnp.max(s, axis=1, keepdims=True))
+            kept = jnp.sort(omp(a, jnp.sum(a, axis=1), budget))
+        return fit_support(cache, kept, queries, bounds)
+
+    return Rule(f"attention_matching_{selection}" if selection != "rms" else
+                "attention_matching", compress, True)
+
+
+def omp(a, target, k: int, iters: int = 200):
+    """Non-negative orthogonal matching pursuit: k columns of ``a [r, n]`` for ``target [r]``."""
+    n = a.shape[1]
+    norms = jnp.maximum(jnp.linalg.norm(a, axis=0), 1e-30)
+
+    def body(t, st):
+        chosen, idx, resid = st
+        corr = jnp.where(chosen, -jnp.inf, _mm(a.T, resid) / norms)
+        j = jnp.argmax(corr)
+        chosen = chosen.at[j].set(True)
+        idx = idx.at[t].set(j)
+        cols = jnp.where(jnp.arange(k) <= t, idx, idx[0])
+        sub = a[:, cols] * (jnp.arange(k) <= t)[None, :]
+        c = linalg.nnls(sub, target, iters)
+        return chosen, idx, target - _mm(sub, c)
+
+    init = (jnp.zeros((n,), bool), jnp.zeros((k,), jnp.int32), target)
+    _, idx, _ = lax.fori_loop(0, k, body, init)
+    return idx
+
+
+def with_fit(rule: Rule) -> Rule:
+    """``rule`` selects the support; the Attention Matching fitting steps refit it."""
+
+    def compress(cache, budget, queries, key):
+        base = rule.compress(cache, budget, queries, key)
+        return fit_support(cache, base.kept, queries)
+
+    return Rule(rule.name + "+fit", compress, True)
