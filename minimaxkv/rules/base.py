@@ -46,6 +46,9 @@ class Rule(NamedTuple):
             raise ValueError(f"rule {self.name!r} is query-aware: pass the observed queries= "
                              "([p, d] or [g, p, d] for a GQA group)")
         key = jax.random.PRNGKey(0) if key is None else key
+        if budget == cache.n:  # nothing to compress: the exact cache
+            kept = jnp.arange(cache.n, dtype=jnp.int32)
+            return Summary(cache, kept)
         return self.compress(cache, budget, q, key)
 
 
