@@ -1,0 +1,84 @@
+"""Invariants every registered rule satisfies (one registry drives them all)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import minimaxkv as mkv
+from minimaxkv import rules
+
+N, D, DV, G, P, M = 12, 4, 2, 2, 4, 4
+ALL = rules.available()
+SUBSET_BASED = [r for r in ALL if r != "kmeans_merge"]
+
+
+def instance(seed):
+    inst = mkv.synthetic.power_law(jax.random.PRNGKey(seed), n=N, d=D, dv=DV, p=G * P,
+                                   dtype=jnp.float64)
+    return inst.cache, inst.queries.reshape(G, P, D)
+
+
+@pytest.fixture(scope="module")
+def oracles():
+    out = []
+    for seed in (0, 1):
+        c, q = instance(seed)
+        out.append((c, q, mkv.bounds.oracle(q.reshape(-1, D), c, M)))
+    return out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_full_budget_is_exact(name):
+    c, q = instance(2)
+    s = rules.get(name)(c, N, q)
+    assert float(mkv.risk(q.reshape(-1, D), c, s)) == 0.0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_budget_protection_determinism_jit(name):
+    c, q = instance(3)
+    rule = rules.get(name)
+    key = jax.random.PRNGKey(7)
+    s1, s2 = rule(c, M, q, key), rule(c, M, q, key)
+    assert s1.cache.keys.shape == (M, D) and s1.cache.values.shape == (M, DV)
+    assert s1.cache.logw.shape == (M,)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+        np.testing.assert_array_equal(a, b)
+    if s1.kept is not None:
+        kept = np.asarray(s1.kept)
+        assert len(set(kept.tolist())) == M and kept.min() >= 0 and kept.max() < N
+        np.testing.assert_array_equal(np.asarray(s1.cache.keys), np.asarray(c.keys)[kept])
+    if name.startswith("streaming_llm"):
+        assert {0, 1, 2, 3} <= set(np.asarray(s1.kept).tolist())
+    if name.startswith("snapkv"):
+        assert set(range(N - P, N)) <= set(np.asarray(s1.kept).tolist())
+    jitted = jax.jit(lambda c, q, k: rule.compress(c, M, q, k))(
+        c, rules.group_queries(q, D), key)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(jitted)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_vmap_over_heads_equals_loop(name):
+    (c0, q0), (c1, q1) = instance(4), instance(5)
+    rule = rules.get(name)
+    key = jax.random.PRNGKey(1)
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), c0, c1)
+    qs = jnp.stack([q0, q1])
+    batched = jax.vmap(lambda c, q: rule.compress(c, M, q, key))(stacked, qs)
+    for h, (c, q) in enumerate(((c0, q0), (c1, q1))):
+        single = rule.compress(c, M, rules.group_queries(q, D), key)
+        for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(batched)):
+            np.testing.assert_allclose(a, b[h], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", SUBSET_BASED)
+def test_subset_rules_no_better_than_oracle(name, oracles):
+    """For n = 12 every rule that keeps a subset of the atoms (any log-weights and values) has
+    risk >= the oracle's on the queries the oracle optimises (L1)."""
+    rule = rules.get(name)
+    for c, q, orc in oracles:
+        s = rule(c, M, q)
+        r = float(mkv.risk(q.reshape(-1, D), c, s))
+        assert r >= float(orc.risk) * (1 - 1e-9), (name, r, float(orc.risk))
