@@ -50,12 +50,15 @@ def nnls(m, y, iters: int = 2000, lower=0.0, upper=jnp.inf):
     return x
 
 
-def ridge_solve(a, b, ridge):
-    r""":math:`X = (A^TA + \lambda I)^{-1}A^TB` via a Cholesky solve (``ridge > 0``)."""
+def ridge_solve(a, b, ridge, prior=None):
+    r""":math:`X = \arg\min\lVert AX-B\rVert_F^2 + \lambda\lVert X - X_0\rVert_F^2
+    = (A^TA + \lambda I)^{-1}(A^TB + \lambda X_0)` by Cholesky (``ridge > 0``; ``prior`` X_0
+    defaults to 0)."""
     h = _mm(a.T, a)
     h = h + ridge * jnp.eye(h.shape[0], dtype=h.dtype)
     chol = jax.scipy.linalg.cho_factor(h)
-    return jax.scipy.linalg.cho_solve(chol, _mm(a.T, b))
+    rhs = _mm(a.T, b) if prior is None else _mm(a.T, b) + ridge * prior
+    return jax.scipy.linalg.cho_solve(chol, rhs)
 
 
 class Ritz(NamedTuple):

@@ -173,3 +173,35 @@ def make(family: str, key, **kw) -> Instance:
     if family not in FAMILIES:
         raise ValueError(f"family: expected one of {sorted(FAMILIES)}, got {family!r}")
     return FAMILIES[family](key, **kw)
+
+
+class Stream(NamedTuple):
+    """Per-token keys, values and queries of one head, token t at position t."""
+
+    keys: Float[Array, "T d"]
+    values: Float[Array, "T dv"]
+    queries: Float[Array, "T d"]
+
+
+def stream(key, T=512, d=32, dv=16, *, theta=10000.0, shared=1.5, logit_std=2.0, topics=8,
+           convention="half", dtype=jnp.float32) -> Stream:
+    """A token stream for causal experiments: pre-RoPE keys and queries share a direction (attention
+    leans to the recent past) and each token belongs to one of ``topics`` slowly switching
+    topics (key and value directions), so old context stays relevant; RoPE at positions 0..T-1."""
+    for name, v in (("T", T), ("d", d), ("dv", dv), ("topics", topics)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    ks, kt, kk, kq, kv, ktv, kswitch = jax.random.split(key, 7)
+    u = jax.random.normal(ks, (d,))
+    u = u / jnp.linalg.norm(u) * jnp.sqrt(d)
+    tk = jax.random.normal(kt, (topics, d))
+    tv = jax.random.normal(ktv, (topics, dv))
+    switch = jax.random.uniform(kswitch, (T,)) < 0.05  # a new topic every ~20 tokens
+    topic = jnp.cumsum(switch) * 7 % topics
+    pos = jnp.arange(T)
+    keys = rope.apply(shared * u / 2 + tk[topic] + 0.5 * jax.random.normal(kk, (T, d)), pos,
+                      theta, convention)
+    qpre = logit_std * (u / 2 + tk[(topic + 3) % topics] + jax.random.normal(kq, (T, d))) / 2
+    queries = rope.apply(qpre, pos, theta, convention)
+    values = tv[topic] + 0.5 * jax.random.normal(kv, (T, dv))
+    return Stream(keys.astype(dtype), values.astype(dtype), queries.astype(dtype))

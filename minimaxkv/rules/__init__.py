@@ -22,6 +22,7 @@ _FACTORIES = {
     "keydiff": eviction.keydiff,
     "expected_attention": eviction.expected_attention,
     "leverage": eviction.leverage,
+    "gvote": eviction.gvote,
     "kmeans_merge": fitting.kmeans_merge,
     "attention_matching": fitting.attention_matching,
     "minimax": _minimax.minimax,

@@ -20,6 +20,7 @@ Conventions (one KV head):
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, NamedTuple
 
 import jax
@@ -49,7 +50,13 @@ class Rule(NamedTuple):
         if budget == cache.n:  # nothing to compress: the exact cache
             kept = jnp.arange(cache.n, dtype=jnp.int32)
             return Summary(cache, kept)
-        return self.compress(cache, budget, q, key)
+        return _jitted(self.compress)(cache, budget, q, key)
+
+
+@lru_cache(maxsize=None)
+def _jitted(compress):
+    """One compiled version per rule function (and per shape, by jit's own cache)."""
+    return jax.jit(compress, static_argnums=1)
 
 
 def group_queries(queries, d: int):

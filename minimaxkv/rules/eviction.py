@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from .. import queries as Q
 from .. import rope
 from ..attention import HIGHEST
-from .base import Rule, head_attention, query_positions, scored
+from .base import Rule, evict, head_attention, query_positions, scored
 
 
 def random(sinks: int = 0, window: int = 0) -> Rule:
@@ -157,3 +158,44 @@ def leverage(sketch: int = 48) -> Rule:
         return jnp.einsum("nr,rs,ns->n", x, gram_pinv, x, precision=HIGHEST)
 
     return scored("leverage", score)
+
+
+def gvote(samples: int = 16, nucleus: float = 0.95, shrinkage: float = 1e-3) -> Rule:
+    r"""GVote (Tang, Liu, Xu, Huang 2025): vote with sampled future queries.
+
+    A Gaussian is fitted to each head's observed queries; ``samples`` draws and the real last
+    query each keep their smallest top set with cumulative attention ``>= nucleus``; the kept set
+    is the union over draws and heads. GVote chooses its size per request: here ``budget`` is a
+    cap -- a larger union keeps its atoms with the highest attention over the draws -- and slots
+    the union does not fill are padding (log-weight ``-inf``, counted as zero bytes by
+    :func:`effective_atoms`).
+    """
+
+    def compress(cache, budget, queries, key):
+        g, p, d = queries.shape
+        q = queries.astype(jnp.float32)
+
+        def draws(qh, kh):
+            law = _fit(qh, shrinkage)
+            return jnp.concatenate([Q.sample(law, kh, samples), qh[-1:]])
+
+        probe = jax.vmap(draws)(q, jax.random.split(key, g)).reshape(-1, d)
+        s = probe @ cache.keys.astype(jnp.float32).T / jnp.sqrt(d) + cache.logw
+        att = jax.nn.softmax(s, axis=1)
+        srt = jnp.sort(att, axis=1)[:, ::-1]
+        before = jnp.cumsum(srt, axis=1) - srt  # mass strictly above each sorted entry
+        thresh = jnp.min(jnp.where(before < nucleus, srt, jnp.inf), axis=1)
+        member = att >= thresh[:, None]
+        union = jnp.any(member, axis=0)
+        prio = jnp.where(union, jnp.max(att, axis=0), -1.0)
+        kept = jnp.sort(lax.top_k(prio, budget)[1])
+        summ = evict(cache, kept)
+        logw = jnp.where(union[kept], summ.cache.logw, -jnp.inf)
+        return summ._replace(cache=summ.cache._replace(logw=logw))
+
+    return Rule("gvote", compress, True)
+
+
+def effective_atoms(cache) -> jnp.ndarray:
+    """Number of atoms with positive weight (padding excluded)."""
+    return jnp.sum(jnp.isfinite(cache.logw))

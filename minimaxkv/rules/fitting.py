@@ -93,13 +93,17 @@ def _merge(cache, labels, k, n):
 
 
 def fit_support(cache: Cache, kept, queries, bounds=(float(jnp.exp(-3.0)), float(jnp.exp(3.0))),
-                iters: int = 500) -> Summary:
+                iters: int = 500, ridge: float = 1e-3) -> Summary:
     r"""Keep ``kept``; refit log-weights (bounded NNLS on max-stabilised masses) and values (LS).
 
     With :math:`M(q) = \max_j s_j(q)`, :math:`a_j(q) = e^{s_j(q)-M(q)}` and target
     :math:`t(q) = \sum_j a_j(q)` (the stabilised mass), :math:`c = \arg\min_{l\le c\le u}
     \sum_q(\sum_{j\in S}c_ja_j(q) - t(q))^2`, :math:`\beta = b_S + \log c`; then
-    :math:`\hat V = \arg\min\sum_q\lVert\hat p(q)^T\hat V - A(q)\rVert^2`.
+    :math:`\hat V = \arg\min\sum_q\lVert\hat p(q)^T\hat V - A(q)\rVert^2
+    + \lambda\lVert\hat V - V_S\rVert^2`, the ridge pulling towards the kept atoms' own values
+    (:math:`\lambda` = ``ridge`` x the mean diagonal of :math:`\hat P^T\hat P`): with fewer
+    reference queries than atoms the plain least-squares fit is underdetermined and its values
+    explode on unseen queries.
     """
     q = queries.reshape(-1, queries.shape[-1]).astype(jnp.promote_types(cache.keys.dtype,
                                                                           jnp.float32))
@@ -114,8 +118,8 @@ def fit_support(cache: Cache, kept, queries, bounds=(float(jnp.exp(-3.0)), float
     out = _mm(a, vals) / target[:, None]
     ph = jax.nn.softmax(_logits(q, keys[kept], beta), axis=1)
     h = _mm(ph.T, ph)
-    ridge = 1e-6 * jnp.trace(h) / h.shape[0] + 1e-30
-    vhat = linalg.ridge_solve(ph, out, ridge)
+    lam = ridge * jnp.trace(h) / h.shape[0] + 1e-30
+    vhat = linalg.ridge_solve(ph, out, lam, vals[kept])
     return Summary(Cache(keys[kept], vhat, beta), kept)
 
 
@@ -150,7 +154,7 @@ def omp(a, target, k: int, iters: int = 200):
         corr = jnp.where(chosen, -jnp.inf, _mm(a.T, resid) / norms)
         j = jnp.argmax(corr)
         chosen = chosen.at[j].set(True)
-        idx = idx.at[t].set(j)
+        idx = idx.at[t].set(j.astype(jnp.int32))
         cols = jnp.where(jnp.arange(k) <= t, idx, idx[0])
         sub = a[:, cols] * (jnp.arange(k) <= t)[None, :]
         c = linalg.nnls(sub, target, iters)

@@ -14,7 +14,7 @@ r"""The theory-derived ``minimax`` rule (THEORY.md §6, docs/theory.md §§4-7).
 5. Within a block, pick :math:`m_B` atoms by pivoted Gram-Schmidt on the response matrix
    (column subset selection, U4), match the block's mass by NNLS on the log-weights (so the block
    weights :math:`\lambda_B` are preserved, C1) and fit values by least squares weighted by the
-   block's attention share.
+   block's attention share, with a ridge (``ridge``) towards the atoms' own values.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def pivoted_order(a, k: int, valid=None):
         col = jnp.where(nrm > 0, col / jnp.where(nrm > 0, nrm, 1.0), 0.0)
         basis = basis.at[:, t].set(col)
         norms = jnp.where(norms >= 0, jnp.maximum(norms - _mm(col, a) ** 2, 0.0), norms)
-        return basis, norms, chosen.at[j].set(True), order.at[t].set(j)
+        return basis, norms, chosen.at[j].set(True), order.at[t].set(j.astype(jnp.int32))
 
     valid = jnp.ones((nb,), bool) if valid is None else valid
     init = (jnp.zeros((r, k), a.dtype), jnp.where(valid, jnp.sum(a * a, axis=0), -1.0),
@@ -81,7 +81,7 @@ def reference_queries(cache: Cache, queries, key, *, samples, horizon, theta, co
 
 def minimax(sinks: int = 4, window: int = 32, block: int = 64, samples: int = 64,
             horizon: int = 512, theta: float = 10000.0, convention: str = "half",
-            agnostic: bool = False, logit_std: float = 2.0) -> Rule:
+            agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3) -> Rule:
     """The minimax rule; ``agnostic=True`` gives the query-agnostic variant."""
     if block < 1 or samples < 1:
         raise ValueError("block and samples must be positive")
@@ -143,8 +143,8 @@ def minimax(sinks: int = 4, window: int = 32, block: int = 64, samples: int = 64
                 jnp.where(lam > 0, lam, 1.0)[:, None]
             wq = lam[:, None]  # weight each query by the block's attention share
             h = _mm((wq * phn).T, wq * phn)
-            ridge = 1e-8 * jnp.trace(h) / block + 1e-30
-            vhat = linalg.ridge_solve(wq * phn, wq * target, ridge)
+            lam = ridge * jnp.trace(h) / block + 1e-30
+            vhat = linalg.ridge_solve(wq * phn, wq * target, lam, vals[cols])
             whole = m >= nv  # abstain: keep the block exact
             beta = jnp.where(whole, jnp.where(act, b[cols], -jnp.inf), beta)
             vhat = jnp.where(whole, vals[cols], vhat)
