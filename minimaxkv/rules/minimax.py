@@ -2,7 +2,8 @@ r"""The theory-derived ``minimax`` rule (THEORY.md §6, docs/theory.md §§4-7).
 
 1. Keep what no summary replaces: ``sinks`` first atoms and an exact recent ``window`` (at most a
    quarter of the budget left by the sinks).
-2. Split the rest into blocks of ``block`` atoms (the prefill blocks of causal use).
+2. Split the rest into blocks of ``block`` atoms (the blocks of causal use; one block in
+   one-shot compression).
 3. Reference queries: the observed queries plus ``samples`` draws of future queries from the
    RoPE mixture fitted to them (query-aware), or isotropic draws at a logit scale
    ``logit_std`` (query-agnostic, ``agnostic=True``: no observed query is used).
@@ -79,17 +80,23 @@ def reference_queries(cache: Cache, queries, key, *, samples, horizon, theta, co
     return jnp.concatenate([q.reshape(-1, d), fut])
 
 
-def minimax(sinks: int = 4, window: int = 32, block: int = 64, samples: int = 64,
+def minimax(sinks: int = 4, window: int = 32, block: int | None = None, samples: int = 64,
             horizon: int = 512, theta: float = 10000.0, convention: str = "half",
-            agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3) -> Rule:
-    """The minimax rule; ``agnostic=True`` gives the query-agnostic variant."""
-    if block < 1 or samples < 1:
+            agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
+            window_frac: float = 0.125) -> Rule:
+    """The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
+
+    ``block=None`` treats everything between the sinks and the window as one block (one-shot
+    compression: the whole context closes at once); in causal use pass the driver's block size,
+    so the summary of the past and the newly closed block compete for the budget as blocks.
+    """
+    if (block is not None and block < 1) or samples < 1:
         raise ValueError("block and samples must be positive")
 
     def compress(cache, budget, queries, key):
         n = cache.n
-        # the exact window takes at most a quarter of what the sinks leave of the budget
-        win = min(window, max(0, (budget - min(sinks, budget)) // 4))
+        # the exact window takes at most window_frac of what the sinks leave of the budget
+        win = min(window, int(window_frac * max(0, budget - min(sinks, budget))))
         sink_idx, win_idx, free = protected_split(n, budget, sinks, win)
         prot = jnp.asarray(sink_idx + win_idx, jnp.int32)
         lo, hi = len(sink_idx), n - len(win_idx)
@@ -107,43 +114,44 @@ def minimax(sinks: int = 4, window: int = 32, block: int = 64, samples: int = 64
                                 logit_std=logit_std).astype(dt)
         s = ref.shape[-1] ** -0.5 * _mm(ref, keys.T) + b[None, :]
         pmat = jax.nn.softmax(s, axis=1)  # [r, n], globally normalised
-        nb = -(-n_mid // block)
-        pad = nb * block - n_mid
-        idx = jnp.concatenate([jnp.arange(lo, hi), jnp.full((pad,), lo)]).reshape(nb, block)
-        valid = (jnp.arange(nb * block) < n_mid).reshape(nb, block)
+        blk = n_mid if block is None else block
+        nb = -(-n_mid // blk)
+        pad = nb * blk - n_mid
+        idx = jnp.concatenate([jnp.arange(lo, hi), jnp.full((pad,), lo)]).reshape(nb, blk)
+        valid = (jnp.arange(nb * blk) < n_mid).reshape(nb, blk)
 
         def block_response(ix, ok):
             pb = pmat[:, ix] * ok[None, :]  # [r, B]
             resp = pb[:, None, :] * jnp.concatenate(
-                [jnp.ones((1, block), dt), vals[ix].T], axis=0)[None]  # [r, 1+dv, B]
-            return resp.reshape(-1, block) / jnp.sqrt(ref.shape[0])
+                [jnp.ones((1, blk), dt), vals[ix].T], axis=0)[None]  # [r, 1+dv, B]
+            return resp.reshape(-1, blk) / jnp.sqrt(ref.shape[0])
 
         resp = jax.vmap(block_response)(idx, valid)  # [nb, R, B]
         eig = jax.vmap(lambda f: jnp.linalg.eigvalsh(_mm(f.T, f))[::-1])(resp)  # [nb, B]
         nvalid = valid.sum(1)
-        eig = jnp.where(jnp.arange(block)[None, :] < nvalid[:, None], jnp.maximum(eig, 0.0),
+        eig = jnp.where(jnp.arange(blk)[None, :] < nvalid[:, None], jnp.maximum(eig, 0.0),
                         -jnp.inf)
         thresh = lax.top_k(eig.reshape(-1), free)[0][-1]
         above = eig > thresh
         m_b = above.sum(1) + _ties(eig, thresh, free - above.sum())
-        order = jax.vmap(lambda f, ok: pivoted_order(f, block, ok))(resp, valid)  # [nb, B]
-        active = jnp.arange(block)[None, :] < m_b[:, None]  # slot t of block B is used
+        order = jax.vmap(lambda f, ok: pivoted_order(f, blk, ok))(resp, valid)  # [nb, B]
+        active = jnp.arange(blk)[None, :] < m_b[:, None]  # slot t of block B is used
 
         def fit_block(ix, order_b, act, m, nv):
             cols = ix[order_b]
             pb = pmat[:, cols] * act[None, :]
-            lam = jnp.sum(pmat[:, ix] * (jnp.arange(block) < nv)[None, :], axis=1)  # block share
+            lam = jnp.sum(pmat[:, ix] * (jnp.arange(blk) < nv)[None, :], axis=1)  # block share
             c = linalg.nnls(pb, lam, 300)
             c = jnp.where(act, c, 0.0)
             beta = jnp.where(c > 0, b[cols] + jnp.log(jnp.where(c > 0, c, 1.0)), -jnp.inf)
             ph = pb * c[None, :]
             zb = jnp.sum(ph, axis=1, keepdims=True)
             phn = ph / jnp.where(zb > 0, zb, 1.0)
-            target = _mm(pmat[:, ix] * (jnp.arange(block) < nv)[None, :], vals[ix]) / \
+            target = _mm(pmat[:, ix] * (jnp.arange(blk) < nv)[None, :], vals[ix]) / \
                 jnp.where(lam > 0, lam, 1.0)[:, None]
             wq = lam[:, None]  # weight each query by the block's attention share
             h = _mm((wq * phn).T, wq * phn)
-            lam = ridge * jnp.trace(h) / block + 1e-30
+            lam = ridge * jnp.trace(h) / blk + 1e-30
             vhat = linalg.ridge_solve(wq * phn, wq * target, lam, vals[cols])
             whole = m >= nv  # abstain: keep the block exact
             beta = jnp.where(whole, jnp.where(act, b[cols], -jnp.inf), beta)
