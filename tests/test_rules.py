@@ -161,3 +161,37 @@ def test_unknown_rule_and_missing_queries(data):
         rules.get("snapkv")(c, 5)
     with pytest.raises(ValueError, match="bad hyperparameters"):
         rules.get("snapkv", bogus=1)
+
+
+def test_gvote_union_of_nucleus_sets(data):
+    """Same random draws (part of the rule's input through ``key``), NumPy nucleus logic."""
+    from minimaxkv import queries as Q
+    from minimaxkv.rules.eviction import _fit
+
+    c, q = data
+    q = 4 * q  # peaked attention: nucleus sets smaller than the cache
+    key = jax.random.PRNGKey(3)
+    probes = []
+    for qh, kh in zip(q, jax.random.split(key, G)):
+        draws = np.asarray(Q.sample(_fit(jnp.asarray(qh, jnp.float32), 1e-3), kh, 16))
+        probes.append(np.concatenate([draws, qh[-1:]]))
+    probes = np.concatenate(probes)
+    s = probes @ np.asarray(c.keys).T / np.sqrt(D)
+    att = np.exp(s - s.max(1, keepdims=True))
+    att /= att.sum(1, keepdims=True)
+    union = np.zeros(N, bool)
+    for row in att:
+        order = np.argsort(-row)
+        cum = np.cumsum(row[order])
+        size = int(np.searchsorted(cum, 0.95) + 1)  # smallest top set with mass >= 0.95
+        union[order[:size]] = True
+    assert 5 < union.sum() < 47  # both branches below are exercised
+    for m in (5, 47):
+        summ = rules.get("gvote")(c, m, q, key)
+        kept = np.asarray(summ.kept)
+        live = np.isfinite(np.asarray(summ.cache.logw))
+        if union.sum() <= m:
+            assert set(kept[live].tolist()) == set(np.flatnonzero(union).tolist())
+        else:
+            prio = np.where(union, att.max(0), -1)
+            assert sorted(kept.tolist()) == top_set(prio, m)
