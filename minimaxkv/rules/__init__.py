@@ -8,7 +8,7 @@ rule's name refits its support (mass-matching log-weights, least-squares values)
 
 from __future__ import annotations
 
-from . import base, eviction, fitting, minimax as _minimax
+from . import allocation, base, eviction, fitting, minimax as _minimax
 from .base import Rule, group_queries, select
 
 _FACTORIES = {
@@ -50,4 +50,4 @@ def get(name: str, **hyper) -> Rule:
     return fitting.with_fit(rule) if fit else rule
 
 
-__all__ = ["Rule", "available", "base", "eviction", "fitting", "get", "group_queries", "select"]
+__all__ = ["Rule", "allocation", "available", "base", "eviction", "fitting", "get", "group_queries", "select"]

@@ -38,6 +38,7 @@ class Rule(NamedTuple):
     name: str
     compress: Callable
     needs_queries: bool = False
+    score: Callable | None = None  # (cache, queries [g, p, d], key) -> [n], for scored rules
 
     def __call__(self, cache, budget, queries=None, key=None) -> Summary:
         cache = validate(cache)
@@ -106,7 +107,7 @@ def scored(name: str, score: Callable, *, sinks: int = 0, window: int = 0,
     def compress(cache, budget, queries, key):
         return evict(cache, select(score(cache, queries, key), budget, sinks, window))
 
-    return Rule(name, compress, needs_queries)
+    return Rule(name, compress, needs_queries, score)
 
 
 # ------------------------------------------------------------------------------ attention helpers
