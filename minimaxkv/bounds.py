@@ -235,14 +235,14 @@ def width_upper(queries, cache: Cache, budget: int, *, weights=None, scale=None,
 
     For a support S: log-weights by mass matching (:func:`minimaxkv.fit.mass_match`), values by
     least squares; returns :func:`refit_worst_case` for it. With ``support=None``: the minimum over
-    all supports of size m when there are at most 5000 of them, else the support of
+    all supports of size m when there are at most 200 of them, else the support of
     column-pivoted QR on :math:`W^{1/2}P`. Returns ``(value, support)``.
     """
     x, cache = _attention_operator(queries, cache, weights, scale)
     m = _check.budget(budget, cache.n)
     if support is not None:
         cands = [np.asarray(support)]
-    elif math.comb(cache.n, m) <= 5000:
+    elif math.comb(cache.n, m) <= 200:
         cands = [np.asarray(s) for s in itertools.combinations(range(cache.n), m)]
     else:
         _, _, piv = scipy.linalg.qr(np.asarray(x, np.float64), mode="economic", pivoting=True)

@@ -16,7 +16,8 @@ from . import bounds, compressibility, synthetic
 from .attention import attention_weights
 
 
-def _report_rows(n: int, p: int, d: int, dv: int, seed: int, budgets: list[float]):
+def _report_rows(n: int, p: int, d: int, dv: int, seed: int, budgets: list[float],
+                 oracle_n: int = 10):
     key = jax.random.PRNGKey(seed)
     for family in tqdm(sorted(synthetic.FAMILIES), desc="families", file=sys.stderr):
         kw = dict(n=n, d=d, dv=dv, p=p, dtype=jnp.float64)
@@ -36,18 +37,22 @@ def _report_rows(n: int, p: int, d: int, dv: int, seed: int, budgets: list[float
             hi, _ = bounds.width_upper(q, c, m)
             row[f"lower@{frac:g}"] = lo
             row[f"upper/lower@{frac:g}"] = hi / lo if lo > 0 else float("inf")
-        small = synthetic.make(family, key, **{**kw, "n": 10, "p": 8, "d": 10 if family == "lookup"
-                                               else d})
-        orc = bounds.oracle(small.queries, small.cache, 3)
-        row["oracle(10->3)"] = float(orc.risk)
-        row["evict(10->3)"] = float(orc.eviction_risk)
+        if oracle_n:
+            small = synthetic.make(family, key, **{**kw, "n": oracle_n, "p": 8,
+                                                   "d": max(d, oracle_n) if family == "lookup"
+                                                   else d})
+            m = max(1, oracle_n // 3)
+            orc = bounds.oracle(small.queries, small.cache, m)
+            row[f"oracle({oracle_n}->{m})"] = float(orc.risk)
+            row[f"evict({oracle_n}->{m})"] = float(orc.eviction_risk)
         yield row
 
 
 def report(args) -> int:
     jax.config.update("jax_enable_x64", True)
     t0 = time.perf_counter()
-    rows = list(_report_rows(args.n, args.p, args.d, args.dv, args.seed, args.budgets))
+    rows = list(_report_rows(args.n, args.p, args.d, args.dv, args.seed, args.budgets,
+                             args.oracle_n))
     cols = list(rows[0])
     width = [max(len(c), 10) for c in cols]
     print("Compressibility and value-class bounds on the synthetic families")
@@ -136,6 +141,8 @@ def main(argv=None) -> int:
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25],
                     help="budgets as fractions of n (default 0.1 0.25)")
+    rp.add_argument("--oracle-n", type=int, default=10,
+                    help="cache size of the brute-force oracle column (8..16; 0 skips it)")
     rp.set_defaults(func=report)
     cp = sub.add_parser("compare", help="risk vs budget of every rule on synthetic families")
     cp.add_argument("--families", nargs="+", default=["clustered", "power_law", "lookup"],
@@ -152,6 +159,11 @@ def main(argv=None) -> int:
     for name in ("n", "p", "d", "dv"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name} must be a positive integer")
+    oracle_n = getattr(args, "oracle_n", 0)
+    if oracle_n and not 8 <= oracle_n <= bounds.MAX_ORACLE_N:
+        parser.error(f"--oracle-n must be 0 or lie in [8, {bounds.MAX_ORACLE_N}]")
+    if getattr(args, "command", "") == "report" and args.n < 8:
+        parser.error("--n must be at least 8 (the clustered family has 8 clusters)")
     if any(not 0 < b <= 1 for b in getattr(args, "budgets", [])):
         parser.error("--budgets must be fractions in (0, 1]")
     return args.func(args)

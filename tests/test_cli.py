@@ -1,0 +1,36 @@
+"""The command line: tables computed from the library, errors for bad arguments."""
+
+import pytest
+
+from minimaxkv import cli
+
+
+def test_compare_table_full_budget_is_exact():
+    table = cli.compare_table("clustered", n=24, d=4, dv=2, p_obs=8, p_eval=8,
+                              budgets=[0.25, 1.0], rule_names=["window", "snapkv", "minimax"])
+    assert sorted(table) == [6, 24]
+    for rule in ("window", "snapkv", "minimax"):
+        assert table[24][rule] == 0.0
+        assert table[6][rule] > 0.0
+    assert table[6]["L2 lower (worst case)"] >= 0.0
+
+
+def test_report_and_compare_run(capsys):
+    assert cli.main(["report", "--n", "16", "--p", "8", "--d", "4", "--dv", "2",
+                     "--budgets", "0.25", "--oracle-n", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "lookup" in out and "eps_rank" in out
+    assert cli.main(["compare", "--families", "power_law", "--n", "16", "--p", "6", "--d", "4",
+                     "--dv", "2", "--budgets", "0.5", "--rules", "window", "minimax"]) == 0
+    assert "minimax" in capsys.readouterr().out
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--n", "0"])
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--budgets", "1.5"])
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--oracle-n", "20"])
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--families", "nope"])
