@@ -5,7 +5,7 @@ Public names (stable): :class:`Cache`, :class:`Summary`, :func:`attend`, :func:`
 ``summarize``, ``rope``.
 """
 
-from . import bounds, compressibility, fit, linalg, queries, rope, rules, summarize, synthetic
+from . import bounds, causal, compressibility, fit, linalg, queries, rope, rules, summarize, synthetic
 from .attention import attend, attend_and_mass, attention_weights, combine, log_mass
 from .cache import Cache, Summary, validate
 from .risk import errors, mass_error, mc_interval, relative_risk, risk
@@ -19,6 +19,7 @@ __all__ = [
     "attend_and_mass",
     "attention_weights",
     "bounds",
+    "causal",
     "combine",
     "compressibility",
     "errors",

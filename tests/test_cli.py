@@ -34,3 +34,14 @@ def test_bad_arguments():
         cli.main(["report", "--oracle-n", "20"])
     with pytest.raises(SystemExit):
         cli.main(["compare", "--families", "nope"])
+
+
+def test_causal_command(capsys):
+    assert cli.main(["causal", "--prefill", "64", "--decode", "32", "--budget", "16", "--block",
+                     "16", "--d", "8", "--dv", "4", "--rules", "window", "minimax"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+            if line.startswith(("window", "minimax"))}
+    assert set(rows) == {"window", "minimax"}
+    for cells in rows.values():  # memory never exceeds budget + block atoms of (d + dv + 1) floats
+        assert int(cells[2]) <= (16 + 16) * (8 + 4 + 1) * 4

@@ -135,6 +135,15 @@ def test_attention_matching_rms_and_fit(data):
     a = np.exp(s - s.max(1, keepdims=True))
     ref = lsq_linear(a[:, sel], a.sum(1), bounds=(np.exp(-3), np.exp(3)), tol=1e-12).x
     np.testing.assert_allclose(np.exp(np.asarray(summ.cache.logw)), ref, rtol=1e-4, atol=1e-6)
+    # values: ridge least squares towards the kept values, with the rule's own log-weights
+    beta = np.asarray(summ.cache.logw)
+    sh = qf @ k[sel].T / np.sqrt(D) + beta
+    ph = np.exp(sh - sh.max(1, keepdims=True))
+    ph /= ph.sum(1, keepdims=True)
+    h = ph.T @ ph
+    lam = 1e-3 * np.trace(h) / len(sel)
+    vref = np.linalg.solve(h + lam * np.eye(len(sel)), ph.T @ (att @ v) + lam * v[sel])
+    np.testing.assert_allclose(summ.cache.values, vref, rtol=1e-7, atol=1e-9)
 
 
 def test_kmeans_merge_is_a_lloyd_fixed_point(data):
