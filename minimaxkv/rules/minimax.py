@@ -1,14 +1,17 @@
 r"""The theory-derived ``minimax`` rule (THEORY.md §6, docs/theory.md §§4-7).
 
-1. Keep what no summary replaces: ``sinks`` first atoms and an exact recent ``window`` (at most a
-   quarter of the budget left by the sinks).
+1. Keep what no summary replaces: ``sinks`` first atoms and an exact recent ``window`` (at most
+   ``window_frac`` = 1/8 of the budget left by the sinks).
 2. Split the rest into blocks of ``block`` atoms (the blocks of causal use; one block in
    one-shot compression).
 3. Reference queries: the observed queries plus ``samples`` draws of future queries from the
    RoPE mixture fitted to them (query-aware), or isotropic draws at a logit scale
    ``logit_std`` (query-agnostic, ``agnostic=True``: no observed query is used).
 4. Spend the budget where the spectrum is heavy: the eigenvalues of every block's response
-   covariance (globally normalised responses :math:`p_j(q)(1, v_j)`) compete, and block B gets
+   covariance compete -- by default of the value-class operator :math:`X = W^{1/2}P` restricted
+   to the block (``response="mass"``, :math:`G^0 = X^TX`, which governs the value-class width,
+   docs/theory.md L2/M1; values are then fitted, not selected), or of the full normalised
+   responses :math:`p_j(q)(1, v_j)` (``response="full"``) -- and block B gets
    :math:`m_B` = the number of its eigenvalues among the global top ``free`` -- the allocation
    that minimises the summed spectral tails :math:`\sum_B\sum_{i>m_B}\lambda_i^{(B)}`. A block
    that receives all its atoms is kept exact (abstention).
@@ -83,13 +86,15 @@ def reference_queries(cache: Cache, queries, key, *, samples, horizon, theta, co
 def minimax(sinks: int = 4, window: int = 32, block: int | None = None, samples: int = 64,
             horizon: int = 512, theta: float = 10000.0, convention: str = "half",
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
-            window_frac: float = 0.125) -> Rule:
+            window_frac: float = 0.125, response: str = "mass") -> Rule:
     """The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
 
     ``block=None`` treats everything between the sinks and the window as one block (one-shot
     compression: the whole context closes at once); in causal use pass the driver's block size,
     so the summary of the past and the newly closed block compete for the budget as blocks.
     """
+    if response not in ("full", "mass"):
+        raise ValueError(f"response: expected 'full' or 'mass', got {response!r}")
     if (block is not None and block < 1) or samples < 1:
         raise ValueError("block and samples must be positive")
 
@@ -122,6 +127,8 @@ def minimax(sinks: int = 4, window: int = 32, block: int | None = None, samples:
 
         def block_response(ix, ok):
             pb = pmat[:, ix] * ok[None, :]  # [r, B]
+            if response == "mass":  # X = W^1/2 P: the value-class operator (M1)
+                return pb / jnp.sqrt(ref.shape[0])
             resp = pb[:, None, :] * jnp.concatenate(
                 [jnp.ones((1, blk), dt), vals[ix].T], axis=0)[None]  # [r, 1+dv, B]
             return resp.reshape(-1, blk) / jnp.sqrt(ref.shape[0])
