@@ -82,3 +82,15 @@ def test_subset_rules_no_better_than_oracle(name, oracles):
         s = rule(c, M, q)
         r = float(mkv.risk(q.reshape(-1, D), c, s))
         assert r >= float(orc.risk) * (1 - 1e-9), (name, r, float(orc.risk))
+
+
+def test_nested_eviction_is_not_monotone_in_budget():
+    """STYLE.md asks for 'error non-increasing in budget where the rule is nested'; that is false
+    for eviction (I2: evicting atoms whose values average to A costs nothing). Counterexample:
+    equal-mass atoms with values +1, -1, 0 and a query that sees them alike; the nested 'window'
+    rule keeps {0} (exact) at budget 1 and {-1, 0} (error 1/4) at budget 2."""
+    c = mkv.Cache(jnp.zeros((3, 2)), jnp.array([[1.0], [-1.0], [0.0]]))
+    q = jnp.ones((1, 2))
+    r1 = float(mkv.risk(q, c, rules.get("window")(c, 1)))
+    r2 = float(mkv.risk(q, c, rules.get("window")(c, 2)))
+    assert r1 == 0.0 and abs(r2 - 0.25) < 1e-12
