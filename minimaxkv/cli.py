@@ -88,7 +88,12 @@ def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
               dtype=jnp.float64)
     inst = synthetic.make(family, jax.random.PRNGKey(seed), **kw)
     c = inst.cache
-    q_obs, q_eval = inst.queries[:p_obs], inst.queries[p_obs:]
+    queries = inst.queries
+    if family == "lookup":  # observed and held-out queries from one law: uniform over the atoms
+        kw["p"] = n
+        queries = synthetic.make(family, jax.random.PRNGKey(seed), **kw).queries
+        queries = queries[jax.random.randint(jax.random.PRNGKey(seed + 1), (p_obs + p_eval,), 0, n)]
+    q_obs, q_eval = queries[:p_obs], queries[p_obs:]
     table = {}
     for frac in budgets:
         m = max(1, int(round(frac * n)))

@@ -4,7 +4,8 @@ r"""The theory-derived ``minimax`` rule (THEORY.md §6, docs/theory.md §§4-7).
    ``window_frac`` = 1/8 of the budget left by the sinks).
 2. Split the rest into blocks of ``block`` atoms (the blocks of causal use; one block in
    one-shot compression).
-3. Reference queries: the observed queries plus ``samples`` draws of future queries from the
+3. Reference queries: the observed queries plus ``samples`` (default max(64, 2 x budget), so the
+   fit stays overdetermined) draws of future queries from the
    RoPE mixture fitted to them (query-aware), or isotropic draws at a logit scale
    ``logit_std`` (query-agnostic, ``agnostic=True``: no observed query is used).
 4. Spend the budget where the spectrum is heavy: the eigenvalues of every block's response
@@ -64,12 +65,13 @@ def pivoted_order(a, k: int, valid=None):
 
 def reference_queries(cache: Cache, queries, key, *, samples, horizon, theta, convention,
                       agnostic, logit_std):
-    """Observed queries plus sampled future ones (or isotropic draws when ``agnostic``)."""
+    """Observed queries plus sampled future ones (or isotropic draws when ``agnostic``), with
+    weights: the observed and the sampled queries carry half the total weight each."""
     d = cache.keys.shape[1]
     k = cache.keys.astype(jnp.float32)
     if agnostic or queries is None:
         sigma = logit_std * jnp.sqrt(d) / jnp.sqrt(jnp.mean(jnp.sum(k * k, axis=1)))
-        return sigma * jax.random.normal(key, (samples, d))
+        return sigma * jax.random.normal(key, (samples, d)), jnp.full((samples,), 1.0 / samples)
     g, p, _ = queries.shape
     q = queries.astype(jnp.float32)
     pre = rope.apply(q, -query_positions(cache.n, p), theta, convention)
@@ -80,10 +82,13 @@ def reference_queries(cache: Cache, queries, key, *, samples, horizon, theta, co
         return Q.sample(law, kh, per)
 
     fut = jax.vmap(draw)(pre, jax.random.split(key, g)).reshape(-1, d)
-    return jnp.concatenate([q.reshape(-1, d), fut])
+    obs = q.reshape(-1, d)
+    w = jnp.concatenate([jnp.full((obs.shape[0],), 0.5 / obs.shape[0]),
+                         jnp.full((fut.shape[0],), 0.5 / fut.shape[0])])
+    return jnp.concatenate([obs, fut]), w
 
 
-def minimax(sinks: int = 4, window: int = 32, block: int | None = None, samples: int = 64,
+def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: int | None = None,
             horizon: int = 512, theta: float = 10000.0, convention: str = "half",
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
             window_frac: float = 0.125, response: str = "mass") -> Rule:
@@ -95,7 +100,7 @@ def minimax(sinks: int = 4, window: int = 32, block: int | None = None, samples:
     """
     if response not in ("full", "mass"):
         raise ValueError(f"response: expected 'full' or 'mass', got {response!r}")
-    if (block is not None and block < 1) or samples < 1:
+    if (block is not None and block < 1) or (samples is not None and samples < 1):
         raise ValueError("block and samples must be positive")
 
     def compress(cache, budget, queries, key):
@@ -114,9 +119,11 @@ def minimax(sinks: int = 4, window: int = 32, block: int | None = None, samples:
             return Summary(Cache(*(x[kept] for x in cache)), kept)
         dt = jnp.promote_types(cache.keys.dtype, jnp.float32)
         keys, vals, b = (x.astype(dt) for x in cache)
-        ref = reference_queries(cache, queries, key, samples=samples, horizon=horizon,
-                                theta=theta, convention=convention, agnostic=agnostic,
-                                logit_std=logit_std).astype(dt)
+        draws = max(64, 2 * budget) if samples is None else samples
+        ref, wref = reference_queries(cache, queries, key, samples=draws, horizon=horizon,
+                                      theta=theta, convention=convention, agnostic=agnostic,
+                                      logit_std=logit_std)
+        ref, sw = ref.astype(dt), jnp.sqrt(wref).astype(dt)[:, None]
         s = ref.shape[-1] ** -0.5 * _mm(ref, keys.T) + b[None, :]
         pmat = jax.nn.softmax(s, axis=1)  # [r, n], globally normalised
         blk = n_mid if block is None else block
@@ -128,10 +135,10 @@ def minimax(sinks: int = 4, window: int = 32, block: int | None = None, samples:
         def block_response(ix, ok):
             pb = pmat[:, ix] * ok[None, :]  # [r, B]
             if response == "mass":  # X = W^1/2 P: the value-class operator (M1)
-                return pb / jnp.sqrt(ref.shape[0])
+                return sw * pb
             resp = pb[:, None, :] * jnp.concatenate(
                 [jnp.ones((1, blk), dt), vals[ix].T], axis=0)[None]  # [r, 1+dv, B]
-            return resp.reshape(-1, blk) / jnp.sqrt(ref.shape[0])
+            return (sw[:, :, None] * resp).reshape(-1, blk)
 
         resp = jax.vmap(block_response)(idx, valid)  # [nb, R, B]
         eig = jax.vmap(lambda f: jnp.linalg.eigvalsh(_mm(f.T, f))[::-1])(resp)  # [nb, B]
@@ -148,7 +155,7 @@ def minimax(sinks: int = 4, window: int = 32, block: int | None = None, samples:
             cols = ix[order_b]
             pb = pmat[:, cols] * act[None, :]
             lam = jnp.sum(pmat[:, ix] * (jnp.arange(blk) < nv)[None, :], axis=1)  # block share
-            c = linalg.nnls(pb, lam, 300)
+            c = linalg.nnls(sw * pb, sw[:, 0] * lam, 300)
             c = jnp.where(act, c, 0.0)
             beta = jnp.where(c > 0, b[cols] + jnp.log(jnp.where(c > 0, c, 1.0)), -jnp.inf)
             ph = pb * c[None, :]
@@ -156,10 +163,10 @@ def minimax(sinks: int = 4, window: int = 32, block: int | None = None, samples:
             phn = ph / jnp.where(zb > 0, zb, 1.0)
             target = _mm(pmat[:, ix] * (jnp.arange(blk) < nv)[None, :], vals[ix]) / \
                 jnp.where(lam > 0, lam, 1.0)[:, None]
-            wq = lam[:, None]  # weight each query by the block's attention share
+            wq = sw * lam[:, None]  # query weight x the block's attention share
             h = _mm((wq * phn).T, wq * phn)
-            lam = ridge * jnp.trace(h) / blk + 1e-30
-            vhat = linalg.ridge_solve(wq * phn, wq * target, lam, vals[cols])
+            rlam = ridge * jnp.trace(h) / blk + 1e-30
+            vhat = linalg.ridge_solve(wq * phn, wq * target, rlam, vals[cols])
             whole = m >= nv  # abstain: keep the block exact
             beta = jnp.where(whole, jnp.where(act, b[cols], -jnp.inf), beta)
             vhat = jnp.where(whole, vals[cols], vhat)
