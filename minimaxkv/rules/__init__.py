@@ -8,6 +8,8 @@ rule's name refits its support (mass-matching log-weights, least-squares values)
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from . import allocation, base, eviction, fitting, minimax as _minimax
 from .base import Rule, group_queries, select
 
@@ -38,7 +40,22 @@ def available() -> list[str]:
 
 
 def get(name: str, **hyper) -> Rule:
-    """Build the rule ``name`` with hyperparameters ``hyper`` (defaults as in BASELINES.md)."""
+    """Build the rule ``name`` with hyperparameters ``hyper`` (defaults as in BASELINES.md).
+
+    The same name and hyperparameters give the same rule object, so its compiled code is reused.
+    """
+    try:
+        return _cached(name, tuple(sorted(hyper.items())))
+    except TypeError:  # unhashable hyperparameters: build afresh
+        return _build(name, hyper)
+
+
+@lru_cache(maxsize=256)
+def _cached(name, items):
+    return _build(name, dict(items))
+
+
+def _build(name: str, hyper: dict) -> Rule:
     fit = name.endswith("+fit")
     base_name = name[: -len("+fit")] if fit else name
     if base_name not in _FACTORIES or (fit and base_name not in EVICTION):
