@@ -204,3 +204,36 @@ def test_gvote_union_of_nucleus_sets(data):
         else:
             prio = np.where(union, att.max(0), -1)
             assert sorted(kept.tolist()) == top_set(prio, m)
+
+
+def test_attention_matching_omp_selection(data):
+    """Non-negative OMP on the stabilised mass target, with exact NNLS (SciPy) in the reference."""
+    from scipy.optimize import nnls
+
+    c, q = data
+    k = np.asarray(c.keys)
+    s = q.reshape(-1, D) @ k.T / np.sqrt(D)
+    a = np.exp(s - s.max(1, keepdims=True))
+    target = a.sum(1)
+    norms = np.linalg.norm(a, axis=0)
+    chosen, resid = [], target.copy()
+    for _ in range(8):
+        corr = a.T @ resid / norms
+        corr[chosen] = -np.inf
+        chosen.append(int(np.argmax(corr)))
+        coef, _ = nnls(a[:, chosen], target)
+        resid = target - a[:, chosen] @ coef
+    summ = rules.get("attention_matching", selection="omp")(c, 8, q)
+    assert sorted(np.asarray(summ.kept).tolist()) == sorted(chosen)
+
+
+def test_random_rule_is_uniform():
+    """Each atom is kept with probability m/n: chi-square over 400 seeds (p > 0.001)."""
+    from scipy.stats import chisquare
+
+    c = mkv.Cache(np.zeros((10, 2)), np.zeros((10, 1)))
+    counts = np.zeros(10)
+    rule = rules.get("random")
+    for seed in range(400):
+        counts[np.asarray(rule(c, 3, key=jax.random.PRNGKey(seed)).kept)] += 1
+    assert chisquare(counts).pvalue > 1e-3
