@@ -19,6 +19,7 @@ from jax import lax
 from .. import linalg
 from ..attention import HIGHEST
 from ..cache import Cache, Summary
+from ..summarize import merge
 from .base import Rule
 
 
@@ -36,7 +37,6 @@ def kmeans_merge(iters: int = 25) -> Rule:
 
     def compress(cache, budget, queries, key):
         k = cache.keys.astype(jnp.float32)
-        n = k.shape[0]
         centres = _kmeanspp(k, budget, key)
 
         def lloyd(_, cen):
@@ -48,7 +48,7 @@ def kmeans_merge(iters: int = 25) -> Rule:
 
         centres = lax.fori_loop(0, iters, lloyd, centres)
         labels = jnp.argmin(_sqdist(k, centres), axis=1)
-        return _merge(cache, labels, budget, n)
+        return merge(cache, labels, budget)
 
     return Rule("kmeans_merge", compress)
 
@@ -73,20 +73,6 @@ def _kmeanspp(x, k, key):
 
     cen, _ = lax.fori_loop(1, k, body, (cen, d2))
     return cen
-
-
-def _merge(cache, labels, k, n):
-    dt = jnp.promote_types(cache.keys.dtype, jnp.float32)
-    b = cache.logw.astype(dt)
-    top = jnp.max(b)
-    w = jnp.exp(b - top)
-    onehot = jax.nn.one_hot(labels, k, dtype=dt) * w[:, None]
-    mass = onehot.sum(0)
-    safe = jnp.where(mass > 0, mass, 1.0)[:, None]
-    keys = _mm(onehot.T, cache.keys.astype(dt)) / safe
-    vals = _mm(onehot.T, cache.values.astype(dt)) / safe
-    logw = jnp.where(mass > 0, top + jnp.log(jnp.where(mass > 0, mass, 1.0)), -jnp.inf)
-    return Summary(Cache(keys, vals, logw), None)
 
 
 # ------------------------------------------------------------------------------ fitting steps
