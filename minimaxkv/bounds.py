@@ -28,15 +28,13 @@ from jax import lax
 
 from . import _check, linalg
 from .fit import mass_match
-from .attention import HIGHEST, attend, attention_weights, logits, prepare
+from .attention import attend, attention_weights, logits, prepare
 from .cache import Cache, Summary
 from .compressibility import diameter
+from .linalg import matmul as _mm
 
 MAX_ORACLE_N = 16
 
-
-def _mm(a, b):
-    return jnp.matmul(a, b, precision=HIGHEST)
 
 
 def _weights(w, p, dtype):

@@ -26,10 +26,8 @@ from jax import lax
 
 from . import _check, linalg
 from .attention import HIGHEST, attend, attention_weights, prepare
+from .linalg import matmul as _mm
 
-
-def _mm(a, b):
-    return jnp.matmul(a, b, precision=HIGHEST)
 
 
 def _setup(queries, cache, weights, scale):

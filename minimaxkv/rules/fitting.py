@@ -17,14 +17,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import linalg
-from ..attention import HIGHEST
 from ..cache import Cache, Summary
 from ..summarize import merge
 from .base import Rule
+from ..linalg import matmul as _mm
 
-
-def _mm(a, b):
-    return jnp.matmul(a, b, precision=HIGHEST)
 
 
 def _logits(queries, keys, logw):

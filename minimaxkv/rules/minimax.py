@@ -30,14 +30,11 @@ from jax import lax
 
 from .. import linalg, rope
 from .. import queries as Q
-from ..attention import HIGHEST
 from ..cache import Cache, Summary
 from .base import Rule, protected_split, query_positions
 from .eviction import _fit
+from ..linalg import matmul as _mm
 
-
-def _mm(a, b):
-    return jnp.matmul(a, b, precision=HIGHEST)
 
 
 def pivoted_order(a, k: int, valid=None):
