@@ -1,0 +1,259 @@
+r"""A Llama-family decoder in JAX: pure functions of (params, config, tokens, past cache).
+
+One layer (Touvron et al. 2023; Qwen2 adds biases to the Q/K/V projections):
+
+.. math::
+    h &= x + W_o\,\mathrm{Attn}(\mathrm{RoPE}(W_q\bar x), \mathrm{RoPE}(W_k\bar x), W_v\bar x),
+    \quad \bar x = \mathrm{RMSNorm}(x)\\
+    x' &= h + W_{down}\big(\mathrm{silu}(W_{gate}\bar h)\odot W_{up}\bar h\big),
+    \quad \bar h = \mathrm{RMSNorm}(h)
+
+with grouped-query attention (``heads / kv_heads`` query heads share a key/value head) and
+:math:`\mathrm{RMSNorm}(x) = x / \sqrt{\overline{x^2} + \epsilon}\odot w`.
+
+The attention of a chunk of new tokens reads a **past cache** per layer and KV head -- keys
+``[L, Hkv, S, hd]`` (post-RoPE), values and log-weights ``[L, Hkv, S]`` -- with the log-weights added
+to the logits (THEORY.md §1), so a compressed summary (or a buffer whose empty slots carry
+``-inf``) plugs in directly; every past atom is visible to every new token. Within the chunk the
+attention is causal and computed block by block over queries, each block reading only the keys up
+to its own end: fully masked blocks are skipped, not computed and thrown away.
+
+Weights are stored ``[in, out]`` (``y = x @ W``) and stacked over layers, so the layers run under
+one ``lax.scan``; activations and softmax accumulate in float32 whatever the storage dtype.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float, Int
+
+from .. import rope
+from ..cache import Cache
+
+QUERY_BLOCK = 256  # queries per causal block of the prefill attention
+
+
+class Config(NamedTuple):
+    """Static shape and hyper-parameters of a Llama-family model (hashable: a ``jit`` static)."""
+
+    name: str
+    vocab: int
+    dim: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int  # feed-forward width
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tied: bool = True
+    qkv_bias: bool = False
+    context: int = 8192
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head."""
+        return self.heads // self.kv_heads
+
+    def cache_bytes(self, atoms: int, itemsize: int = 4) -> int:
+        """Bytes of a cache with ``atoms`` atoms in every layer and KV head (keys, values, log-weights)."""
+        return self.layers * self.kv_heads * atoms * (2 * self.head_dim + 1) * itemsize
+
+
+class Layers(NamedTuple):
+    """Per-layer weights stacked along a leading ``[L]`` axis; biases ``None`` unless Qwen2-style."""
+
+    attn_norm: Float[Array, "L D"]
+    wq: Float[Array, "L D Hhd"]
+    wk: Float[Array, "L D Khd"]
+    wv: Float[Array, "L D Khd"]
+    wo: Float[Array, "L Hhd D"]
+    mlp_norm: Float[Array, "L D"]
+    w_gate: Float[Array, "L D F"]
+    w_up: Float[Array, "L D F"]
+    w_down: Float[Array, "L F D"]
+    bq: Optional[Float[Array, "L Hhd"]] = None
+    bk: Optional[Float[Array, "L Khd"]] = None
+    bv: Optional[Float[Array, "L Khd"]] = None
+
+
+class Params(NamedTuple):
+    """All weights; ``head`` is ``None`` when the output projection is tied to the embedding."""
+
+    embed: Float[Array, "V D"]
+    layers: Layers
+    norm: Float[Array, " D"]
+    head: Optional[Float[Array, "D V"]] = None
+
+
+class Output(NamedTuple):
+    """What :func:`forward` returns for a chunk of ``T`` tokens."""
+
+    logits: Float[Array, "T V"]  # float32; only the last row when ``all_logits=False``
+    keys: Float[Array, "L Hkv T hd"]  # post-RoPE keys of the chunk
+    values: Float[Array, "L Hkv T hd"]
+    queries: Optional[Float[Array, "L H w hd"]] = None  # post-RoPE queries of the last w tokens
+
+
+def rms_norm(x, w, eps):
+    x = x.astype(jnp.float32)
+    return x * lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * w.astype(jnp.float32)
+
+
+def _mm(x, w):
+    return jnp.matmul(x.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
+def empty_past(cfg: Config, dtype=jnp.float32) -> Cache:
+    """A past cache with no atom: shapes ``[L, Hkv, 0, hd]``."""
+    shape = (cfg.layers, cfg.kv_heads, 0, cfg.head_dim)
+    return Cache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                 jnp.zeros(shape[:-1], jnp.float32))
+
+
+def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
+    r"""Grouped-query attention of a chunk over its past cache and, causally, over itself.
+
+    Args:
+        q: ``[T, H, hd]`` chunk queries; k, v: ``[T, Hkv, hd]`` chunk keys / values.
+        past_k, past_v: ``[Hkv, S, hd]``; past_b: ``[Hkv, S]`` log-weights (``-inf`` = empty).
+
+    Returns:
+        ``[T, H, hd]``: :math:`\sum_j e^{s_j}v_j/\sum_j e^{s_j}`, :math:`s_j = \langle q,k_j\rangle/
+        \sqrt{hd} + b_j` over the past atoms and the chunk tokens at or before the query. The two
+        parts are combined by their log-masses (identity I1), so the past is never copied.
+    """
+    T, H, hd = q.shape
+    kvh = k.shape[1]
+    g = H // kvh
+    f32 = jnp.float32
+    qg = q.reshape(T, kvh, g, hd).astype(f32) * hd ** -0.5
+    kc, vc = jnp.swapaxes(k, 0, 1).astype(f32), jnp.swapaxes(v, 0, 1).astype(f32)  # [Hkv, T, hd]
+    outs = []
+    for lo in range(0, T, block):  # static: each block reads chunk keys up to its own end only
+        hi = min(lo + block, T)
+        qb = qg[lo:hi]
+        sp = jnp.einsum("tkgd,ksd->kgts", qb, past_k.astype(f32)) + past_b[:, None, None, :]
+        sc = jnp.einsum("tkgd,ksd->kgts", qb, kc[:, :hi])
+        sc = jnp.where(jnp.arange(hi)[None, :] <= jnp.arange(lo, hi)[:, None], sc, -jnp.inf)
+        mx = jnp.maximum(jnp.max(sp, -1, initial=-jnp.inf), jnp.max(sc, -1))[..., None]
+        ep, ec = jnp.exp(sp - mx), jnp.exp(sc - mx)  # a token always sees itself: mx finite
+        z = jnp.sum(ep, -1) + jnp.sum(ec, -1)
+        num = (jnp.einsum("kgts,ksd->kgtd", ep, past_v.astype(f32))
+               + jnp.einsum("kgts,ksd->kgtd", ec, vc[:, :hi]))
+        outs.append(jnp.moveaxis(num / z[..., None], 2, 0))  # [t, Hkv, g, hd]
+    return jnp.concatenate(outs, 0).reshape(T, H, hd)
+
+
+def _layer(cfg: Config, positions, n_queries: int, block: int):
+    def run(x, xs):
+        lp, pk, pv, pb = xs
+        T = x.shape[0]
+        h = rms_norm(x, lp.attn_norm, cfg.norm_eps)
+        q, k, v = _mm(h, lp.wq), _mm(h, lp.wk), _mm(h, lp.wv)
+        if cfg.qkv_bias:
+            q, k, v = q + lp.bq, k + lp.bk, v + lp.bv
+        q = rope.apply(q.reshape(T, cfg.heads, cfg.head_dim), positions[:, None], cfg.rope_theta)
+        k = rope.apply(k.reshape(T, cfg.kv_heads, cfg.head_dim), positions[:, None], cfg.rope_theta)
+        v = v.reshape(T, cfg.kv_heads, cfg.head_dim)
+        a = attention(q, k, v, pk, pv, pb, block)
+        x = x + _mm(a.reshape(T, -1), lp.wo)
+        h = rms_norm(x, lp.mlp_norm, cfg.norm_eps)
+        x = x + _mm(jax.nn.silu(_mm(h, lp.w_gate)) * _mm(h, lp.w_up), lp.w_down)
+        kv_dtype = pk.dtype
+        out = (jnp.swapaxes(k, 0, 1).astype(kv_dtype), jnp.swapaxes(v, 0, 1).astype(kv_dtype),
+               jnp.swapaxes(q[T - n_queries:], 0, 1) if n_queries else None)
+        return x, out
+    return run
+
+
+def _forward_impl(params: Params, cfg: Config, ids, start, past: Cache, n_queries: int,
+             all_logits: bool, block: int) -> Output:
+    T = ids.shape[0]
+    positions = start + jnp.arange(T)
+    x = params.embed[ids].astype(jnp.float32)
+    x, (k, v, q) = lax.scan(_layer(cfg, positions, n_queries, block), x,
+                            (params.layers, past.keys, past.values, past.logw))
+    x = rms_norm(x if all_logits else x[-1:], params.norm, cfg.norm_eps)
+    head = params.embed.T if params.head is None else params.head
+    return Output(_mm(x, head), k, v, q)
+
+
+_forward = jax.jit(_forward_impl, static_argnames=("cfg", "n_queries", "all_logits", "block"))
+
+
+def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
+            past: Cache | None = None, *, n_queries: int = 0, all_logits: bool = True,
+            block: int = QUERY_BLOCK) -> Output:
+    r"""Run a chunk of tokens at positions ``start .. start+T-1`` over a past cache.
+
+    Args:
+        params, cfg: the model.
+        ids: ``[T]`` token ids (T >= 1).
+        start: position of the first token (RoPE angle); past atoms carry their own rotation.
+        past: a :class:`~minimaxkv.Cache` with leading ``[L, Hkv]`` axes (keys/values
+            ``[L, Hkv, S, hd]``, log-weights ``[L, Hkv, S]``), e.g. a full prefix, a compressed
+            summary or a fixed-capacity buffer; ``None`` for no past.
+        n_queries: also return the post-RoPE queries of the last ``n_queries`` tokens.
+        all_logits: logits of every token (``[T, V]``) or of the last one only (``[1, V]``).
+
+    Returns:
+        :class:`Output` with the chunk's keys and values, ready to be appended to ``past``.
+    """
+    ids = jnp.asarray(ids, jnp.int32)
+    if ids.ndim != 1 or ids.shape[0] == 0:
+        raise ValueError(f"ids: expected a non-empty 1-D array of token ids, got shape {ids.shape}")
+    if not 0 <= n_queries <= ids.shape[0]:
+        raise ValueError(f"n_queries: expected 0..{ids.shape[0]}, got {n_queries}")
+    if past is None:
+        past = empty_past(cfg, params.embed.dtype if params.embed.dtype != jnp.bfloat16
+                          else jnp.float32)
+    want = (cfg.layers, cfg.kv_heads, None, cfg.head_dim)
+    if past.keys.ndim != 4 or any(w is not None and w != s for w, s in zip(want, past.keys.shape)):
+        raise ValueError(f"past.keys: expected shape (L={cfg.layers}, Hkv={cfg.kv_heads}, S, "
+                         f"hd={cfg.head_dim}), got {tuple(past.keys.shape)}")
+    if past.values.shape != past.keys.shape or past.logw.shape != past.keys.shape[:-1]:
+        raise ValueError(f"past: values {tuple(past.values.shape)} and logw "
+                         f"{tuple(past.logw.shape)} do not match keys {tuple(past.keys.shape)}")
+    return _forward(params, cfg, ids, jnp.asarray(start, jnp.int32), past, n_queries,
+                    all_logits, block)
+
+
+def concat(past: Cache, keys, values) -> Cache:
+    """Append a chunk's keys/values ``[L, Hkv, T, hd]`` (weight 1) to a past cache."""
+    logw = jnp.zeros(keys.shape[:-1], past.logw.dtype)
+    return Cache(jnp.concatenate([past.keys, keys.astype(past.keys.dtype)], 2),
+                 jnp.concatenate([past.values, values.astype(past.values.dtype)], 2),
+                 jnp.concatenate([past.logw, logw], 2))
+
+
+def buffer(past: Cache, extra: int) -> Cache:
+    """``past`` followed by ``extra`` empty slots (log-weight ``-inf``): a fixed-capacity decode buffer."""
+    pad = ((0, 0), (0, 0), (0, extra))
+    return Cache(jnp.pad(past.keys, pad + ((0, 0),)), jnp.pad(past.values, pad + ((0, 0),)),
+                 jnp.pad(past.logw, pad, constant_values=-jnp.inf))
+
+
+@partial(jax.jit, static_argnames=("cfg",), donate_argnames=("buf",))
+def _decode(params: Params, cfg: Config, token, pos, buf: Cache, slot):
+    out = _forward_impl(params, cfg, token[None], pos, buf, 0, False, QUERY_BLOCK)
+    at = (0, 0, slot, 0)
+    buf = Cache(lax.dynamic_update_slice(buf.keys, out.keys, at),
+                lax.dynamic_update_slice(buf.values, out.values, at),
+                lax.dynamic_update_slice(buf.logw, jnp.zeros(out.keys.shape[:-1], buf.logw.dtype),
+                                         at[:3]))
+    return out.logits[0], buf
+
+
+def decode(params: Params, cfg: Config, token: int, pos: int, buf: Cache, slot: int):
+    """One decoding step: logits ``[V]`` of the token at position ``pos`` and the buffer with its
+    key/value written at ``slot`` (the buffer is donated: use the returned one)."""
+    if not 0 <= slot < buf.keys.shape[2]:
+        raise ValueError(f"slot: the buffer holds {buf.keys.shape[2]} atoms, got slot {slot}")
+    return _decode(params, cfg, jnp.asarray(token, jnp.int32), jnp.asarray(pos, jnp.int32), buf,
+                   jnp.asarray(slot, jnp.int32))
