@@ -242,7 +242,8 @@ def buffer(past: Cache, extra: int) -> Cache:
 @partial(jax.jit, static_argnames=("cfg",), donate_argnames=("buf",))
 def _decode(params: Params, cfg: Config, token, pos, buf: Cache, slot):
     out = _forward_impl(params, cfg, token[None], pos, buf, 0, False, QUERY_BLOCK)
-    at = (0, 0, slot, 0)
+    zero = jnp.zeros((), slot.dtype)
+    at = (zero, zero, slot, zero)
     buf = Cache(lax.dynamic_update_slice(buf.keys, out.keys, at),
                 lax.dynamic_update_slice(buf.values, out.values, at),
                 lax.dynamic_update_slice(buf.logw, jnp.zeros(out.keys.shape[:-1], buf.logw.dtype),

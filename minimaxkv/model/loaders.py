@@ -94,6 +94,11 @@ GGUF_NAMES = {"attn_norm": "attn_norm", "q": "attn_q", "k": "attn_k", "v": "attn
               "down": "ffn_down"}
 
 
+def _f32(x) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-5, not 9.9999997e-06)."""
+    return float(str(np.float32(x)))
+
+
 def _field(reader, key, default=None):
     f = reader.fields.get(key)
     if f is None:
@@ -134,8 +139,8 @@ def load_gguf(path, dtype=jnp.float32):
         name=str(_field(reader, "general.name", path.stem)), vocab=int(embed.shape[1]), dim=dim,
         layers=int(meta("block_count")), heads=heads, kv_heads=kv_heads, head_dim=head_dim,
         hidden=int(meta("feed_forward_length")),
-        rope_theta=float(meta("rope.freq_base", 10000.0)),
-        norm_eps=float(meta("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=_f32(meta("rope.freq_base", 10000.0)),
+        norm_eps=_f32(meta("attention.layer_norm_rms_epsilon", 1e-5)),
         tied="output.weight" not in tensors, qkv_bias=False,
         context=int(meta("context_length", 8192)))
 

