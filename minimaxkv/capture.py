@@ -1,0 +1,93 @@
+"""Captured caches: the post-RoPE keys, values and queries of every layer and head of a real model.
+
+For a token sequence of length ``T`` a capture holds, per layer ``l`` and KV head ``h``, the cache
+``Cache(keys[l, h], values[l, h])`` (``[T, hd]`` each, Hugging Face half-split RoPE layout) and the
+queries of the query heads that share it (``queries[l, h*g:(h+1)*g]``, ``[g, T, hd]``), with the
+token positions. :func:`head` returns one head in the form every function of the package takes.
+
+Files are safetensors with JSON metadata (model, config, text hash, dtype, RoPE layout), written
+atomically and validated on load (:mod:`minimaxkv.io`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import __version__, io
+from .cache import Cache
+
+
+class Captured(NamedTuple):
+    """Keys/values ``[L, Hkv, T, hd]``, queries ``[L, H, T, hd]``, positions ``[T]``, metadata."""
+
+    keys: np.ndarray
+    values: np.ndarray
+    queries: np.ndarray
+    positions: np.ndarray
+    meta: dict
+
+    @property
+    def layers(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def group(self) -> int:
+        return self.queries.shape[1] // self.keys.shape[1]
+
+    def head(self, layer: int, kv_head: int) -> tuple[Cache, jnp.ndarray]:
+        """``(Cache [T, hd], queries [g, T, hd])`` of one KV head and its query heads."""
+        if not (0 <= layer < self.layers and 0 <= kv_head < self.kv_heads):
+            raise ValueError(f"head ({layer}, {kv_head}) out of range: the capture has "
+                             f"{self.layers} layers x {self.kv_heads} KV heads")
+        g = self.group
+        return (Cache(jnp.asarray(self.keys[layer, kv_head]), jnp.asarray(self.values[layer, kv_head])),
+                jnp.asarray(self.queries[layer, kv_head * g:(kv_head + 1) * g]))
+
+
+def text_hash(ids) -> str:
+    return hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]
+
+
+def capture(model, ids, *, source: str = "") -> Captured:
+    """Run ``model`` over token ``ids`` with the full cache and keep every layer's keys, values
+    and queries (post-RoPE, float32)."""
+    from .model import _ids, forward
+
+    ids = _ids(model, ids)
+    T = int(ids.shape[0])
+    out = forward(model.params, model.config, ids, n_queries=T, all_logits=False)
+    cfg = model.config
+    meta = {"model": cfg.name, "config": cfg._asdict(), "tokens": T, "text_sha256": text_hash(ids),
+            "source": source, "rope": "half", "dtype": "float32",
+            "minimaxkv": __version__}
+    return Captured(np.asarray(out.keys, np.float32), np.asarray(out.values, np.float32),
+                    np.asarray(out.queries, np.float32), np.arange(T, dtype=np.int32), meta)
+
+
+def save(path, cap: Captured) -> Path:
+    """Write a capture atomically (safetensors + JSON metadata)."""
+    return io.save_tensors(path, {"keys": cap.keys, "values": cap.values, "queries": cap.queries,
+                                  "positions": cap.positions}, cap.meta)
+
+
+def load(path) -> Captured:
+    """Read and validate a capture file; refuses corrupt, truncated or inconsistent files."""
+    t, meta = io.load_tensors(path, ("keys", "values", "queries", "positions"))
+    k, v, q, pos = t["keys"], t["values"], t["queries"], t["positions"]
+    if k.ndim != 4 or v.shape != k.shape:
+        raise ValueError(f"{path}: keys {k.shape} and values {v.shape} must both be [L, Hkv, T, hd]")
+    if q.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:] or q.shape[1] % k.shape[1]:
+        raise ValueError(f"{path}: queries {q.shape} do not fit keys {k.shape} "
+                         f"(expected [L, H, T, hd] with H a multiple of Hkv)")
+    if pos.shape != (k.shape[2],):
+        raise ValueError(f"{path}: positions {pos.shape}, expected ({k.shape[2]},)")
+    return Captured(k, v, q, pos, meta)

@@ -1,0 +1,229 @@
+r"""End to end: a real model reading compressed caches, against the same model with the full cache.
+
+Protocol (the fair comparison of the field: same prompts, same budgets in bytes, same metrics):
+
+1. The **context** (instructions + haystack) is prefilled. Every layer and KV head is compressed to
+   ``budget`` atoms by the rule, seeing the queries of the last ``observed`` context tokens. With
+   ``block`` set, compression is causal during prefill: the context is read block by block, each
+   block attending to the compressed prefix, and summary + block are compressed back to the budget
+   after each block.
+2. The **question** is appended afterwards (query-agnostic compression), or, with
+   ``query_aware=True``, before compression, so the rule sees the question's queries (the SnapKV
+   protocol). Question and answer tokens attend to the summary plus their own exact keys.
+3. Metrics over the teacher-forced continuation (question + gold answer; answer only when query-
+   aware): mean next-token :math:`\mathrm{KL}(p_{full}\,\|\,p_{compressed})`, top-1 agreement, and
+   the perplexity of the gold answer; the task score of a greedy answer (string match); the bytes
+   of the compressed cache (keys + values + log-weights of every layer and KV head) and the
+   compression time.
+
+With a budget that keeps every atom the compressed run *is* the full run: every metric equals the
+full cache's exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from functools import lru_cache
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import tasks as tasks_mod
+from .cache import Cache
+from .model import Model, concat, empty_past, forward, generate
+from .rules.base import Rule
+
+
+class Prepared(NamedTuple):
+    """Token ids of one task: ``prefix`` is compressed, ``cont`` is teacher-forced after it."""
+
+    task: tasks_mod.Task
+    prefix: np.ndarray
+    cont: np.ndarray  # question (unless query-aware) + gold answer
+    answer: int  # the gold answer is the last ``answer`` tokens of ``cont``
+
+
+def prepare(model: Model, task: tasks_mod.Task, query_aware: bool = False) -> Prepared:
+    """Tokenize a task for the protocol: what is compressed, what is read afterwards."""
+    tok = model.tokenizer
+    ctx, q = tok.encode(task.context), tok.encode(task.question)
+    ans = tok.encode(" " + ", ".join(task.answers))
+    prefix, cont = (ctx + q, ans) if query_aware else (ctx, q + ans)
+    return Prepared(task, np.asarray(prefix, np.int32), np.asarray(cont, np.int32), len(ans))
+
+
+@lru_cache(maxsize=None)
+def _compressor(rule: Rule, budget: int):
+    def one(cache, queries, key):
+        return rule(cache, budget, queries, key).cache
+
+    return jax.jit(jax.vmap(jax.vmap(one)))
+
+
+def compress(rule: Rule, past: Cache, budget: int, queries, key=None) -> Cache:
+    """Every layer and KV head of ``past`` ``[L, Hkv, n, hd]`` compressed to ``budget`` atoms, the
+    rule seeing each head's group of observed queries (``queries [L, H, p, hd]``, the last p
+    tokens of ``past``)."""
+    L, K, n, hd = past.keys.shape
+    if budget >= n:
+        return past
+    H, p = queries.shape[1], queries.shape[2]
+    q = queries.reshape(L, K, H // K, p, hd)
+    key = jax.random.PRNGKey(0) if key is None else key
+    keys = jax.random.split(key, L * K).reshape(L, K, -1)
+    return _compressor(rule, int(budget))(past, q, keys)
+
+
+class State(NamedTuple):
+    """The cache after the prefix (compressed or not) and the logits of its last token."""
+
+    past: Cache
+    last: jnp.ndarray  # [V]
+    seconds: float  # spent compressing
+
+
+def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = None, *,
+            observed: int = 32, block: int | None = None, key=None) -> State:
+    """Read ``ids``; with a rule, compress to ``budget`` atoms per head (after the whole prefix, or
+    causally after every ``block`` tokens)."""
+    p, cfg = model.params, model.config
+    ids = jnp.asarray(ids, jnp.int32)
+    T = int(ids.shape[0])
+    step = T if block is None or rule is None else block
+    past, spent = empty_past(cfg), 0.0
+    key = jax.random.PRNGKey(0) if key is None else key
+    for lo in range(0, T, step):
+        chunk = ids[lo:lo + step]
+        w = min(observed, int(chunk.shape[0])) if rule is not None else 0
+        out = forward(p, cfg, chunk, lo, past, n_queries=w, all_logits=False)
+        past = concat(past, out.keys, out.values)
+        if rule is not None and past.keys.shape[2] > budget:
+            key, sub = jax.random.split(key)
+            t0 = time.perf_counter()
+            past = jax.block_until_ready(compress(rule, past, budget, out.queries, sub))
+            spent += time.perf_counter() - t0
+    return State(past, out.logits[-1], spent)
+
+
+class Reading(NamedTuple):
+    """The continuation read over a state: per-token logits and a greedy answer."""
+
+    logits: np.ndarray  # [len(cont), V]: row i predicts cont[i]
+    generated: str
+    score: float
+
+
+def read(model: Model, prep: Prepared, state: State, max_new: int = 16) -> Reading:
+    """Teacher-force the continuation and generate a greedy answer after the question."""
+    p, cfg = model.params, model.config
+    start = len(prep.prefix)
+    cont = forward(p, cfg, jnp.asarray(prep.cont), start, state.past).logits
+    rows = np.concatenate([np.asarray(state.last)[None], np.asarray(cont[:-1])])
+    question = prep.cont[:len(prep.cont) - prep.answer]
+    if len(question):
+        gen = generate(model, question, max_new, past=state.past, start=start)
+    else:  # query-aware: the question is already in the prefix
+        first = int(np.argmax(rows[0]))
+        gen = [first] + generate(model, [first], max_new - 1, past=state.past, start=start)
+    text = model.tokenizer.decode(gen, skip_special=True)
+    return Reading(rows, text, tasks_mod.score(prep.task, text))
+
+
+def _log_softmax(x):
+    return np.asarray(jax.nn.log_softmax(jnp.asarray(x, jnp.float32), -1), np.float64)
+
+
+def metrics(prep: Prepared, full: Reading, got: Reading, past: Cache, seconds: float) -> dict:
+    """KL, top-1, answer perplexity and score of a compressed reading against the full one."""
+    lp, lq = _log_softmax(full.logits), _log_softmax(got.logits)
+    kl = np.sum(np.exp(lp) * (lp - lq), -1)
+    top1 = np.argmax(lp, -1) == np.argmax(lq, -1)
+    idx = np.arange(len(prep.cont))
+    ans = idx[-prep.answer:]
+    nll_full, nll = -lp[ans, prep.cont[ans]], -lq[ans, prep.cont[ans]]
+    atoms = int(np.isfinite(np.asarray(past.logw)).sum())  # padding (-inf) costs nothing
+    nbytes = atoms * (2 * past.keys.shape[-1] + 1) * np.dtype(past.keys.dtype).itemsize
+    return {"kl": float(kl.mean()), "top1": float(top1.mean()),
+            "ppl_full": float(np.exp(nll_full.mean())), "ppl": float(np.exp(nll.mean())),
+            "score_full": full.score, "score": got.score, "generated": got.generated,
+            "bytes": int(nbytes), "atoms": atoms, "compress_seconds": seconds}
+
+
+def budget_atoms(budget: float, n: int) -> int:
+    """A budget given as atoms (int >= 1) or as a fraction of the prefix (0 < f <= 1)."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
+        raise ValueError(f"budget: expected atoms (int) or a fraction in (0, 1], got {budget!r}")
+    if float(budget) <= 0:
+        raise ValueError(f"budget: must be positive, got {budget}")
+    if float(budget) <= 1 and not (isinstance(budget, (int, np.integer)) and budget == 1):
+        return max(1, int(round(float(budget) * n)))
+    if float(budget) != int(budget):
+        raise ValueError(f"budget: a budget above 1 counts atoms and must be an integer, got {budget}")
+    return int(budget)
+
+
+def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule], budgets, *,
+          query_aware: bool = False, block: int | None = None, observed: int = 32,
+          max_new: int = 16, done: list[dict] | None = None, on_row=None,
+          progress: bool = True) -> list[dict]:
+    """Every (task, rule, budget) against the task's full-cache reference.
+
+    Rows already in ``done`` (same task seed/family, rule and budget) are kept and not recomputed;
+    ``on_row(rows)`` is called after every new row (e.g. to save the partial table).
+    """
+    from tqdm import tqdm
+
+    rows = list(done or [])
+    have = {(r["family"], r["seed"], r["rule"], r["budget_spec"]) for r in rows}
+    total = len(task_list) * len(rules) * len(budgets)
+    bar = tqdm(total=total, desc="evaluate", disable=not progress, file=sys.stderr)
+    for task in task_list:
+        prep = prepare(model, task, query_aware)
+        n = len(prep.prefix)
+        todo = [(name, b) for name in rules for b in budgets
+                if (task.family, task.seed, name, float(b)) not in have]
+        bar.update(len(rules) * len(budgets) - len(todo))
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        full = read(model, prep, prefill(model, prep.prefix), max_new)
+        full_seconds = time.perf_counter() - t0
+        for name, b in todo:
+            m = budget_atoms(b, n)
+            t0 = time.perf_counter()
+            state = prefill(model, prep.prefix, rules[name], m, observed=observed, block=block)
+            got = read(model, prep, state, max_new)
+            row = {"family": task.family, "seed": task.seed, "rule": name, "budget_spec": float(b),
+                   "budget": m, "prefix_tokens": n, "query_aware": query_aware, "block": block,
+                   "full_bytes": n * model.config.cache_bytes(1), "full_seconds": full_seconds,
+                   "seconds": time.perf_counter() - t0,
+                   **metrics(prep, full, got, state.past, state.seconds)}
+            rows.append(row)
+            if on_row is not None:
+                on_row(rows)
+            bar.update(1)
+    bar.close()
+    return rows
+
+
+def summarize_rows(rows: list[dict]) -> list[dict]:
+    """Mean metrics per (rule, budget) over tasks, sorted by budget then KL."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["rule"], r["budget_spec"]), []).append(r)
+    out = []
+    for (rule, spec), rs in groups.items():
+        out.append({"rule": rule, "budget": spec, "atoms": float(np.mean([r["budget"] for r in rs])),
+                    "KiB": float(np.mean([r["bytes"] for r in rs])) / 1024,
+                    "kl": float(np.mean([r["kl"] for r in rs])),
+                    "top1": float(np.mean([r["top1"] for r in rs])),
+                    "ppl": float(np.mean([r["ppl"] for r in rs])),
+                    "ppl_full": float(np.mean([r["ppl_full"] for r in rs])),
+                    "score": float(np.mean([r["score"] for r in rs])),
+                    "score_full": float(np.mean([r["score_full"] for r in rs])),
+                    "compress_s": float(np.mean([r["compress_seconds"] for r in rs])),
+                    "tasks": len(rs)})
+    return sorted(out, key=lambda r: (r["budget"], r["kl"]))

@@ -1,0 +1,146 @@
+"""Files: atomic writes, and safetensors files carrying JSON metadata and per-tensor checksums.
+
+A file is written to a temporary name in the target folder and renamed into place, so an
+interrupted run leaves either the previous file or none, never half of one. Reading validates:
+the header parses, every tensor is present with the recorded shape and dtype, its SHA-256 matches
+the one recorded at write time, and float tensors hold no NaN/Inf; anything else raises
+``ValueError`` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "minimaxkv/1"
+META_KEY = "minimaxkv"
+
+
+def atomic_write(path, write) -> Path:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path, obj) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=1, sort_keys=True, default=_json_default)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_json(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON, the file is corrupt or truncated ({err})") from err
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def save_tensors(path, tensors: dict[str, np.ndarray], meta: dict) -> Path:
+    """Write ``tensors`` and JSON ``meta`` to a safetensors file, atomically, with checksums."""
+    from safetensors.numpy import save_file
+
+    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}
+    record = {"format": FORMAT, "meta": meta,
+              "tensors": {k: {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": _digest(a)}
+                          for k, a in arrays.items()}}
+    header = {META_KEY: json.dumps(record, default=_json_default)}
+    return atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=header))
+
+
+def load_tensors(path, required: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], dict]:
+    """Read and validate a file written by :func:`save_tensors`; returns ``(tensors, meta)``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own errors on bad headers / short files
+        raise ValueError(f"{path}: not a readable safetensors file, it is corrupt or truncated "
+                         f"({type(err).__name__}: {err})") from err
+    if META_KEY not in header:
+        raise ValueError(f"{path}: no minimaxkv metadata (not written by minimaxkv)")
+    try:
+        record = json.loads(header[META_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: corrupt metadata ({err})") from err
+    if record.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {record.get('format')!r}, expected {FORMAT!r}")
+    listed = record.get("tensors", {})
+    missing = [k for k in set(listed) | set(required) if k not in tensors]
+    if missing:
+        raise ValueError(f"{path}: tensors {sorted(missing)} are missing")
+    for k, info in listed.items():
+        a = tensors[k]
+        if list(a.shape) != info["shape"] or str(a.dtype) != info["dtype"]:
+            raise ValueError(f"{path}: tensor {k} has shape {list(a.shape)} {a.dtype}, the "
+                             f"metadata records {info['shape']} {info['dtype']}")
+        if _digest(a) != info["sha256"]:
+            raise ValueError(f"{path}: tensor {k} fails its checksum, the file is corrupt")
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise ValueError(f"{path}: tensor {k} holds NaN or Inf")
+    return tensors, record["meta"]
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of a JSON-serialisable configuration."""
+    text = json.dumps(config, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def provenance() -> dict:
+    """Package versions, git revision and time, recorded beside every result."""
+    import platform
+    import subprocess
+    import time
+
+    import jax
+
+    from . import __version__
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return {"versions": {"minimaxkv": __version__, "jax": jax.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+            "git": rev or None, "machine": platform.machine(),
+            "devices": [str(d) for d in jax.devices()],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

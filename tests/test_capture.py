@@ -1,0 +1,105 @@
+"""Captured caches and result files: round trip, validation of corrupt or truncated files."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny_llama
+
+import minimaxkv as mkv
+from minimaxkv import capture, io
+from minimaxkv import model as M
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tinycap")
+    tokens, _, _ = tiny_llama.vocabulary()
+    cfg = tiny_llama.config(len(tokens))
+    stored = tiny_llama.write_gguf(folder / "tiny.gguf", cfg, tiny_llama.weights(cfg, 11))
+    return M.load(folder / "tiny.gguf"), cfg, stored
+
+
+def test_capture_matches_reference_attention(tiny, tmp_path):
+    """A captured head's cache and queries reproduce the model's attention: the causal attention
+    of the captured queries over the captured cache equals a float64 recomputation."""
+    m, cfg, w = tiny
+    ids = np.random.default_rng(0).integers(0, cfg["vocab"], 60)
+    cap = capture.capture(m, ids, source="random")
+    assert cap.keys.shape == (2, 2, 60, 8) and cap.queries.shape == (2, 4, 60, 8)
+    path = capture.save(tmp_path / "c.safetensors", cap)
+    back = capture.load(path)
+    for a, b in zip(cap[:4], back[:4]):
+        np.testing.assert_array_equal(a, b)
+    assert back.meta["tokens"] == 60 and back.meta["rope"] == "half"
+    # layer 0 keys from the float64 reference: RMSNorm(embed) @ Wk^T, RoPE (half layout)
+    f = {k: np.asarray(v, np.float64) for k, v in w.items()}
+    x = f["embed"][ids]
+    h = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + cfg["eps"]) * f["0.attn_norm"]
+    k = (h @ f["0.k"].T).reshape(60, 2, 8)
+    ang = np.arange(60)[:, None] * cfg["theta"] ** (-np.arange(0, 8, 2) / 8)
+    c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+    a, b = k[..., :4], k[..., 4:]
+    k_ref = np.concatenate([a * c - b * s, a * s + b * c], -1)
+    np.testing.assert_allclose(back.keys[0], np.swapaxes(k_ref, 0, 1), atol=1e-4, rtol=1e-4)
+    cache, q = back.head(1, 1)
+    assert cache.keys.shape == (60, 8) and q.shape == (2, 60, 8)
+    out = mkv.attend(q[0], cache, query_pos=jnp.arange(60))
+    from conftest import np_attention
+    ref = np_attention(q[0], cache.keys, cache.values, qpos=np.arange(60))[0]
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        back.head(2, 0)
+
+
+def test_corrupt_truncated_and_empty_files_are_refused(tiny, tmp_path):
+    m, cfg, _ = tiny
+    cap = capture.capture(m, np.arange(20) % cfg["vocab"])
+    path = capture.save(tmp_path / "c.safetensors", cap)
+    raw = path.read_bytes()
+    trunc = tmp_path / "t.safetensors"
+    trunc.write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        capture.load(trunc)
+    empty = tmp_path / "e.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        capture.load(empty)
+    flipped = bytearray(raw)
+    flipped[-5] ^= 0xFF  # one byte of tensor data
+    bad = tmp_path / "f.safetensors"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="checksum"):
+        capture.load(bad)
+    with pytest.raises(FileNotFoundError):
+        capture.load(tmp_path / "missing.safetensors")
+
+
+def test_inconsistent_capture_is_refused(tmp_path):
+    k = np.zeros((2, 2, 5, 4), np.float32)
+    io.save_tensors(tmp_path / "x.safetensors", {"keys": k, "values": k, "positions": np.arange(5),
+                                                 "queries": np.zeros((2, 3, 5, 4), np.float32)}, {})
+    with pytest.raises(ValueError, match="multiple of Hkv"):
+        capture.load(tmp_path / "x.safetensors")
+    nan = k.copy()
+    nan[0, 0, 0, 0] = np.nan
+    io.save_tensors(tmp_path / "n.safetensors", {"keys": nan}, {})
+    with pytest.raises(ValueError, match="NaN"):
+        io.load_tensors(tmp_path / "n.safetensors")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = io.write_json(tmp_path / "r.json", {"a": 1})
+
+    def boom(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        io.atomic_write(path, boom)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
+    path.write_text('{"a": ')
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        io.read_json(path)

@@ -1,0 +1,93 @@
+"""End-to-end evaluation: exactness at full budget, a hand-built window cache as second
+implementation, monotone degradation with the budget on SmolLM2, and the results table."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import minimaxkv as mkv
+from minimaxkv import evaluate as E
+from minimaxkv import model as M
+from minimaxkv import tasks
+
+
+def _task(m, family="passkey", length=300, seed=0):
+    tok = m.tokenizer
+    return tasks.make(family, length, lambda t: len(tok.encode(t)), seed=seed, chat=tok.chat)
+
+
+@pytest.fixture(scope="module")
+def passkey(smollm2):
+    prep = E.prepare(smollm2, _task(smollm2))
+    full = E.read(smollm2, prep, E.prefill(smollm2, prep.prefix), max_new=8)
+    return prep, full
+
+
+@pytest.mark.parametrize("name", ["snapkv", "attention_matching", "minimax"])
+@pytest.mark.parametrize("block", [None, 128])
+def test_full_budget_equals_full_cache_exactly(smollm2, passkey, name, block):
+    prep, full = passkey
+    n = len(prep.prefix)
+    state = E.prefill(smollm2, prep.prefix, mkv.rules.get(name), n, block=block)
+    got = E.read(smollm2, prep, state, max_new=8)
+    met = E.metrics(prep, full, got, state.past, state.seconds)
+    if block is None:
+        np.testing.assert_array_equal(got.logits, full.logits)
+        assert met["kl"] == 0.0
+    else:  # block-wise prefill of the same tokens: the same numbers up to float32 round-off
+        assert met["kl"] < 1e-6
+    assert met["top1"] == 1.0 and met["score"] == met["score_full"]
+    assert abs(met["ppl"] - met["ppl_full"]) < 1e-4 * met["ppl_full"]
+    assert met["atoms"] == n * 90 and met["bytes"] == n * smollm2.config.cache_bytes(1)
+
+
+def test_window_rule_equals_a_hand_built_recent_cache(smollm2, passkey):
+    """Second implementation: keep the last m keys/values of the full prefill by slicing."""
+    prep, full = passkey
+    m = 40
+    state = E.prefill(smollm2, prep.prefix, mkv.rules.get("window"), m)
+    got = E.read(smollm2, prep, state, max_new=8)
+    out = M.forward(smollm2.params, smollm2.config, jnp.asarray(prep.prefix), all_logits=False)
+    past = mkv.Cache(out.keys[:, :, -m:], out.values[:, :, -m:])
+    cont = M.forward(smollm2.params, smollm2.config, jnp.asarray(prep.cont), len(prep.prefix), past)
+    np.testing.assert_allclose(got.logits[1:], np.asarray(cont.logits[:-1]), atol=1e-4)
+    assert E.metrics(prep, full, got, state.past, 0.0)["kl"] > 0
+
+
+def test_kl_grows_as_the_budget_shrinks(smollm2, passkey):
+    prep, full = passkey
+    kls = []
+    for m in (len(prep.prefix), 160, 40, 8):
+        st = E.prefill(smollm2, prep.prefix, mkv.rules.get("streaming_llm"), m)
+        kls.append(E.metrics(prep, full, E.read(smollm2, prep, st, 4), st.past, 0.0)["kl"])
+    assert kls[0] == 0.0 and kls[0] < kls[1] < kls[2] < kls[3], kls
+
+
+def test_query_aware_protocol_moves_the_question_into_the_prefix(smollm2):
+    task = _task(smollm2, "niah_single", 200, 1)
+    agn, aware = E.prepare(smollm2, task), E.prepare(smollm2, task, query_aware=True)
+    assert len(aware.prefix) == len(agn.prefix) + len(agn.cont) - agn.answer
+    np.testing.assert_array_equal(aware.cont, agn.cont[-agn.answer:])
+
+
+def test_sweep_table_and_resume(smollm2):
+    task = _task(smollm2, "passkey", 200, 2)
+    rules = {"window": mkv.rules.get("window"), "snapkv": mkv.rules.get("snapkv")}
+    saved = []
+    rows = E.sweep(smollm2, [task], rules, [0.25, 16], max_new=4, on_row=lambda r: saved.append(len(r)),
+                   progress=False)
+    assert saved == [1, 2, 3, 4] and len(rows) == 4
+    n = rows[0]["prefix_tokens"]
+    assert {r["budget"] for r in rows} == {round(0.25 * n), 16}
+    again = E.sweep(smollm2, [task], rules, [0.25, 16], done=rows, progress=False)
+    assert again == rows  # nothing recomputed
+    table = E.summarize_rows(rows)
+    assert [r["budget"] for r in table] == sorted(r["budget"] for r in table)
+
+
+def test_budget_atoms():
+    assert E.budget_atoms(0.1, 1000) == 100 and E.budget_atoms(64, 1000) == 64
+    assert E.budget_atoms(1, 1000) == 1 and E.budget_atoms(1.0, 1000) == 1000
+    for bad in (0, -3, 2.5, "x"):
+        with pytest.raises(ValueError):
+            E.budget_atoms(bad, 10)
