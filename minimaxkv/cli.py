@@ -213,7 +213,7 @@ def evaluate_cmd(args) -> int:
     chosen = {name: rules.get(name) for name in names}
     config = {"model": m.config.name, "task": args.task, "length": args.length, "seed": args.seed,
               "samples": args.samples, "query_aware": args.query_aware, "block": args.block,
-              "observed": args.observed, "max_new": args.max_new}
+              "observed": args.observed, "max_new": args.max_new, "decode_block": args.decode_block}
     out = Path(args.out) if args.out else Path("results") / f"evaluate-{io.config_hash(config)}.json"
     done = []
     if out.exists() and not args.force:
@@ -226,13 +226,14 @@ def evaluate_cmd(args) -> int:
 
     rows = evaluate.sweep(m, task_list, chosen, args.budgets, query_aware=args.query_aware,
                           block=args.block, observed=args.observed, max_new=args.max_new,
-                          done=done, on_row=save)
+                          decode_block=args.decode_block, done=done, on_row=save)
     save(rows)
     mode = "query-aware (compression sees the question)" if args.query_aware else \
         "query-agnostic (context compressed before the question)"
     n = rows[0]["prefix_tokens"] if rows else 0
     print(f"\nEnd to end on {m.config.name}: {args.samples} x {args.task} prompt(s) of ~{args.length} "
-          f"tokens, {mode}; {'causal prefill, block ' + str(args.block) if args.block else 'one-shot compression after prefill'}")
+          f"tokens, {mode}; {'causal prefill, block ' + str(args.block) if args.block else 'one-shot compression after prefill'}"
+          f"{'; compressed again every ' + str(args.decode_block) + ' decoded tokens' if args.decode_block else ''}")
     print(f"full cache: {n} atoms per head = {n * m.config.cache_bytes(1) / 1024:.0f} KiB, "
           f"task score {np.mean([r['score_full'] for r in rows]):.2f}")
     cols = ("rule", "atoms", "KiB", "kl", "top1", "ppl", "score", "compress_s")
@@ -314,6 +315,8 @@ def main(argv=None) -> int:
                     help="let compression see the question (default: compress the context first)")
     ep.add_argument("--block", type=int, default=None,
                     help="compress causally after every BLOCK prefill tokens (default: once)")
+    ep.add_argument("--decode-block", type=int, default=None,
+                    help="also compress while decoding, every DECODE_BLOCK new tokens")
     ep.add_argument("--observed", type=int, default=32,
                     help="observed queries per head for query-aware rules (default 32)")
     ep.add_argument("--max-new", type=int, default=16, help="greedy answer tokens (default 16)")
@@ -324,8 +327,9 @@ def main(argv=None) -> int:
     if args.command == "evaluate":
         if args.samples < 1 or args.observed < 1 or args.max_new < 1:
             parser.error("--samples, --observed and --max-new must be positive")
-        if args.block is not None and args.block < 1:
-            parser.error("--block must be positive")
+        if (args.block is not None and args.block < 1) or (
+                args.decode_block is not None and args.decode_block < 1):
+            parser.error("--block and --decode-block must be positive")
         if any(b <= 0 or (b > 1 and b != int(b)) for b in args.budgets):
             parser.error("--budgets: atoms (integers >= 1) or fractions in (0, 1]")
         unknown = [r for r in (args.rules or []) if r not in rules_available()]

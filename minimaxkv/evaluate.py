@@ -33,7 +33,7 @@ import numpy as np
 
 from . import tasks as tasks_mod
 from .cache import Cache
-from .model import Model, concat, empty_past, forward, generate
+from .model import Model, buffer, concat, decode, empty_past, forward, generate
 from .rules.base import Rule
 
 
@@ -116,6 +116,63 @@ class Reading(NamedTuple):
     score: float
 
 
+class Running:
+    """Decoding over a compressed state, compressing again whenever ``block`` new tokens have
+    accumulated: the summary plus the exact block go back to ``budget`` atoms (merge-reduce), so
+    memory stays at most ``budget + block`` atoms per head. The rule sees the queries of the
+    block's last ``observed`` tokens."""
+
+    def __init__(self, model: Model, state: State, start: int, rule: Rule, budget: int,
+                 block: int, observed: int = 32):
+        self.model, self.rule, self.budget, self.block = model, rule, budget, block
+        self.observed = min(observed, block)
+        self.pos, self.seconds = start, 0.0
+        self._reset(state.past)
+
+    def _reset(self, past: Cache):
+        self.slot = past.keys.shape[2]
+        self.buf = buffer(past, self.budget + self.block - self.slot)
+        self.queries = []
+
+    def feed(self, token: int) -> np.ndarray:
+        """Read one token; its next-token logits ``[V]``."""
+        m = self.model
+        row, self.buf, q = decode(m.params, m.config, token, self.pos, self.buf, self.slot,
+                                  queries=True)
+        self.queries = (self.queries + [q])[-self.observed:]
+        self.pos += 1
+        self.slot += 1
+        if self.slot == self.buf.keys.shape[2]:
+            t0 = time.perf_counter()
+            past = jax.block_until_ready(
+                compress(self.rule, self.buf, self.budget, jnp.concatenate(self.queries, 2)))
+            self.seconds += time.perf_counter() - t0
+            self._reset(past)
+        return np.asarray(row)
+
+    @property
+    def past(self) -> Cache:
+        """The state now: summary plus the exact atoms of the open block."""
+        return Cache(*(x[:, :, :self.slot] for x in self.buf))
+
+
+def _read_running(model, prep, state, rule, budget, block, observed, max_new):
+    start = len(prep.prefix)
+    run = Running(model, state, start, rule, budget, block, observed)
+    rows = [np.asarray(state.last)] + [run.feed(int(t)) for t in prep.cont[:-1]]
+    gen_run = Running(model, state, start, rule, budget, block, observed)
+    row = np.asarray(state.last)
+    for t in prep.cont[:len(prep.cont) - prep.answer]:
+        row = gen_run.feed(int(t))
+    gen, stop = [], model.tokenizer.eos
+    while len(gen) < max_new and (not gen or gen[-1] != stop):
+        gen.append(int(np.argmax(row)))
+        row = gen_run.feed(gen[-1])
+    text = model.tokenizer.decode(gen, skip_special=True)
+    seconds = run.seconds + gen_run.seconds
+    return Reading(np.stack(rows), text, tasks_mod.score(prep.task, text)), run.past, seconds
+
+
 def read(model: Model, prep: Prepared, state: State, max_new: int = 16) -> Reading:
     """Teacher-force the continuation and generate a greedy answer after the question."""
     p, cfg = model.params, model.config
@@ -167,9 +224,12 @@ def budget_atoms(budget: float, n: int) -> int:
 
 def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule], budgets, *,
           query_aware: bool = False, block: int | None = None, observed: int = 32,
-          max_new: int = 16, done: list[dict] | None = None, on_row=None,
-          progress: bool = True) -> list[dict]:
+          max_new: int = 16, decode_block: int | None = None, done: list[dict] | None = None,
+          on_row=None, progress: bool = True) -> list[dict]:
     """Every (task, rule, budget) against the task's full-cache reference.
+
+    With ``decode_block`` the continuation is decoded token by token and the state is compressed
+    back to the budget whenever ``decode_block`` new tokens have accumulated.
 
     Rows already in ``done`` (same task seed/family, rule and budget) are kept and not recomputed;
     ``on_row(rows)`` is called after every new row (e.g. to save the partial table).
@@ -195,9 +255,15 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
             m = budget_atoms(b, n)
             t0 = time.perf_counter()
             state = prefill(model, prep.prefix, rules[name], m, observed=observed, block=block)
-            got = read(model, prep, state, max_new)
+            if decode_block:
+                got, past, extra = _read_running(model, prep, state, rules[name], m, decode_block,
+                                                 observed, max_new)
+                state = State(past, state.last, state.seconds + extra)
+            else:
+                got = read(model, prep, state, max_new)
             row = {"family": task.family, "seed": task.seed, "rule": name, "budget_spec": float(b),
                    "budget": m, "prefix_tokens": n, "query_aware": query_aware, "block": block,
+                   "decode_block": decode_block,
                    "full_bytes": n * model.config.cache_bytes(1), "full_seconds": full_seconds,
                    "seconds": time.perf_counter() - t0,
                    **metrics(prep, full, got, state.past, state.seconds)}

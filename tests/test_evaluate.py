@@ -91,3 +91,21 @@ def test_budget_atoms():
     for bad in (0, -3, 2.5, "x"):
         with pytest.raises(ValueError):
             E.budget_atoms(bad, 10)
+
+
+def test_compression_during_decoding(smollm2, passkey):
+    """Decode-time compression: with room for everything it is the full run (up to round-off);
+    with a small budget the state never exceeds budget + block atoms per head."""
+    prep, full = passkey
+    n = len(prep.prefix)
+    rule = mkv.rules.get("snapkv")
+    state = E.prefill(smollm2, prep.prefix)
+    got, past, _ = E._read_running(smollm2, prep, state, rule, n + 100, 8, 32, 8)
+    assert E.metrics(prep, full, got, past, 0.0)["kl"] < 1e-6 and got.generated == full.generated
+    small = E.prefill(smollm2, prep.prefix, rule, 48)
+    run = E.Running(smollm2, small, n, rule, 48, 8)
+    sizes = []
+    for t in prep.cont:
+        run.feed(int(t))
+        sizes.append(run.past.keys.shape[2])
+    assert max(sizes) <= 48 + 8 and min(sizes) >= 48 and 48 in sizes  # it did compress

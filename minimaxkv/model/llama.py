@@ -239,22 +239,25 @@ def buffer(past: Cache, extra: int) -> Cache:
                  jnp.pad(past.logw, pad, constant_values=-jnp.inf))
 
 
-@partial(jax.jit, static_argnames=("cfg",), donate_argnames=("buf",))
-def _decode(params: Params, cfg: Config, token, pos, buf: Cache, slot):
-    out = _forward_impl(params, cfg, token[None], pos, buf, 0, False, QUERY_BLOCK)
+@partial(jax.jit, static_argnames=("cfg", "queries"), donate_argnames=("buf",))
+def _decode(params: Params, cfg: Config, token, pos, buf: Cache, slot, queries: bool):
+    out = _forward_impl(params, cfg, token[None], pos, buf, int(queries), False, QUERY_BLOCK)
     zero = jnp.zeros((), slot.dtype)
     at = (zero, zero, slot, zero)
     buf = Cache(lax.dynamic_update_slice(buf.keys, out.keys, at),
                 lax.dynamic_update_slice(buf.values, out.values, at),
                 lax.dynamic_update_slice(buf.logw, jnp.zeros(out.keys.shape[:-1], buf.logw.dtype),
                                          at[:3]))
-    return out.logits[0], buf
+    return out.logits[0], buf, out.queries
 
 
-def decode(params: Params, cfg: Config, token: int, pos: int, buf: Cache, slot: int):
+def decode(params: Params, cfg: Config, token: int, pos: int, buf: Cache, slot: int, *,
+           queries: bool = False):
     """One decoding step: logits ``[V]`` of the token at position ``pos`` and the buffer with its
-    key/value written at ``slot`` (the buffer is donated: use the returned one)."""
+    key/value written at ``slot`` (the buffer is donated: use the returned one); with
+    ``queries=True`` also the token's post-RoPE queries ``[L, H, 1, hd]``."""
     if not 0 <= slot < buf.keys.shape[2]:
         raise ValueError(f"slot: the buffer holds {buf.keys.shape[2]} atoms, got slot {slot}")
-    return _decode(params, cfg, jnp.asarray(token, jnp.int32), jnp.asarray(pos, jnp.int32), buf,
-                   jnp.asarray(slot, jnp.int32))
+    row, buf, q = _decode(params, cfg, jnp.asarray(token, jnp.int32), jnp.asarray(pos, jnp.int32),
+                          buf, jnp.asarray(slot, jnp.int32), queries)
+    return (row, buf, q) if queries else (row, buf)
