@@ -227,3 +227,17 @@ def test_smollm2_matches_transformers(smollm2, water_ids):
         v_ref = kv.layers[layer].values[0].numpy() if hasattr(kv, "layers") else kv[layer][1][0].numpy()
         np.testing.assert_allclose(np.asarray(ours.keys[layer]), k_ref, atol=1e-3, rtol=1e-4)
         np.testing.assert_allclose(np.asarray(ours.values[layer]), v_ref, atol=1e-3, rtol=1e-4)
+
+
+def test_bfloat16_storage_stays_close(tiny):
+    """bfloat16 weights (float32 accumulation): logits within bfloat16 rounding of float32."""
+    ids = _ids(30, tiny["cfg"]["vocab"], 9)
+    m16 = M.load(tiny["folder"] / "tiny.gguf", dtype=jnp.bfloat16)
+    assert m16.params.layers.wq.dtype == jnp.bfloat16
+    a = np.asarray(M.logits(tiny["gguf"], ids))
+    b = np.asarray(M.logits(m16, ids))
+    assert b.dtype == np.float32
+    rel = np.abs(a - b).max() / np.abs(a).max()
+    assert 0 < rel < 0.05, rel
+    with pytest.raises(ValueError, match="dtype"):
+        M.load(tiny["folder"] / "tiny.gguf", dtype=jnp.int8)
