@@ -83,12 +83,14 @@ class State(NamedTuple):
     past: Cache
     last: jnp.ndarray  # [V]
     seconds: float  # spent compressing
+    queries: jnp.ndarray | None = None  # [L, H, w, hd] of the last tokens read (uncompressed)
 
 
 def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = None, *,
             observed: int = 32, block: int | None = None, key=None) -> State:
     """Read ``ids``; with a rule, compress to ``budget`` atoms per head (after the whole prefix, or
-    causally after every ``block`` tokens)."""
+    causally after every ``block`` tokens). Without a rule the state keeps the queries of the last
+    ``observed`` tokens, so one full prefill serves every rule (:func:`compress_state`)."""
     p, cfg = model.params, model.config
     ids = jnp.asarray(ids, jnp.int32)
     T = int(ids.shape[0])
@@ -97,7 +99,7 @@ def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = No
     key = jax.random.PRNGKey(0) if key is None else key
     for lo in range(0, T, step):
         chunk = ids[lo:lo + step]
-        w = min(observed, int(chunk.shape[0])) if rule is not None else 0
+        w = min(observed, int(chunk.shape[0]))
         out = forward(p, cfg, chunk, lo, past, n_queries=w, all_logits=False)
         past = concat(past, out.keys, out.values)
         if rule is not None and past.keys.shape[2] > budget:
@@ -105,7 +107,17 @@ def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = No
             t0 = time.perf_counter()
             past = jax.block_until_ready(compress(rule, past, budget, out.queries, sub))
             spent += time.perf_counter() - t0
-    return State(past, out.logits[-1], spent)
+    return State(past, out.logits[-1], spent, out.queries if rule is None else None)
+
+
+def compress_state(full: State, rule: Rule, budget: int, key=None) -> State:
+    """One-shot compression of a full prefill (the same result as ``prefill(..., rule, budget)``
+    without reading the prefix again)."""
+    t0 = time.perf_counter()
+    past = jax.block_until_ready(compress(rule, full.past, budget, full.queries,
+                                          jax.random.split(jax.random.PRNGKey(0) if key is None
+                                                           else key)[1]))
+    return State(past, full.last, time.perf_counter() - t0)
 
 
 class Reading(NamedTuple):
@@ -249,12 +261,14 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
         if not todo:
             continue
         t0 = time.perf_counter()
-        full = read(model, prep, prefill(model, prep.prefix), max_new)
+        base = prefill(model, prep.prefix, observed=observed)
+        full = read(model, prep, base, max_new)
         full_seconds = time.perf_counter() - t0
         for name, b in todo:
             m = budget_atoms(b, n)
             t0 = time.perf_counter()
-            state = prefill(model, prep.prefix, rules[name], m, observed=observed, block=block)
+            state = (compress_state(base, rules[name], m) if block is None else
+                     prefill(model, prep.prefix, rules[name], m, observed=observed, block=block))
             if decode_block:
                 got, past, extra = _read_running(model, prep, state, rules[name], m, decode_block,
                                                  observed, max_new)

@@ -109,3 +109,13 @@ def test_compression_during_decoding(smollm2, passkey):
         run.feed(int(t))
         sizes.append(run.past.keys.shape[2])
     assert max(sizes) <= 48 + 8 and min(sizes) >= 48 and 48 in sizes  # it did compress
+
+
+def test_one_full_prefill_serves_every_rule(smollm2, passkey):
+    prep, _ = passkey
+    rule = mkv.rules.get("snapkv")
+    a = E.prefill(smollm2, prep.prefix, rule, 50)
+    b = E.compress_state(E.prefill(smollm2, prep.prefix), rule, 50)
+    for x, y in zip(a.past, b.past):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.last, b.last)
