@@ -10,7 +10,9 @@ from minimaxkv import rules
 
 N, D, DV, G, P, M = 12, 4, 2, 2, 4, 4
 ALL = rules.available()
-SUBSET_BASED = [r for r in ALL if r != "kmeans_merge"]
+# kmeans_merge builds centroid keys; minimax may return its merged candidate (kept keys moved to
+# centroids, docs/theory.md §9), so neither is a subset summary and L1 does not bound them
+SUBSET_BASED = [r for r in ALL if r not in ("kmeans_merge", "minimax", "minimax_agnostic")]
 
 
 def instance(seed):
@@ -94,3 +96,15 @@ def test_nested_eviction_is_not_monotone_in_budget():
     r1 = float(mkv.risk(q, c, rules.get("window")(c, 1)))
     r2 = float(mkv.risk(q, c, rules.get("window")(c, 2)))
     assert r1 == 0.0 and abs(r2 - 0.25) < 1e-12
+
+
+def test_minimax_without_merge_is_a_subset_rule(oracles):
+    """With ``merge=False`` the minimax rule keeps cache keys (a subset summary), so L1 bounds it."""
+    for agnostic in (False, True):
+        rule = rules.get("minimax", merge=False, agnostic=agnostic)
+        for c, q, orc in oracles:
+            s = rule(c, M, q)
+            kept = np.asarray(s.kept)
+            np.testing.assert_array_equal(np.asarray(s.cache.keys), np.asarray(c.keys)[kept])
+            r = float(mkv.risk(q.reshape(-1, D), c, s))
+            assert r >= float(orc.risk) * (1 - 1e-9), (agnostic, r, float(orc.risk))

@@ -7,6 +7,7 @@ import pytest
 from scipy.optimize import lsq_linear
 
 import minimaxkv as mkv
+from conftest import np_attention
 from minimaxkv import rules
 
 N, D, DV, G, P = 48, 8, 4, 3, 10
@@ -237,3 +238,136 @@ def test_random_rule_is_uniform():
     for seed in range(400):
         counts[np.asarray(rule(c, 3, key=jax.random.PRNGKey(seed)).kept)] += 1
     assert chisquare(counts).pvalue > 1e-3
+
+
+def test_V1_greedy_gain_is_the_exact_residual_decrease(rng):
+    """V1: adding column j to the support lowers ||(I - Pi_S) Y||_F^2 by exactly
+    ||R_S^T a_j||^2 / ||(I - Pi_S) a_j||^2, so target_order picks the best next column."""
+    from minimaxkv.rules.minimax import target_order
+
+    r, nb, k, steps = 30, 12, 3, 6
+    a = rng.random((r, nb))
+    y = a[:, :5] @ rng.normal(size=(5, k)) + 0.1 * rng.normal(size=(r, k))
+
+    def resid(cols):
+        if not cols:
+            return float(np.sum(y * y))
+        coef = np.linalg.lstsq(a[:, cols], y, rcond=None)[0]
+        return float(np.sum((y - a[:, cols] @ coef) ** 2))
+
+    order = np.asarray(target_order(jnp.asarray(a), jnp.asarray(y), steps)).tolist()
+    for t in range(steps):
+        s = order[:t]
+        rs = y - (a[:, s] @ np.linalg.lstsq(a[:, s], y, rcond=None)[0] if s else 0.0)
+        drops = {}
+        for j in set(range(nb)) - set(s):
+            aj = a[:, j] - (a[:, s] @ np.linalg.lstsq(a[:, s], a[:, j], rcond=None)[0] if s else 0)
+            gain = np.sum((rs.T @ a[:, j]) ** 2) / np.sum(aj * aj)
+            drops[j] = resid(s) - resid(s + [j])
+            np.testing.assert_allclose(gain, drops[j], rtol=1e-8, atol=1e-12)
+        assert drops[order[t]] >= max(drops.values()) * (1 - 1e-9)
+
+
+def test_V2_collision_probability_brackets_isolating_fraction(rng):
+    """V2: with rho the weight of queries whose top attention is >= 1 - eta and eps the largest
+    ||p(q)||^2 of the others, (kappa - eps)/(1 - eps) <= rho <= kappa/(1 - eta)^2."""
+    inst = mkv.synthetic.lookup(jax.random.PRNGKey(0), n=32, d=32, dv=2, dtype=jnp.float64)
+    iso_q = np.asarray(inst.queries)[:20]  # each looks one atom up
+    spread_q = 0.5 * rng.normal(size=(60, 32))
+    q = np.concatenate([iso_q, spread_q])
+    for w in (np.full(80, 1 / 80), rng.dirichlet(np.ones(80))):
+        _, _, pm = np_attention(q, inst.cache.keys, inst.cache.values)
+        kappa = float(np.sum(w * np.sum(pm ** 2, axis=1)))
+        np.testing.assert_allclose(
+            kappa, float(np.trace(mkv.compressibility.response_covariance(
+                q, mkv.Cache(inst.cache.keys, np.zeros((32, 1))), weights=w))), rtol=1e-10)
+        for eta in (0.05, 0.1, 0.3):
+            isolating = pm.max(axis=1) >= 1 - eta
+            rho = float(w[isolating].sum())
+            eps = float(np.max(np.sum(pm[~isolating] ** 2, axis=1)))
+            assert (kappa - eps) / (1 - eps) <= rho + 1e-12
+            assert rho <= kappa / (1 - eta) ** 2 + 1e-12
+        assert 0.2 < rho < 0.3  # the lookup rows are the isolating ones here
+
+
+def test_ledoit_wolf_shrinkage(rng):
+    """Ledoit-Wolf fit: the intensity formula (recomputed in NumPy), isotropic data shrinks to
+    nearly mu I, and strongly anisotropic data keeps its shape."""
+    from minimaxkv.rules.minimax import ledoit_wolf
+
+    def np_lw(x):
+        p, d = x.shape
+        xc = x - x.mean(0)
+        s = xc.T @ xc / p
+        mu = np.trace(s) / d
+        delta2 = np.sum((s - mu * np.eye(d)) ** 2)
+        beta2 = sum(np.sum((np.outer(v, v) - s) ** 2) for v in xc) / p ** 2
+        a = min(beta2, delta2) / delta2
+        return (1 - a) * s + a * mu * np.eye(d), a
+
+    for x in (rng.normal(size=(64, 16)), rng.normal(size=(64, 16)) * np.linspace(0.1, 5, 16)):
+        g = ledoit_wolf(jnp.asarray(x))
+        cov = np.asarray(g.chol) @ np.asarray(g.chol).T
+        ref, a = np_lw(x)
+        np.testing.assert_allclose(cov, ref, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(g.mean), x.mean(0), rtol=1e-12)
+    assert np_lw(rng.normal(size=(64, 16)))[1] > 0.5
+    assert np_lw(rng.normal(size=(400, 16)) * np.geomspace(0.1, 10, 16))[1] < 0.1
+
+
+def test_minimax_merge_is_exact_on_duplicated_keys(rng):
+    """I3 inside minimax: a cache of 6 distinct keys, each repeated 8 times with different values,
+    compressed to 6 atoms: the merged candidate (centroid key, log count) reproduces every query
+    exactly up to the value fit, so its risk is far below the best subset's."""
+    base = 2.0 * rng.normal(size=(6, D))
+    keys = np.repeat(base, 8, axis=0)
+    vals = rng.normal(size=(48, DV))
+    c = mkv.Cache(keys, vals)
+    q = 1.5 * rng.normal(size=(G, P, D))
+    held = 1.5 * rng.normal(size=(200, D))
+    merged = rules.get("minimax")(c, 6, q)
+    subset = rules.get("minimax", merge=False)(c, 6, q)
+    assert merged.kept is None and subset.kept is not None
+    r_m, r_s = (float(mkv.risk(held, c, s)) for s in (merged, subset))
+    assert r_m < 1e-12 < r_s
+
+
+def test_minimax_value_selection_keeps_looked_up_and_far_values():
+    """V1 with the probes of V2: observed queries look up atoms 0 and 1 (kappa near 1, so the
+    law isolates atoms); with 6 slots minimax keeps those two and, of the atoms no observed query
+    saw, the four whose loss costs most (largest |v_j - mean|), not other unseen atoms."""
+    n = 16
+    inst = mkv.synthetic.lookup(jax.random.PRNGKey(1), n=n, d=n, dv=1, dtype=jnp.float64)
+    vals = 0.1 * np.random.default_rng(0).normal(size=(n, 1))
+    far = [2, 7, 11, 13]
+    vals[far, 0] = [3.0, -3.0, 2.5, -2.5]
+    c = mkv.Cache(inst.cache.keys, vals)
+    q = np.asarray(inst.queries)[[0, 1, 0, 1]]
+    s = rules.get("minimax", merge=False)(c, 6, q)
+    assert set(np.asarray(s.kept).tolist()) == {0, 1, *far}
+
+
+def test_V1_block_error_decomposition(rng):
+    """V1(b): A_hat_B - A_B = ((N_hat - N) - (lam_hat - lam)(A_B - v_bar)) / lam_hat per query, for
+    a reweighted, revalued summary of a block (masses normalised by the full cache's Z)."""
+    n, d, dv, p = 20, 4, 3, 15
+    keys, vals = rng.normal(size=(n, d)), rng.normal(size=(n, dv))
+    q = 1.5 * rng.normal(size=(p, d))
+    _, _, pm = np_attention(q, keys, vals)
+    block = np.arange(5, 15)
+    sup = np.array([6, 9, 12, 14])
+    c = rng.uniform(0.5, 3.0, size=sup.size)
+    vhat = rng.normal(size=(sup.size, dv))
+    vbar = vals[block].mean(0)
+    lam = pm[:, block].sum(1)
+    a_b = pm[:, block] @ vals[block] / lam[:, None]
+    lam_hat = pm[:, sup] @ c
+    a_hat = (pm[:, sup] * c) @ vhat / lam_hat[:, None]
+    n_b = pm[:, block] @ (vals[block] - vbar)
+    n_hat = (pm[:, sup] * c) @ (vhat - vbar)
+    np.testing.assert_allclose(n_b, lam[:, None] * (a_b - vbar), rtol=1e-12, atol=1e-14)
+    rhs = ((n_hat - n_b) - (lam_hat - lam)[:, None] * (a_b - vbar)) / lam_hat[:, None]
+    np.testing.assert_allclose(a_hat - a_b, rhs, rtol=1e-10, atol=1e-13)
+    bound = (np.linalg.norm(n_hat - n_b, axis=1)
+             + np.abs(lam_hat - lam) * np.linalg.norm(a_b - vbar, axis=1)) / lam_hat
+    assert np.all(np.linalg.norm(a_hat - a_b, axis=1) <= bound * (1 + 1e-12))
