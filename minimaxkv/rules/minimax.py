@@ -4,15 +4,15 @@ r"""The theory-derived ``minimax`` rule (THEORY.md §6, docs/theory.md §§4-7, 
    ``window_frac`` = 1/8 of the budget left by the sinks).
 2. Split the rest into blocks of ``block`` atoms (the blocks of causal use; one block in
    one-shot compression).
-3. Reference law (docs/theory.md §9), in units of one observed query: every observed query
-   (weight 1); ``samples`` draws of future queries (default ``max(64, 2 x budget, 4 n)``, at
-   most 2048) from the RoPE mixture of a Ledoit-Wolf Gaussian fitted to them, of total weight
-   :math:`(1-\kappa)N`; and one key-aligned *probe* per atom (the query along its key at the
+3. Reference law (docs/theory.md §9), every query counted once: the observed queries (weight 1
+   each); ``samples`` draws of future queries (default ``max(64, 2 x budget, 4 n)``, at most
+   2048) from the RoPE mixture of a Ledoit-Wolf Gaussian fitted to them, weight
+   :math:`1-\kappa` each; and one key-aligned *probe* per atom (the query along its key at the
    reference query scale, a query that looks the atom up), of weight :math:`\kappa n e^{b_j}/
    \sum e^b`, where :math:`\kappa = \mathbb E_{\rm obs}\lVert p(q)\rVert^2` is the observed
-   collision probability, an upper estimate of the fraction of queries that isolate one atom
-   (V2). Query-agnostic (``agnostic=True``): isotropic draws at logit scale ``logit_std`` (weight
-   :math:`1-\kappa` each, :math:`\kappa` measured on them) and the probes; no observed query.
+   collision probability, which brackets the fraction of queries that isolate one atom (V2).
+   Query-agnostic (``agnostic=True``): isotropic draws at logit scale ``logit_std`` in place of
+   observed and fitted queries (:math:`\kappa` measured on them), and the probes.
 4. Spend the budget where the spectrum is heavy: the eigenvalues of every block's response
    covariance compete -- by default of the value-class operator :math:`X = W^{1/2}P` restricted
    to the block (``response="mass"``, :math:`G^0 = X^TX`, docs/theory.md L2/M1), or of the
@@ -166,8 +166,7 @@ def reference_law(keys, logw, ref, n_obs: int):
     pmat = jax.nn.softmax(d ** -0.5 * _mm(queries, keys.T) + logw[None, :], axis=1)
     base = n_obs if n_obs else r0  # rows kappa is measured on: observed, else the draws
     kappa = jnp.mean(jnp.sum(pmat[:base] ** 2, axis=1))
-    draw_w = (1 - kappa) * base / (r0 - n_obs)
-    w = jnp.where(jnp.arange(r0) < n_obs, 1.0, draw_w)
+    w = jnp.where(jnp.arange(r0) < n_obs, 1.0, 1 - kappa)  # every query counts once
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
     w = jnp.concatenate([w, kappa * n * prior])
     return queries, w / jnp.sum(w), pmat, kappa, jnp.arange(r0 + n) >= r0
