@@ -86,8 +86,7 @@ def target_order(a, t, k: int, valid=None):
     t0 = jnp.sum(t * t)
 
     def body(i, st):
-        basis, norms, resid, chosen, order = st
-        corr = _mm(resid.T, a)  # [c, B]
+        basis, norms, resid, corr, chosen, order = st  # corr = resid^T a, [c, B]
         live = (~chosen) & valid & (norms > 1e3 * eps * init_norms)
         gain = jnp.where(live, jnp.sum(corr * corr, axis=0) / jnp.where(live, norms, 1.0), -1.0)
         j_gain = jnp.argmax(gain)
@@ -100,13 +99,16 @@ def target_order(a, t, k: int, valid=None):
         nrm = jnp.linalg.norm(col)
         col = jnp.where(nrm > 0, col / jnp.where(nrm > 0, nrm, 1.0), 0.0)
         basis = basis.at[:, i].set(col)
-        resid = resid - col[:, None] * _mm(col, resid)[None, :]
-        norms = jnp.maximum(norms - _mm(col, a) ** 2, 0.0)
-        return basis, norms, resid, chosen.at[j].set(True), order.at[i].set(j.astype(jnp.int32))
+        ca, cr = _mm(col, a), _mm(col, resid)  # [B], [c]
+        resid = resid - col[:, None] * cr[None, :]
+        corr = corr - cr[:, None] * ca[None, :]  # rank-one update: O(cB), not O(rcB)
+        norms = jnp.maximum(norms - ca ** 2, 0.0)
+        return (basis, norms, resid, corr, chosen.at[j].set(True),
+                order.at[i].set(j.astype(jnp.int32)))
 
-    init = (jnp.zeros((r, k), a.dtype), init_norms, t, jnp.zeros((nb,), bool),
+    init = (jnp.zeros((r, k), a.dtype), init_norms, t, _mm(t.T, a), jnp.zeros((nb,), bool),
             jnp.zeros((k,), jnp.int32))
-    return lax.fori_loop(0, k, body, init)[4]
+    return lax.fori_loop(0, k, body, init)[5]
 
 
 def ledoit_wolf(q):
@@ -228,14 +230,17 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             return (sw_alloc[:, :, None] * resp).reshape(-1, blk)
 
         resp = jax.vmap(block_response)(idx, valid)  # [nb, R, B]
-        eig = jax.vmap(lambda f: jnp.linalg.eigvalsh(_mm(f.T, f))[::-1])(resp)  # [nb, B]
         nvalid = valid.sum(1)
-        eig = jnp.where(jnp.arange(blk)[None, :] < nvalid[:, None], jnp.maximum(eig, 0.0),
-                        -jnp.inf)
-        thresh = lax.top_k(eig.reshape(-1), free)[0][-1]
-        above = eig > thresh
-        m_b = above.sum(1) + _ties(eig, thresh, free - above.sum())
-        kk = min(blk, free)  # no block gets more slots
+        if nb == 1:  # one block: it gets every free slot, no spectrum needed
+            m_b = jnp.full((1,), free)
+        else:
+            eig = jax.vmap(lambda f: _gram_eigenvalues(f, blk))(resp)  # [nb, B], descending
+            eig = jnp.where(jnp.arange(blk)[None, :] < nvalid[:, None], jnp.maximum(eig, 0.0),
+                            -jnp.inf)
+            thresh = lax.top_k(eig.reshape(-1), free)[0][-1]
+            above = eig > thresh
+            m_b = above.sum(1) + _ties(eig, thresh, free - above.sum())
+        kk = min(blk, free)  # no block gets more slots: every per-block array has kk slots
 
         def value_order(ix, ok):  # V1: greedy LS of the block's response for these values
             bmax = jnp.max(jnp.where(ok, b[ix], -jnp.inf))
@@ -243,13 +248,13 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             vb = vals[ix] - _mm(wb, vals[ix]) / jnp.sum(wb)  # centred: a shift changes nothing
             xb = sw * pmat[:, ix] * ok[None, :]
             y = jnp.concatenate([jnp.sum(xb, axis=1, keepdims=True), _mm(xb, vb)], axis=1)
-            return jnp.concatenate([target_order(xb, y, kk, ok), jnp.zeros((blk - kk,), jnp.int32)])
+            return target_order(xb, y, kk, ok)
 
         if selection == "value":
             order = jax.vmap(value_order)(idx, valid)
         else:
-            order = jax.vmap(lambda f, ok: pivoted_order(f, blk, ok))(resp, valid)  # [nb, B]
-        active = jnp.arange(blk)[None, :] < m_b[:, None]  # slot t of block B is used
+            order = jax.vmap(lambda f, ok: pivoted_order(f, kk, ok))(resp, valid)  # [nb, kk]
+        active = jnp.arange(kk)[None, :] < m_b[:, None]  # slot t of block B is used
         logz = jax.nn.logsumexp(d_scale(ref) * _mm(ref, keys.T) + b[None, :], axis=1)
 
         def fit_block(ix, order_b, act, m, nv, merged):
@@ -258,11 +263,13 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             kout, bcol, prior = keys[cols], b[cols], vals[cols]
             pb = pmat[:, cols] * act[None, :]
             if merged:  # every block atom joins its nearest kept key; that key -> the centroid
-                d2 = jnp.sum((keys[ix][:, None, :] - kout[None, :, :]) ** 2, axis=2)
+                kb = keys[ix]  # squared distances [B, kk] without a [B, kk, d] temporary
+                d2 = (jnp.sum(kb * kb, axis=1)[:, None] + jnp.sum(kout * kout, axis=1)[None, :]
+                      - 2 * _mm(kb, kout.T))
                 lab = jnp.argmin(jnp.where(act[None, :], d2, jnp.inf), axis=1)
                 bmax = jnp.max(jnp.where(okb, b[ix], -jnp.inf))
                 wj = jnp.where(okb & jnp.isfinite(b[ix]), jnp.exp(b[ix] - bmax), 0.0)
-                oh = jax.nn.one_hot(lab, blk, dtype=dt) * wj[:, None]  # [atoms, slots]
+                oh = jax.nn.one_hot(lab, kk, dtype=dt) * wj[:, None]  # [atoms, slots]
                 mass = jnp.sum(oh, axis=0)
                 safe = jnp.where(mass > 0, mass, 1.0)[:, None]
                 kout = jnp.where((mass > 0)[:, None], _mm(oh.T, keys[ix]) / safe, kout)
@@ -324,6 +331,15 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
 def d_scale(q):
     r"""The logit temperature :math:`1/\sqrt d` for queries ``q [..., d]``."""
     return q.shape[-1] ** -0.5
+
+
+def _gram_eigenvalues(f, k: int):
+    """The ``k`` largest eigenvalues of :math:`F^TF` for ``f [R, B]`` (descending), through the
+    smaller of the two Gram matrices (the nonzero spectra of F^T F and F F^T coincide)."""
+    r, b = f.shape
+    small = _mm(f.T, f) if b <= r else _mm(f, f.T)
+    eig = jnp.linalg.eigvalsh(small)[::-1]
+    return jnp.concatenate([eig, jnp.zeros((max(0, k - eig.shape[0]),), eig.dtype)])[:k]
 
 
 def _ties(eig, thresh, remaining):
