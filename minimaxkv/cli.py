@@ -246,6 +246,47 @@ def evaluate_cmd(args) -> int:
     return 0
 
 
+def _repo_root() -> Path:
+    """The repository holding ``experiments/`` and ``paper_figures/`` (editable install)."""
+    root = Path(__file__).resolve().parent.parent
+    missing = [d for d in ("experiments", "paper_figures") if not (root / d / "common.py").is_file()]
+    if missing:
+        raise SystemExit(f"minimaxkv: error: `figures` needs the repository's {' and '.join(missing)}"
+                         f" folder(s) next to the package (looked in {root}); install the "
+                         "repository in editable mode: pip install -e .")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+def figures_cmd(args) -> int:
+    """Compute every missing or stale experiment result at ``--scale``, then draw every figure."""
+    _repo_root()
+    from experiments import common
+    from paper_figures import common as figs
+
+    names = args.only or list(common.EXPERIMENTS)
+    try:
+        for name in names:
+            common.check_name(name)
+        common.check_scale(args.scale)
+    except ValueError as err:
+        raise SystemExit(f"minimaxkv: error: {err}") from None
+    t0 = time.perf_counter()
+    for name in names:
+        t1 = time.perf_counter()
+        record, computed = common.ensure(name, args.scale, force=args.force)
+        what = "reused" if not computed else \
+            "recomputed (--force)" if args.force else "computed (missing or stale)"
+        print(f"{name}: {what} {common.result_path(name, args.scale)} "
+              f"({time.perf_counter() - t1:.1f} s)", flush=True)
+    for name in names:
+        paths = figs.render(name, args.scale)
+        print(f"figure {name}: {' '.join(str(p) for p in paths)}", flush=True)
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def rules_available():
     from . import rules
 
@@ -323,6 +364,14 @@ def main(argv=None) -> int:
     ep.add_argument("--out", default=None, help="results file (default results/evaluate-HASH.json)")
     ep.add_argument("--force", action="store_true", help="recompute rows already in --out")
     ep.set_defaults(func=evaluate_cmd)
+    fp = sub.add_parser("figures", help="compute missing or stale experiment results, draw figures")
+    fp.add_argument("--scale", default="quick", choices=("tiny", "quick", "full"),
+                    help="experiment size: tiny (seconds), quick (minutes on a CPU, default), "
+                    "full (a GPU)")
+    fp.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="only these experiments/figures (default: all)")
+    fp.add_argument("--force", action="store_true", help="recompute even if a cached result matches")
+    fp.set_defaults(func=figures_cmd)
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         if args.samples < 1 or args.observed < 1 or args.max_new < 1:

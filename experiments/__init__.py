@@ -1,0 +1,1 @@
+"""Experiments: one module per experiment, each computing one cached result (see common.py)."""

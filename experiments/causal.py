@@ -1,0 +1,55 @@
+"""(e) Causal prefill + decoding on a synthetic token stream: error per position, bytes over time.
+
+:func:`minimaxkv.causal.run` compresses the stream block by block (summary of ``budget`` atoms +
+an exact buffer of ``block`` tokens, merge-reduce) during the prefill and while decoding; every
+position's query is scored against exact causal attention over all tokens so far.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tqdm import tqdm
+
+from experiments import common
+
+RULES = ("minimax", "streaming_llm", "snapkv", "attention_matching", "gvote", "kmeans_merge")
+
+CONFIGS = {
+    "tiny": {"prefill": 64, "decode": 32, "budget": 16, "block": 16, "d": 16, "dv": 8,
+             "rules": ["minimax", "streaming_llm", "snapkv"], "seed": 0},
+    "quick": {"prefill": 1024, "decode": 256, "budget": 128, "block": 64, "d": 32, "dv": 16,
+              "rules": list(RULES), "seed": 0},
+    "full": {"prefill": 8192, "decode": 1024, "budget": 512, "block": 128, "d": 64, "dv": 64,
+             "rules": list(RULES), "seed": 0},
+}
+
+
+def run(config: dict) -> dict:
+    """``{"rules": {rule: {"errors": [T], "nbytes": [T], "prefill_risk", "decode_risk", ...}}}``."""
+    import jax
+    import numpy as np
+
+    from minimaxkv import causal, rules, synthetic
+
+    common.enable_x64()
+    T = config["prefill"] + config["decode"]
+    st = synthetic.stream(jax.random.PRNGKey(config["seed"]), T=T, d=config["d"], dv=config["dv"])
+    itemsize = np.dtype(st.keys.dtype).itemsize
+    out = {}
+    for name in tqdm(config["rules"], desc="causal"):
+        hyper = {"block": config["block"]} if name.startswith("minimax") else {}
+        t0 = time.perf_counter()
+        res = causal.run(rules.get(name, **hyper), st.keys, st.values, st.queries,
+                         config["budget"], prefill=config["prefill"], block=config["block"],
+                         progress=True)
+        out[name] = {"errors": res.errors.tolist(), "nbytes": res.nbytes.tolist(),
+                     "prefill_risk": res.prefill_risk, "decode_risk": res.decode_risk,
+                     "compress_seconds": res.compress_seconds, "compressions": res.compressions,
+                     "seconds": time.perf_counter() - t0}
+    full = ((np.arange(T) + 1) * (config["d"] + config["dv"]) * itemsize).tolist()  # no log-weights
+    return {"rules": out, "full_nbytes": full, "prefill": config["prefill"], "T": T}
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main("causal"))

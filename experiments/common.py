@@ -1,0 +1,120 @@
+"""Shared machinery of the experiments: paths, config hashes and cached results.
+
+Every experiment module ``experiments/<name>.py`` exposes ``CONFIGS = {"tiny", "quick", "full"}``
+and a pure ``run(config) -> dict`` (JSON-serialisable). :func:`ensure` stores the result of
+``run`` atomically at ``results/<name>-<scale>.json`` with its config, config hash, seed and
+provenance, and reuses that file while the hash of the current config matches it.
+
+Folders: ``results/`` and ``paper_figures/out/`` at the repository root, overridable with the
+environment variables ``MINIMAXKV_RESULTS`` and ``MINIMAXKV_FIGURES`` (or a ``root`` argument).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import time
+from pathlib import Path
+
+from minimaxkv import io
+
+REPO = Path(__file__).resolve().parent.parent
+SCALES = ("tiny", "quick", "full")
+EXPERIMENTS = ("risk_vs_budget", "spectra", "aware_vs_agnostic", "causal", "lookup_support")
+
+
+def results_dir(root=None) -> Path:
+    """Folder of cached results: ``root``, else ``$MINIMAXKV_RESULTS``, else ``<repo>/results``."""
+    return Path(root or os.environ.get("MINIMAXKV_RESULTS") or REPO / "results")
+
+
+def figures_dir(root=None) -> Path:
+    """Folder of figures: ``root``, else ``$MINIMAXKV_FIGURES``, else ``<repo>/paper_figures/out``."""
+    return Path(root or os.environ.get("MINIMAXKV_FIGURES") or REPO / "paper_figures" / "out")
+
+
+def check_name(name: str) -> str:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; available: {', '.join(EXPERIMENTS)}")
+    return name
+
+
+def check_scale(scale: str) -> str:
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}")
+    return scale
+
+
+def module(name: str):
+    """The experiment module ``experiments.<name>``."""
+    return importlib.import_module(f"experiments.{check_name(name)}")
+
+
+def config(name: str, scale: str) -> dict:
+    """The configuration of experiment ``name`` at ``scale``."""
+    return dict(module(name).CONFIGS[check_scale(scale)])
+
+
+def result_path(name: str, scale: str, root=None) -> Path:
+    return results_dir(root) / f"{check_name(name)}-{check_scale(scale)}.json"
+
+
+def cached(name: str, scale: str, root=None) -> dict | None:
+    """The stored result if its config hash matches the current config, else ``None``."""
+    path = result_path(name, scale, root)
+    if not path.is_file():
+        return None
+    try:
+        saved = io.read_json(path)
+    except ValueError:  # corrupt or truncated: recompute
+        return None
+    return saved if saved.get("hash") == io.config_hash(config(name, scale)) else None
+
+
+def load(name: str, scale: str, root=None) -> dict:
+    """The stored result (for figure scripts); a clear error if it is missing or stale."""
+    saved = cached(name, scale, root)
+    if saved is None:
+        raise FileNotFoundError(f"{result_path(name, scale, root)}: no up-to-date result; run "
+                                f"`minimaxkv figures --scale {scale} --only {name}`")
+    return saved
+
+
+def compute(name: str, scale: str, root=None) -> dict:
+    """Run experiment ``name`` at ``scale`` and store its result atomically; returns the record."""
+    cfg = config(name, scale)
+    t0 = time.perf_counter()
+    out = module(name).run(cfg)
+    record = {"name": name, "scale": scale, "config": cfg, "hash": io.config_hash(cfg),
+              "seed": cfg.get("seed"), "seconds": time.perf_counter() - t0, "result": out,
+              **io.provenance()}
+    io.write_json(result_path(name, scale, root), record)
+    return record
+
+
+def ensure(name: str, scale: str, *, force: bool = False, root=None) -> tuple[dict, bool]:
+    """The result of ``name`` at ``scale``: ``(record, computed)``; reuses a matching cache."""
+    saved = None if force else cached(name, scale, root)
+    if saved is not None:
+        return saved, False
+    return compute(name, scale, root), True
+
+
+def enable_x64():
+    """Experiments compute in float64 (as ``minimaxkv compare`` does)."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def main(name: str, argv=None) -> int:
+    """``python -m experiments.<name> [--scale S] [--force]``: compute or reuse one result."""
+    ap = argparse.ArgumentParser(prog=f"experiments.{name}", description=module(name).__doc__)
+    ap.add_argument("--scale", default="quick", choices=SCALES)
+    ap.add_argument("--force", action="store_true", help="recompute even if cached")
+    args = ap.parse_args(argv)
+    record, computed = ensure(name, args.scale, force=args.force)
+    print(f"{name}-{args.scale}: {'computed' if computed else 'reused'} "
+          f"{result_path(name, args.scale)} ({record['seconds']:.1f} s of compute)")
+    return 0

@@ -1,0 +1,50 @@
+"""(a) Risk on held-out queries vs budget for the main rules on synthetic families.
+
+Each cell is :func:`minimaxkv.cli.compare_table` (the numbers of ``minimaxkv compare``): rules see
+``p_obs`` observed queries and are scored on ``p_eval`` held-out queries of the same law; beside
+them the value-class lower bound L2 (worst case over unit-norm values, times dv) and the
+mass-matched least-squares refit that sees the evaluation queries (an oracle-like reference).
+"""
+
+from __future__ import annotations
+
+from tqdm import tqdm
+
+from experiments import common
+
+RULES = ("window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
+         "expected_attention", "leverage", "gvote", "kmeans_merge", "attention_matching",
+         "snapkv+fit", "minimax", "minimax_agnostic")
+REFERENCES = ("L2 lower (worst case)", "refit on eval queries")
+
+CONFIGS = {
+    "tiny": {"families": ["clustered", "lookup"], "n": 16, "d": 32, "dv": 8, "p_obs": 8,
+             "p_eval": 8, "fractions": [0.25, 0.5], "rules": ["snapkv", "minimax"], "seed": 0},
+    "quick": {"families": ["clustered", "power_law", "lookup"], "n": 128, "d": 32, "dv": 16,
+              "p_obs": 32, "p_eval": 32, "fractions": [0.05, 0.1, 0.2, 0.3, 0.5],
+              "rules": list(RULES), "seed": 0},
+    "full": {"families": ["clustered", "power_law", "lookup"], "n": 512, "d": 64, "dv": 64,
+             "p_obs": 128, "p_eval": 128, "fractions": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
+             "rules": list(RULES), "seed": 0},
+}
+
+
+def run(config: dict) -> dict:
+    """``{"families": {family: {"budgets": [m...], "risk": {column: [risk per budget]}}}}``."""
+    from minimaxkv.cli import compare_table
+
+    common.enable_x64()
+    out = {}
+    for family in tqdm(config["families"], desc="risk_vs_budget"):
+        table = compare_table(family, config["n"], config["d"], config["dv"], config["p_obs"],
+                              config["p_eval"], config["fractions"], config["rules"],
+                              config["seed"])
+        budgets = list(table)
+        cols = list(config["rules"]) + list(REFERENCES)
+        out[family] = {"budgets": budgets,
+                       "risk": {c: [table[m][c] for m in budgets] for c in cols}}
+    return {"families": out, "n": config["n"]}
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main("risk_vs_budget"))

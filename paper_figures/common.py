@@ -1,0 +1,64 @@
+"""Shared plotting helpers: Agg backend, one style, atomic PNG + PDF output.
+
+Each figure module ``paper_figures/<name>.py`` exposes ``draw(record) -> Figure`` for the cached
+result record of experiment ``<name>`` (see :mod:`experiments.common`); :func:`render` loads that
+record and writes ``<out>/<name>.png`` and ``.pdf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments import common  # noqa: E402
+from minimaxkv import io  # noqa: E402
+
+FLOOR = 1e-8  # risks at round-off level are drawn at this floor on log axes
+
+plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "font.size": 9,
+                     "axes.titlesize": 10, "legend.fontsize": 7.5, "axes.grid": True,
+                     "grid.alpha": 0.3})
+
+
+def save(fig, out_dir, name: str) -> list[Path]:
+    """Write ``fig`` as ``<out_dir>/<name>.png`` and ``.pdf`` atomically; closes it."""
+    out_dir = Path(out_dir)
+    paths = []
+    for ext in ("png", "pdf"):
+        paths.append(io.atomic_write(out_dir / f"{name}.{ext}",
+                                     lambda tmp, ext=ext: fig.savefig(tmp, format=ext,
+                                                                      bbox_inches="tight")))
+    plt.close(fig)
+    return paths
+
+
+def render(name: str, scale: str, *, results=None, out=None, record=None) -> list[Path]:
+    """Draw figure ``name`` from the cached result at ``scale``; returns the files written."""
+    mod = importlib.import_module(f"paper_figures.{common.check_name(name)}")
+    record = record or common.load(name, scale, results)
+    return save(mod.draw(record), common.figures_dir(out), name)
+
+
+def floor(values):
+    """Risks clipped to :data:`FLOOR` for log axes."""
+    return [max(float(v), FLOOR) for v in values]
+
+
+def subtitle(record) -> str:
+    return f"scale {record['scale']}, seed {record['seed']}, config {record['hash']}"
+
+
+def main(name: str, argv=None) -> int:
+    """``python -m paper_figures.<name> [--scale S]``: draw one figure from its cached result."""
+    ap = argparse.ArgumentParser(prog=f"paper_figures.{name}")
+    ap.add_argument("--scale", default="quick", choices=common.SCALES)
+    args = ap.parse_args(argv)
+    for p in render(name, args.scale):
+        print(p)
+    return 0

@@ -1,0 +1,217 @@
+"""Experiments and paper figures: tiny configs run, results are cached, figures draw.
+
+Every experiment runs once at its ``tiny`` config into a temporary results folder (module
+fixture); the checks compare its numbers with independent computations where one exists.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments import common  # noqa: E402
+from experiments.lookup_support import l3_support, support_needed  # noqa: E402
+from paper_figures import common as figs  # noqa: E402
+
+import minimaxkv as mkv  # noqa: E402
+from minimaxkv import bounds, compressibility, rules, synthetic  # noqa: E402
+from minimaxkv.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``(results folder, {name: record})`` of every experiment at its tiny config."""
+    root = tmp_path_factory.mktemp("results")
+    records = {}
+    for name in common.EXPERIMENTS:
+        rec, computed = common.ensure(name, "tiny", root=root)
+        assert computed
+        records[name] = rec
+    return root, records
+
+
+def test_records_carry_config_hash_seed_provenance(tiny):
+    root, records = tiny
+    for name, rec in records.items():
+        assert rec["name"] == name and rec["scale"] == "tiny"
+        assert rec["config"] == common.config(name, "tiny")
+        assert rec["hash"] == mkv.io.config_hash(common.config(name, "tiny"))
+        assert rec["seed"] == rec["config"].get("seed")
+        assert rec["versions"]["minimaxkv"] and "time" in rec
+        assert (root / f"{name}-tiny.json").is_file()
+        assert set(common.module(name).CONFIGS) == set(common.SCALES)
+
+
+def test_structure(tiny):
+    _, rec = tiny
+    r = rec["risk_vs_budget"]["result"]
+    assert set(r["families"]) == {"clustered", "lookup"}
+    for row in r["families"].values():
+        assert row["budgets"] == [4, 8]
+        assert set(row["risk"]) == {"snapkv", "minimax", "L2 lower (worst case)",
+                                    "refit on eval queries"}
+        assert all(len(v) == 2 and all(x >= 0 for x in v) for v in row["risk"].values())
+    s = rec["spectra"]["result"]
+    assert set(s["families"]) == set(synthetic.FAMILIES)
+    for row in s["families"].values():
+        e = np.asarray(row["eigs"])
+        assert len(e) == s["n"] and e[0] == pytest.approx(1) and np.all(np.diff(e) <= 1e-12)
+    a = rec["aware_vs_agnostic"]["result"]["families"]["clustered"]
+    assert set(a["risk"]) == {"minimax", "minimax_agnostic", "snapkv", "expected_attention",
+                              "refit on eval queries"}
+    c = rec["causal"]["result"]
+    assert set(c["rules"]) == {"minimax", "streaming_llm", "snapkv"}
+    assert all(len(v["errors"]) == c["T"] == len(v["nbytes"]) for v in c["rules"].values())
+    g = rec["lookup_support"]["result"]
+    assert g["ns"] == [8, 16] and set(g["support"]) == {"minimax", "refit on eval queries", "L3"}
+
+
+def test_cache_reused_then_forced_then_stale(tiny, monkeypatch):
+    root, records = tiny
+    path = common.result_path("spectra", "tiny", root)
+    mtime = path.stat().st_mtime_ns
+    mod = common.module("spectra")
+    calls = []
+
+    def fake_run(config):
+        calls.append(config)
+        return {"families": {}, "n": 0}
+
+    monkeypatch.setattr(mod, "run", fake_run)
+    rec, computed = common.ensure("spectra", "tiny", root=root)
+    assert not computed and not calls and path.stat().st_mtime_ns == mtime
+    assert rec["result"] == records["spectra"]["result"]
+    rec, computed = common.ensure("spectra", "tiny", root=root, force=True)
+    assert computed and len(calls) == 1 and rec["result"] == {"families": {}, "n": 0}
+    monkeypatch.setitem(mod.CONFIGS, "tiny", {**mod.CONFIGS["tiny"], "seed": 1})
+    assert common.cached("spectra", "tiny", root) is None  # stale: the config hash changed
+    rec, computed = common.ensure("spectra", "tiny", root=root)
+    assert computed and len(calls) == 2 and rec["seed"] == 1
+    path.write_text("{ truncated")  # a corrupt file is recomputed, not trusted
+    assert common.cached("spectra", "tiny", root) is None
+
+
+def test_bad_names_and_missing_results(tmp_path):
+    with pytest.raises(ValueError, match="unknown experiment"):
+        common.ensure("nope", "tiny", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown scale"):
+        common.ensure("spectra", "huge", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="minimaxkv figures"):
+        common.load("spectra", "tiny", tmp_path)
+    with pytest.raises(SystemExit, match="unknown experiment"):
+        main(["figures", "--scale", "tiny", "--only", "nope"])
+    with pytest.raises(SystemExit):
+        main(["figures", "--scale", "huge"])
+
+
+def test_every_figure_draws(tiny, tmp_path):
+    root, records = tiny
+    for name in common.EXPERIMENTS:
+        paths = figs.render(name, "tiny", out=tmp_path, record=records[name])
+        assert [p.name for p in paths] == [f"{name}.png", f"{name}.pdf"]
+        assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_cli_figures_reuses_cached_results(tiny, tmp_path, monkeypatch, capsys):
+    root, _ = tiny
+    monkeypatch.setenv("MINIMAXKV_RESULTS", str(root))
+    monkeypatch.setenv("MINIMAXKV_FIGURES", str(tmp_path))
+    only = ["risk_vs_budget", "causal"]
+    assert main(["figures", "--scale", "tiny", "--only", *only]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": reused") == 2 and "computed" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{n}.{e}" for n in only for e in ("pdf", "png"))
+
+
+# ---------------------------------------------------------------- independent references
+
+
+def _clustered_split(cfg, seed=0):
+    n, p = cfg["n"], cfg["p_obs"] + cfg["p_eval"]
+    inst = synthetic.make("clustered", jax.random.PRNGKey(seed), n=n, d=cfg["d"], dv=cfg["dv"],
+                          p=p, dtype=jnp.float64)
+    return inst.cache, inst.queries[:cfg["p_obs"]], inst.queries[cfg["p_obs"]:]
+
+
+def test_risk_vs_budget_cell_equals_direct_risk(tiny):
+    _, rec = tiny
+    cfg, r = rec["risk_vs_budget"]["config"], rec["risk_vs_budget"]["result"]
+    c, q_obs, q_eval = _clustered_split(cfg)
+    row = r["families"]["clustered"]
+    m = row["budgets"][0]
+    for name in ("snapkv", "minimax"):
+        direct = float(mkv.risk(q_eval, c, rules.get(name)(c, m, q_obs)))
+        assert row["risk"][name][0] == pytest.approx(direct, rel=1e-9, abs=1e-12)
+    expect = float(bounds.width_lower(q_eval, c, m)) * cfg["dv"]
+    assert row["risk"]["L2 lower (worst case)"][0] == pytest.approx(expect, rel=1e-9)
+
+
+def test_aware_vs_agnostic_matches_risk_vs_budget_and_gap(tiny):
+    _, rec = tiny
+    a = rec["aware_vs_agnostic"]["result"]["families"]["clustered"]
+    r = rec["risk_vs_budget"]["result"]["families"]["clustered"]
+    m = a["budgets"][0]
+    j = r["budgets"].index(m)  # same instance (seed 0) and budget in both experiments
+    for name in ("snapkv", "minimax"):
+        assert a["risk"][name][0][0] == pytest.approx(r["risk"][name][j], rel=1e-9, abs=1e-12)
+    ratio = a["risk"]["minimax_agnostic"][0][0] / a["risk"]["minimax"][0][0]
+    assert a["gap"][0] == pytest.approx(ratio)
+
+
+def test_spectra_match_dense_covariance(tiny):
+    _, rec = tiny
+    cfg, s = rec["spectra"]["config"], rec["spectra"]["result"]
+    inst = synthetic.make("isotropic", jax.random.PRNGKey(cfg["seed"]), n=cfg["n"], d=cfg["d"],
+                          dv=cfg["dv"], p=cfg["p"], dtype=jnp.float64)
+    g = np.asarray(compressibility.response_covariance(inst.queries, inst.cache))
+    e = np.linalg.eigvalsh(g)[::-1]
+    np.testing.assert_allclose(s["families"]["isotropic"]["eigs"], e / e[0], atol=1e-9)
+    ranks = {f: row["eps_rank"]["0.05"] for f, row in s["families"].items()}
+    assert ranks["low_rank"] <= ranks["isotropic"] and ranks["lookup"] >= ranks["clustered"]
+
+
+def test_causal_exact_until_first_compression(tiny):
+    _, rec = tiny
+    cfg, c = rec["causal"]["config"], rec["causal"]["result"]
+    first = cfg["budget"] + cfg["block"]  # the state first exceeds the budget after this many
+    cap = (cfg["budget"] + cfg["block"]) * (cfg["d"] + cfg["dv"] + 1) * 4
+    for r in c["rules"].values():
+        err = np.asarray(r["errors"])
+        assert np.all(err[:first] < 1e-10)
+        assert r["prefill_risk"] == pytest.approx(err[: cfg["prefill"]].mean())
+        assert max(r["nbytes"]) <= cap < c["full_nbytes"][-1]
+
+
+def test_lookup_support_grows_with_n(tiny):
+    _, rec = tiny
+    cfg, g = rec["lookup_support"]["config"], rec["lookup_support"]["result"]
+    for name in ("minimax", "refit on eval queries", "L3"):
+        sup = g["support"][name]["0.5"]
+        assert sup[1] > sup[0] > 0
+    n = g["ns"][0]
+    inst = synthetic.make("lookup", jax.random.PRNGKey(cfg["seed"]), n=n, d=n, dv=cfg["dv"],
+                          p=n, gap=cfg["gap"], dtype=jnp.float64)
+    q, c = inst.queries, inst.cache
+    m = g["curves"][str(n)]["m"][0]
+    direct = float(mkv.relative_risk(q, c, rules.get("minimax")(c, m, q)))
+    assert g["curves"][str(n)]["minimax"][0] == pytest.approx(direct, rel=1e-9)
+
+
+def test_support_needed_and_l3_formula():
+    assert support_needed([2, 4, 6], [0.8, 0.4, 0.1], 8, 0.5) == pytest.approx(2 + 2 * 0.3 / 0.4)
+    assert support_needed([2, 4], [0.9, 0.8], 8, 0.1) == pytest.approx(4 + 4 * 0.7 / 0.8)
+    assert support_needed([2], [0.05], 8, 0.1) == pytest.approx(2 * 0.9 / 0.95)
+    n, gap, dv, spread, r = 32, 8.0, 16, 3.0, 0.2
+    m = l3_support(n, gap, dv, spread, r)  # the L3 tail at m equals the target risk
+    assert dv * bounds.lookup_tail(n, m, gap) == pytest.approx(r * spread)
+    assert l3_support(n, gap, dv, spread, 1e6) == 0.0
+    assert math.isclose(l3_support(n, gap, dv, spread, 0.0), n)
