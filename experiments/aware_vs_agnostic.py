@@ -20,10 +20,10 @@ CONFIGS = {
     "tiny": {"families": ["clustered"], "n": 16, "d": 32, "dv": 8, "p_obs": 8, "p_eval": 8,
              "fractions": [0.5], "seeds": [0]},
     "quick": {"families": ["clustered", "power_law", "heavy", "recency", "lookup"], "n": 128,
-              "d": 32, "dv": 16, "p_obs": 32, "p_eval": 32, "fractions": [0.05, 0.1, 0.2, 0.3, 0.5],
+              "d": 32, "dv": 16, "p_obs": 32, "p_eval": 128, "fractions": [0.05, 0.1, 0.2, 0.3, 0.5],
               "seeds": [0, 1]},
     "full": {"families": ["clustered", "power_law", "heavy", "recency", "isotropic", "lookup"],
-             "n": 512, "d": 64, "dv": 64, "p_obs": 128, "p_eval": 128,
+             "n": 512, "d": 64, "dv": 64, "p_obs": 128, "p_eval": 512,
              "fractions": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5], "seeds": [0, 1, 2, 3]},
 }
 

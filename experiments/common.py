@@ -87,7 +87,7 @@ def compute(name: str, scale: str, root=None) -> dict:
     t0 = time.perf_counter()
     out = module(name).run(cfg)
     record = {"name": name, "scale": scale, "config": cfg, "hash": io.config_hash(cfg),
-              "seed": cfg.get("seed"), "seconds": time.perf_counter() - t0, "result": out,
+              "seed": cfg.get("seed", cfg.get("seeds")), "seconds": time.perf_counter() - t0, "result": out,
               **io.provenance()}
     io.write_json(result_path(name, scale, root), record)
     return record

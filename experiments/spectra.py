@@ -2,7 +2,7 @@
 
 For each family, the exact eigenvalues of the response covariance G (and of its value-centred twin
 Gamma) on the family's own queries, normalised by the top eigenvalue, and the eps-rank at several
-relative tolerances: how many atoms a value-linear summary needs (L2) to keep the tail below eps.
+relative tolerances (the lookup family is probed by its own law: every atom's query once): how many atoms a value-linear summary needs (L2) to keep the tail below eps.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def run(config: dict) -> dict:
     out = {}
     for family in tqdm(sorted(synthetic.FAMILIES), desc="spectra"):
         kw = dict(n=n, d=max(config["d"], n) if family == "lookup" else config["d"],
-                  dv=config["dv"], p=config["p"], dtype=jnp.float64)
+                  dv=config["dv"], p=n if family == "lookup" else config["p"], dtype=jnp.float64)
         inst = synthetic.make(family, jax.random.PRNGKey(config["seed"]), **kw)
         row = {}
         for key, centred in (("eigs", False), ("eigs_centred", True)):

@@ -17,15 +17,15 @@ LABEL = {"minimax": "minimax (query-aware)", "minimax_agnostic": "minimax_agnost
 
 def draw(record):
     res = record["result"]
-    fams = list(res["families"])
+    fams = common.families(record)
     cols = min(len(fams), 3)
     rows = -(-len(fams) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 3.6 * rows), squeeze=False)
     for ax, fam in zip(axes.flat, fams):
         row = res["families"][fam]
         x = [m / res["n"] for m in row["budgets"]]
-        for rule, runs in row["risk"].items():
-            runs = np.asarray(runs, float)
+        for rule in sorted(row["risk"], key=lambda r: list(STYLE).index(r) if r in STYLE else 99):
+            runs = np.asarray(row["risk"][rule], float)
             col, ls = STYLE.get(rule, ("tab:gray", "-"))
             mean = runs.mean(axis=0)
             ax.plot(x, common.floor(mean), color=col, ls=ls, marker="o", ms=3, lw=1.5,
@@ -35,8 +35,8 @@ def draw(record):
                                 color=col, alpha=0.1, lw=0)
         gap = row["gap"]
         ax.set_title(f"{fam}: agnostic/aware minimax risk {min(gap):.2g}–{max(gap):.2g}×")
-        ax.set_xscale("log")
         ax.set_yscale("log")
+        common.budget_axis(ax, x)
         ax.set_xlabel("budget m / n (fraction of atoms kept)")
         ax.set_ylabel("risk on held-out queries")
     for ax in list(axes.flat)[len(fams):]:

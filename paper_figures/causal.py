@@ -27,13 +27,22 @@ def draw(record):
                                    gridspec_kw={"height_ratios": [3, 2]})
     cmap = plt.get_cmap("tab10")
     w = max(1, T // 64)
+    lowest = np.inf
+    same_bytes = len({tuple(r["nbytes"]) for r in res["rules"].values()}) == 1
     for i, (name, r) in enumerate(res["rules"].items()):
         style = dict(color="black", lw=2) if name == "minimax" else dict(color=cmap(i), lw=1.2)
-        ax0.plot(t, common.floor(_smooth(r["errors"], w)), **style,
+        err = _smooth(r["errors"], w)
+        ax0.plot(t, common.floor(err), **style,
                  label=f"{name}: prefill {r['prefill_risk']:.2g}, decode {r['decode_risk']:.2g}")
-        ax1.plot(t, np.asarray(r["nbytes"]) / 1024, **style, label=name)
+        lowest = min(lowest, err[err > 1e-10].min(initial=np.inf))
+        if not same_bytes or i == 0:
+            ax1.plot(t, np.asarray(r["nbytes"]) / 1024, **(style if not same_bytes else
+                                                            dict(color="black", lw=1.5)),
+                     label=name if not same_bytes else "compressed state (every rule)")
     ax1.plot(t, np.asarray(res["full_nbytes"]) / 1024, color="0.5", ls="--", lw=1.2,
-             label="full cache")
+             label="full cache (keys + values)")
+    if np.isfinite(lowest):  # exact positions (before the first compression) fall off the axis
+        ax0.set_ylim(bottom=lowest / 3)
     for ax in (ax0, ax1):
         ax.axvline(pre, color="0.4", ls=":", lw=1)
     ax0.text(pre, 1.0, " decoding →", transform=ax0.get_xaxis_transform(), va="top",
@@ -41,10 +50,10 @@ def draw(record):
     ax0.set_yscale("log")
     ax0.set_ylabel(f"squared output error\n(trailing mean over {w} positions)")
     ax0.legend(title="rule: mean risk over prefill, decode", loc="lower right", ncol=2)
-    ax1.set_yscale("log")
     ax1.set_ylabel("state memory (KiB)")
+    ax1.set_ylim(bottom=0)
     ax1.set_xlabel("token position t (prefill, then decoding)")
-    ax1.legend(loc="upper left", ncol=4)
+    ax1.legend(loc="upper left", ncol=4 if not same_bytes else 2)
     fig.suptitle(f"Causal compression of a {pre}+{T - pre}-token stream — "
                  f"{common.subtitle(record)}")
     fig.tight_layout()

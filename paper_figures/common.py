@@ -50,6 +50,24 @@ def floor(values):
     return [max(float(v), FLOOR) for v in values]
 
 
+def budget_axis(ax, fractions):
+    """Log x axis with one plain tick per budget fraction (no overlapping minor labels)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(fractions))
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.2g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def families(record) -> list[str]:
+    """Families in the order of the config (JSON files store keys sorted)."""
+    found = record["result"]["families"]
+    order = record["config"].get("families", sorted(found))
+    return [f for f in order if f in found]
+
+
 def subtitle(record) -> str:
     return f"scale {record['scale']}, seed {record['seed']}, config {record['hash']}"
 

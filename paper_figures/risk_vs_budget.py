@@ -11,7 +11,7 @@ HIGHLIGHT = {"minimax": ("black", "-", 2.2), "minimax_agnostic": ("0.35", "--", 
 
 def draw(record):
     res = record["result"]
-    fams = list(res["families"])
+    fams = common.families(record)
     fig, axes = plt.subplots(1, len(fams), figsize=(4.2 * len(fams), 4.0), squeeze=False)
     axes = axes[0]
     cmap = plt.get_cmap("tab20")
@@ -34,7 +34,7 @@ def draw(record):
                 ax.plot(x, common.floor(row["risk"][rule]), color=col, ls=ls, lw=lw, marker="o",
                         ms=3, label=rule)
         ax.set_yscale("log")
-        ax.set_xscale("log")
+        common.budget_axis(ax, x)
         ax.set_title(f"{fam} (n = {res['n']})")
         ax.set_xlabel("budget m / n (fraction of atoms kept, = bytes)")
     axes[0].set_ylabel("risk: mean squared output error on held-out queries")

@@ -44,10 +44,12 @@ def draw(record):
     axes[2].set_xlabel("m / n (atoms kept, fraction)")
     axes[2].set_ylabel("tail fraction Σ_{i>m} λ_i / Σ λ_i")
     axes[2].set_title("Tail mass (the L2 bound's shape)")
-    axes[0].legend(title=f"family (ε-rank at ε = {eps_key})", loc="lower left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
+               title=f"family (ε-rank at ε = {eps_key}: atoms for a tail below ε of the trace)")
     fig.suptitle(f"Response-covariance spectra, n = {res['n']} atoms — {common.subtitle(record)} "
                  f"(values below {common.FLOOR:g} drawn at it)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 

@@ -44,7 +44,7 @@ def test_records_carry_config_hash_seed_provenance(tiny):
         assert rec["name"] == name and rec["scale"] == "tiny"
         assert rec["config"] == common.config(name, "tiny")
         assert rec["hash"] == mkv.io.config_hash(common.config(name, "tiny"))
-        assert rec["seed"] == rec["config"].get("seed")
+        assert rec["seed"] == rec["config"].get("seed", rec["config"].get("seeds"))
         assert rec["versions"]["minimaxkv"] and "time" in rec
         assert (root / f"{name}-tiny.json").is_file()
         assert set(common.module(name).CONFIGS) == set(common.SCALES)
