@@ -3,7 +3,9 @@
 Every experiment module ``experiments/<name>.py`` exposes ``CONFIGS = {"tiny", "quick", "full"}``
 and a pure ``run(config) -> dict`` (JSON-serialisable). :func:`ensure` stores the result of
 ``run`` atomically at ``results/<name>-<scale>.json`` with its config, config hash, seed and
-provenance, and reuses that file while the hash of the current config matches it.
+provenance, and reuses that file while the hash of the current config matches it (the hash sees
+the config only, not the code: recompute with ``force`` after changing an experiment or the
+library). An interrupted run keeps every result already stored.
 
 Folders: ``results/`` and ``paper_figures/out/`` at the repository root, overridable with the
 environment variables ``MINIMAXKV_RESULTS`` and ``MINIMAXKV_FIGURES`` (or a ``root`` argument).

@@ -19,7 +19,7 @@ REFERENCES = ("L2 lower (worst case)", "refit on eval queries")
 
 CONFIGS = {
     "tiny": {"families": ["clustered", "lookup"], "n": 16, "d": 32, "dv": 8, "p_obs": 8,
-             "p_eval": 8, "fractions": [0.25, 0.5], "rules": ["snapkv", "minimax"], "seed": 0},
+             "p_eval": 8, "fractions": [0.5], "rules": ["snapkv", "minimax"], "seed": 0},
     "quick": {"families": ["clustered", "power_law", "lookup"], "n": 128, "d": 32, "dv": 16,
               "p_obs": 32, "p_eval": 128, "fractions": [0.05, 0.1, 0.2, 0.3, 0.5],
               "rules": list(RULES), "seed": 0},
