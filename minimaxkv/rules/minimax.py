@@ -50,6 +50,15 @@ from .base import Rule, protected_split, query_positions
 from .eviction import _fit
 
 
+def _new_direction(basis, col):
+    """``col`` orthogonalised against the columns of ``basis`` (twice: Gram-Schmidt with
+    reorthogonalisation) and normalised; zero when it lies in their span."""
+    for _ in range(2):
+        col = col - _mm(basis, _mm(basis.T, col))
+    nrm = jnp.linalg.norm(col)
+    return jnp.where(nrm > 0, col / jnp.where(nrm > 0, nrm, 1.0), 0.0)
+
+
 def pivoted_order(a, k: int, valid=None):
     """First ``k`` column pivots of ``a [r, B]`` by greedy residual norm (Gram-Schmidt, twice);
     columns with ``valid == False`` are never picked before the valid ones."""
@@ -58,11 +67,7 @@ def pivoted_order(a, k: int, valid=None):
     def body(t, st):
         basis, norms, chosen, order = st
         j = jnp.argmax(jnp.where(chosen, -jnp.inf, norms))
-        col = a[:, j]
-        for _ in range(2):
-            col = col - _mm(basis, _mm(basis.T, col))
-        nrm = jnp.linalg.norm(col)
-        col = jnp.where(nrm > 0, col / jnp.where(nrm > 0, nrm, 1.0), 0.0)
+        col = _new_direction(basis, a[:, j])
         basis = basis.at[:, t].set(col)
         norms = jnp.where(norms >= 0, jnp.maximum(norms - _mm(col, a) ** 2, 0.0), norms)
         return basis, norms, chosen.at[j].set(True), order.at[t].set(j.astype(jnp.int32))
@@ -93,11 +98,7 @@ def target_order(a, t, k: int, valid=None):
         j_piv = jnp.argmax(jnp.where((~chosen) & valid, norms, -1.0) +
                            jnp.where(chosen | ~valid, -jnp.inf, 0.0))
         j = jnp.where(gain[j_gain] > 1e3 * eps * t0, j_gain, j_piv)
-        col = a[:, j]
-        for _ in range(2):
-            col = col - _mm(basis, _mm(basis.T, col))
-        nrm = jnp.linalg.norm(col)
-        col = jnp.where(nrm > 0, col / jnp.where(nrm > 0, nrm, 1.0), 0.0)
+        col = _new_direction(basis, a[:, j])
         basis = basis.at[:, i].set(col)
         ca, cr = _mm(col, a), _mm(col, resid)  # [B], [c]
         resid = resid - col[:, None] * cr[None, :]
