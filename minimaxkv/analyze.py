@@ -1,0 +1,181 @@
+r"""Per-head analysis of a captured cache: compressibility, bounds and measured risk.
+
+A capture of ``T`` tokens (:mod:`minimaxkv.capture`) is split in time: the first ``n = T - future``
+tokens are the **context** (the cache to compress), the last ``future`` tokens are **probes**,
+queries that arrive after compression and read the context (their attention is restricted to the
+context: the composition identity I1 makes the context part's error the quantity that matters).
+Query-aware rules see the queries of the last ``observed`` context tokens (a SnapKV-style window);
+nothing sees the probes except the references marked as such.
+
+For every layer and KV head (the probe law of a KV head pools the queries of its GQA group),
+:func:`analyze_head` reports
+
+* **predictors**, computed before any rule runs: the ε-rank of the response covariance :math:`G`
+  on the probes (THEORY.md §4), its relative spectral tail :math:`\sum_{i>m}\lambda_i/\sum_i\lambda_i`
+  at each budget, the value-class width :math:`\sigma_{m+1}(W^{1/2}P)^2` (L2) and the attention
+  entropy;
+* **references**: the achievable worst case U4 of the pivoted, mass-matched, least-squares-refit
+  support (per unit-norm value column), and the actual risk of that refit on the head's values
+  (it sees the probes: an oracle-like reference, not a rule);
+* **measured**: the risk and relative risk (risk over the spread of the outputs,
+  :func:`minimaxkv.risk.relative_risk`) of each rule at each budget on the probes.
+
+:func:`rank_correlation` gives Spearman's :math:`\rho` of a predictor against a measured column
+across heads.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import bounds, compressibility
+from .cache import Cache
+from .capture import Captured
+from .evaluate import budget_atoms
+from .risk import relative_risk, risk
+
+
+class HeadCase(NamedTuple):
+    """One KV head split in time: the context cache, the observed window and the probes."""
+
+    cache: Cache  # [n, hd]
+    observed: jnp.ndarray  # [g, observed, hd]: queries of the last context tokens
+    probes: jnp.ndarray  # [g * future, hd]: queries of the tokens after the context
+
+
+def _check_split(T: int, future: int, observed: int) -> int:
+    if future < 1 or observed < 1:
+        raise ValueError(f"future and observed: expected positive counts, got {future}, {observed}")
+    n = T - future
+    if n < max(observed, 2):
+        raise ValueError(f"a capture of {T} tokens cannot hold {future} probe tokens and a context "
+                         f"of at least {max(observed, 2)} tokens (observed window {observed})")
+    return n
+
+
+def head_case(cap: Captured, layer: int, kv_head: int, *, future: int, observed: int,
+              dtype=None) -> HeadCase:
+    """The :class:`HeadCase` of ``(layer, kv_head)``; ``dtype`` defaults to float64 when x64 is
+    enabled, else float32."""
+    n = _check_split(cap.keys.shape[2], future, observed)
+    dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    cache, q = cap.head(layer, kv_head)
+    ctx = Cache(cache.keys[:n].astype(dtype), cache.values[:n].astype(dtype))
+    return HeadCase(ctx, q[:, n - observed:n].astype(dtype),
+                    q[:, n:].reshape(-1, q.shape[-1]).astype(dtype))
+
+
+def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float = 0.05,
+                 key=None, spectrum: bool = False) -> dict:
+    """Predictors, references and measured risks of one head (see the module docstring).
+
+    ``budgets`` are atom counts (``1 <= m < n``), ``rules`` a ``{name: Rule}`` dict. Returns a
+    JSON-ready dict: ``eps_rank``, ``entropy``, ``n``, and per budget (lists in the order of
+    ``budgets``) ``tail``, ``lower`` (L2), ``upper`` (U4), ``refit`` and ``risk[rule]`` /
+    ``relative[rule]``; with ``spectrum=True`` also ``eigs``, the spectrum of G over its top
+    eigenvalue.
+    """
+    c, probes = case.cache, case.probes
+    n = c.n
+    bad = [m for m in budgets if not 1 <= m < n]
+    if bad:
+        raise ValueError(f"budgets {bad}: expected atom counts in [1, {n - 1}] (context n = {n})")
+    eigs = np.asarray(compressibility.spectrum(probes, c), np.float64)
+    total = eigs.sum()
+    out = {"n": n, "eps_rank": int(compressibility.eps_rank(eigs, eps)),
+           "entropy": float(jnp.mean(compressibility.attention_entropy(probes, c))),
+           "trace": float(total), "tail": [], "lower": [], "upper": [], "refit": [],
+           "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules}}
+    if spectrum:
+        out["eigs"] = (eigs / eigs[0]).tolist() if eigs[0] > 0 else eigs.tolist()
+    key = jax.random.PRNGKey(0) if key is None else key
+    for m in budgets:
+        out["tail"].append(float(eigs[m:].sum() / total) if total > 0 else 0.0)
+        out["lower"].append(float(bounds.width_lower(probes, c, m)))
+        up, support = bounds.width_upper(probes, c, m)
+        out["upper"].append(float(up))
+        out["refit"].append(_refit_risk(probes, c, support))
+        for name, rule in rules.items():
+            s = rule(c, m, case.observed, key)
+            out["risk"][name].append(float(risk(probes, c, s)))
+            out["relative"][name].append(float(relative_risk(probes, c, s)))
+    return out
+
+
+def _refit_risk(probes, cache: Cache, support) -> float:
+    """Risk on the probes of the mass-matched support refit by least squares on the probes."""
+    from .fit import fit_values, mass_match
+
+    s = jnp.asarray(np.sort(np.asarray(support)))
+    logw = mass_match(probes, cache, s)
+    keys = cache.keys[s]
+    values = fit_values(probes, cache, keys, logw)
+    return float(risk(probes, cache, Cache(keys, values, logw)))
+
+
+def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed: int = 32,
+            eps: float = 0.05, heads=None, spectrum: bool = False,
+            progress: bool = True) -> list[dict]:
+    """:func:`analyze_head` for every ``(layer, kv_head)`` in ``heads`` (default: all).
+
+    ``budgets`` are atoms (integers) or fractions of the context (see
+    :func:`minimaxkv.evaluate.budget_atoms`). Rows carry ``layer``, ``kv_head`` and ``budgets``
+    (atoms) besides the fields of :func:`analyze_head`.
+    """
+    from tqdm import tqdm
+
+    n = _check_split(cap.keys.shape[2], future, observed)
+    atoms = [budget_atoms(b, n) for b in budgets]
+    heads = [(i, h) for i in range(cap.layers) for h in range(cap.kv_heads)] if heads is None \
+        else [tuple(x) for x in heads]
+    rows = []
+    for layer, h in tqdm(heads, desc="heads", disable=not progress, file=sys.stderr):
+        case = head_case(cap, layer, h, future=future, observed=observed)
+        row = analyze_head(case, atoms, rules, eps=eps, spectrum=spectrum,
+                           key=jax.random.fold_in(jax.random.PRNGKey(layer), h))
+        rows.append({"layer": layer, "kv_head": h, "budgets": atoms, **row})
+    return rows
+
+
+def spearman(x, y) -> float:
+    r"""Spearman's :math:`\rho`: Pearson correlation of the (average-tie) ranks of x and y."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size < 3:
+        raise ValueError(f"spearman: expected two 1-D arrays of equal length >= 3, got {x.shape}, "
+                         f"{y.shape}")
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def column(rows: list[dict], field: str, budget_index: int | None = None, rule: str | None = None):
+    """One value per head: ``field`` (``"eps_rank"``...), a per-budget field at ``budget_index``,
+    or ``risk``/``relative`` of ``rule`` at ``budget_index``."""
+    if rule is not None:
+        return np.array([r[field][rule][budget_index] for r in rows], np.float64)
+    if budget_index is not None:
+        return np.array([r[field][budget_index] for r in rows], np.float64)
+    return np.array([r[field] for r in rows], np.float64)
+
+
+PREDICTORS = ("tail", "lower", "upper", "eps_rank", "entropy")
+
+
+def rank_correlation(rows: list[dict], rule: str, measured: str = "relative") -> dict:
+    """Spearman's :math:`\\rho` across heads of every predictor against ``measured`` (``"risk"``
+    or ``"relative"``) of ``rule``, per budget: ``{predictor: [rho per budget]}``."""
+    k = len(rows[0]["budgets"])
+    out = {}
+    for p in PREDICTORS:
+        per = p in ("tail", "lower", "upper")
+        out[p] = [spearman(column(rows, p, i if per else None), column(rows, measured, i, rule))
+                  for i in range(k)]
+    return out
