@@ -14,6 +14,7 @@ environment variables ``MINIMAXKV_RESULTS`` and ``MINIMAXKV_FIGURES`` (or a ``ro
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import time
@@ -23,7 +24,8 @@ from minimaxkv import io
 
 REPO = Path(__file__).resolve().parent.parent
 SCALES = ("tiny", "quick", "full")
-EXPERIMENTS = ("risk_vs_budget", "spectra", "aware_vs_agnostic", "causal", "lookup_support")
+EXPERIMENTS = ("risk_vs_budget", "spectra", "aware_vs_agnostic", "causal", "lookup_support",
+               "real_heads", "end_to_end", "cost")
 
 
 def results_dir(root=None) -> Path:
@@ -108,6 +110,33 @@ def enable_x64():
     import jax
 
     jax.config.update("jax_enable_x64", True)
+
+
+@functools.lru_cache(maxsize=2)
+def smollm2():
+    """The embedded SmolLM2-135M (loaded once per process)."""
+    from minimaxkv import model
+
+    return model.load("smollm2")
+
+
+def text_ids(text: str, tokens: int):
+    """The first ``tokens`` token ids of the packaged text ``minimaxkv/data/<text>.txt``."""
+    from importlib import resources
+
+    src = resources.files("minimaxkv").joinpath(f"data/{text}.txt").read_text(encoding="utf-8")
+    ids = smollm2().tokenizer.encode(src)
+    if len(ids) < tokens:
+        raise ValueError(f"data/{text}.txt has {len(ids)} tokens, fewer than the {tokens} asked for")
+    return ids[:tokens]
+
+
+@functools.lru_cache(maxsize=2)
+def smollm2_capture(text: str, tokens: int):
+    """Post-RoPE keys, values and queries of SmolLM2 on the first ``tokens`` tokens of ``text``."""
+    from minimaxkv import capture
+
+    return capture.capture(smollm2(), text_ids(text, tokens), source=f"minimaxkv/data/{text}.txt")
 
 
 def main(name: str, argv=None) -> int:

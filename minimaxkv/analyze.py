@@ -76,9 +76,9 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
 
     ``budgets`` are atom counts (``1 <= m < n``), ``rules`` a ``{name: Rule}`` dict. Returns a
     JSON-ready dict: ``eps_rank``, ``entropy``, ``n``, and per budget (lists in the order of
-    ``budgets``) ``tail``, ``lower`` (L2), ``upper`` (U4), ``refit`` and ``risk[rule]`` /
-    ``relative[rule]``; with ``spectrum=True`` also ``eigs``, the spectrum of G over its top
-    eigenvalue.
+    ``budgets``) ``tail``, ``lower`` (L2), ``upper`` (U4), ``refit`` / ``refit_relative`` (the
+    probe-fitted reference) and ``risk[rule]`` / ``relative[rule]``; with ``spectrum=True`` also
+    ``eigs``, the spectrum of G over its top eigenvalue.
     """
     c, probes = case.cache, case.probes
     n = c.n
@@ -90,6 +90,7 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
     out = {"n": n, "eps_rank": int(compressibility.eps_rank(eigs, eps)),
            "entropy": float(jnp.mean(compressibility.attention_entropy(probes, c))),
            "trace": float(total), "tail": [], "lower": [], "upper": [], "refit": [],
+           "refit_relative": [],
            "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules}}
     if spectrum:
         out["eigs"] = (eigs / eigs[0]).tolist() if eigs[0] > 0 else eigs.tolist()
@@ -99,7 +100,9 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
         out["lower"].append(float(bounds.width_lower(probes, c, m)))
         up, support = bounds.width_upper(probes, c, m)
         out["upper"].append(float(up))
-        out["refit"].append(_refit_risk(probes, c, support))
+        refit = _refit(probes, c, support)
+        out["refit"].append(float(risk(probes, c, refit)))
+        out["refit_relative"].append(float(relative_risk(probes, c, refit)))
         for name, rule in rules.items():
             s = rule(c, m, case.observed, key)
             out["risk"][name].append(float(risk(probes, c, s)))
@@ -107,15 +110,15 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
     return out
 
 
-def _refit_risk(probes, cache: Cache, support) -> float:
-    """Risk on the probes of the mass-matched support refit by least squares on the probes."""
+def _refit(probes, cache: Cache, support) -> Cache:
+    """The mass-matched support refit by least squares on the probes (U4's summary)."""
     from .fit import fit_values, mass_match
 
     s = jnp.asarray(np.sort(np.asarray(support)))
     logw = mass_match(probes, cache, s)
     keys = cache.keys[s]
     values = fit_values(probes, cache, keys, logw)
-    return float(risk(probes, cache, Cache(keys, values, logw)))
+    return Cache(keys, values, logw)
 
 
 def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed: int = 32,

@@ -114,6 +114,9 @@ def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
 
 
 def compare(args) -> int:
+    if args.cache:
+        args.cachefile, args.plot, args.out = args.cache, None, None
+        return compare_cache(args)
     jax.config.update("jax_enable_x64", True)
     t0 = time.perf_counter()
     names = args.rules or list(COMPARE_RULES)
@@ -201,8 +204,97 @@ def capture_cmd(args) -> int:
     return 0
 
 
+ANALYZE_RULES = ("minimax", "snapkv", "expected_attention", "streaming_llm")
+
+
+def _analyze_rows(args):
+    """Rows of :func:`minimaxkv.analyze.analyze` for the command line's ``CACHEFILE`` options."""
+    from . import analyze, capture, rules
+
+    jax.config.update("jax_enable_x64", True)
+    try:
+        cap = capture.load(args.cachefile)
+        heads = None
+        if args.layers is not None:
+            bad = [i for i in args.layers if not 0 <= i < cap.layers]
+            if bad:
+                raise ValueError(f"--layers {bad}: the capture has layers 0..{cap.layers - 1}")
+            heads = [(i, h) for i in args.layers for h in range(cap.kv_heads)]
+        chosen = {name: rules.get(name) for name in args.rules or ANALYZE_RULES}
+        rows = analyze.analyze(cap, args.budgets, chosen, future=args.future,
+                               observed=args.observed, eps=args.eps, heads=heads,
+                               spectrum=bool(getattr(args, "plot", None)))
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"minimaxkv: error: {err}") from None
+    return cap, rows
+
+
+def analyze_cmd(args) -> int:
+    """Compressibility, bounds and measured risk per layer and KV head of a captured cache."""
+    from . import analyze, io, plots
+
+    t0 = time.perf_counter()
+    cap, rows = _analyze_rows(args)
+    budgets = rows[0]["budgets"]
+    rules_ = list(rows[0]["relative"])
+    print(f"{cap.meta.get('model', '?')}: {len(rows)} KV heads, context n = {rows[0]['n']} tokens, "
+          f"{args.future} probe tokens x {cap.group} query heads; rules see the last "
+          f"{args.observed} context tokens' queries. Relative risk = risk / spread of the outputs.")
+    for i, m in enumerate(budgets):
+        print(f"\nbudget m = {m} ({m / rows[0]['n']:.1%} of the context)")
+        head = ["layer", "head", "eps-rank", "tail", "L2", "U4", "refit"] + rules_
+        print("".join(h.rjust(11) for h in head))
+        for r in rows:
+            cells = [r["layer"], r["kv_head"], r["eps_rank"]]
+            vals = [r["tail"][i], r["lower"][i], r["upper"][i], r["refit_relative"][i]] + \
+                [r["relative"][name][i] for name in rules_]
+            print("".join(f"{c:11d}" for c in cells) + "".join(f"{v:11.3g}" for v in vals))
+    if len(rows) >= 3:
+        print("\nSpearman rho across heads (predictor vs measured relative risk), per budget:")
+        for name in rules_:
+            rho = analyze.rank_correlation(rows, name)
+            print(f"  {name:20s}" + "  ".join(f"{p} " + "/".join(f"{v:.2f}" for v in vals)
+                                              for p, vals in rho.items()))
+    if args.out:
+        io.write_json(args.out, {"source": str(args.cachefile), "meta": cap.meta, "rows": rows,
+                                 **io.provenance()})
+        print(f"rows: {args.out}")
+    if args.plot:
+        fig = plots.heads_figure(rows, eps=args.eps, model=cap.meta.get("model", "?"),
+                                 probes=args.future * cap.group, subtitle=Path(args.cachefile).name)
+        io.atomic_write(Path(args.plot), lambda tmp: fig.savefig(
+            tmp, format=Path(args.plot).suffix.lstrip(".") or "png", bbox_inches="tight"))
+        print(f"plot: {args.plot}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def compare_cache(args) -> int:
+    """``compare --cache FILE``: every rule at every budget on the heads of a captured cache."""
+    t0 = time.perf_counter()
+    cap, rows = _analyze_rows(args)
+    budgets = rows[0]["budgets"]
+    names = list(rows[0]["relative"])
+    print(f"{cap.meta.get('model', '?')}: {len(rows)} KV heads, context {rows[0]['n']} tokens, "
+          f"scored on {args.future} later tokens' queries; mean relative risk over heads "
+          "(geometric mean in brackets), wins = heads where the rule is lowest")
+    print("rule".ljust(22) + "".join(f"m={m:<6d}".rjust(26) for m in budgets))
+    cols = names + ["refit (sees the probes)"]
+    for col in cols:
+        cells = ""
+        for i in range(len(budgets)):
+            v = np.array([r["refit_relative"][i] if col not in names else r["relative"][col][i]
+                          for r in rows])
+            wins = sum(min(names, key=lambda k: r["relative"][k][i]) == col for r in rows)
+            gm = float(np.exp(np.mean(np.log(np.maximum(v, 1e-300)))))
+            cells += f"{v.mean():10.3g} [{gm:8.3g}]" + (f" {wins:3d}w" if col in names else "     ")
+        print(col.ljust(22) + cells)
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def evaluate_cmd(args) -> int:
-    from . import evaluate, io, model, rules, tasks
+    from . import evaluate, io, model, tasks
 
     t0 = time.perf_counter()
     m = model.load(args.model)
@@ -210,7 +302,7 @@ def evaluate_cmd(args) -> int:
     task_list = [tasks.make(args.task, args.length, lambda t: len(tok.encode(t)), seed=args.seed + i,
                             chat=tok.chat) for i in range(args.samples)]
     names = args.rules or list(EVALUATE_RULES)
-    chosen = {name: rules.get(name) for name in names}
+    chosen = {name: evaluate.resolve(name) for name in names}
     config = {"model": m.config.name, "task": args.task, "length": args.length, "seed": args.seed,
               "samples": args.samples, "query_aware": args.query_aware, "block": args.block,
               "observed": args.observed, "max_new": args.max_new, "decode_block": args.decode_block}
@@ -307,6 +399,14 @@ def main(argv=None) -> int:
     rp.add_argument("--oracle-n", type=int, default=10,
                     help="cache size of the brute-force oracle column (8..16; 0 skips it)")
     rp.set_defaults(func=report)
+    def analysis_args(p):
+        p.add_argument("--future", type=int, default=128,
+                       help="last tokens of the capture whose queries score the rules (default 128)")
+        p.add_argument("--observed", type=int, default=32,
+                       help="context tokens whose queries query-aware rules see (default 32)")
+        p.add_argument("--layers", type=int, nargs="+", default=None,
+                       help="only these layers (default: all)")
+
     cp = sub.add_parser("compare", help="risk vs budget of every rule on synthetic families")
     cp.add_argument("--families", nargs="+", default=["clustered", "power_law", "lookup"],
                     choices=sorted(synthetic.FAMILIES))
@@ -317,7 +417,23 @@ def main(argv=None) -> int:
     cp.add_argument("--seed", type=int, default=0)
     cp.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.25, 0.5])
     cp.add_argument("--rules", nargs="+", default=None, help="default: the main rules")
+    cp.add_argument("--cache", default=None, metavar="CACHEFILE",
+                    help="compare on the heads of a captured cache (minimaxkv capture) instead of "
+                    "synthetic families; with --future, --observed, --layers")
+    analysis_args(cp)
     cp.set_defaults(func=compare)
+    np_ = sub.add_parser("analyze", help="compressibility, bounds and rules' risk per head of a "
+                         "captured cache, with a plot")
+    np_.add_argument("cachefile", help="a .safetensors capture (minimaxkv capture --out FILE)")
+    np_.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.25],
+                     help="fractions of the context (default 0.05 0.1 0.25)")
+    np_.add_argument("--rules", nargs="+", default=None,
+                     help=f"default: {' '.join(ANALYZE_RULES)}")
+    np_.add_argument("--eps", type=float, default=0.05, help="eps of the eps-rank (default 0.05)")
+    np_.add_argument("--plot", default=None, help="write the figure here (.png or .pdf)")
+    np_.add_argument("--out", default=None, help="write the per-head rows here (JSON)")
+    analysis_args(np_)
+    np_.set_defaults(func=analyze_cmd)
     kp = sub.add_parser("causal", help="causal prefill + decoding risk and memory of the rules")
     kp.add_argument("--prefill", type=int, default=1024)
     kp.add_argument("--decode", type=int, default=256)
@@ -348,7 +464,8 @@ def main(argv=None) -> int:
     ep = sub.add_parser("evaluate", help="end to end: a real model reading compressed caches")
     prompt_args(ep, 1536, text=False)
     ep.add_argument("--rules", nargs="+", default=None,
-                    help=f"default: {' '.join(EVALUATE_RULES)}")
+                    help=f"default: {' '.join(EVALUATE_RULES)}; RULE@pyramid, RULE@adakv or "
+                    "RULE@spectral give each head its own budget (same total)")
     ep.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.25],
                     help="atoms per head, or fractions of the context (default 0.05 0.1 0.25)")
     ep.add_argument("--samples", type=int, default=1, help="prompts (seeds seed..seed+k-1)")
@@ -381,9 +498,14 @@ def main(argv=None) -> int:
             parser.error("--block and --decode-block must be positive")
         if any(b <= 0 or (b > 1 and b != int(b)) for b in args.budgets):
             parser.error("--budgets: atoms (integers >= 1) or fractions in (0, 1]")
-        unknown = [r for r in (args.rules or []) if r not in rules_available()]
-        if unknown:
-            parser.error(f"unknown rules {unknown}; available: {' '.join(rules_available())}")
+        from .evaluate import resolve
+
+        for name in args.rules or []:
+            try:
+                resolve(name)
+            except ValueError as err:
+                parser.error(f"--rules: {err}; available: {' '.join(rules_available())}, each "
+                             "optionally as RULE@pyramid, RULE@adakv or RULE@spectral")
     if getattr(args, "length", 1) < 1:
         parser.error("--length must be a positive integer")
     for name in ("n", "p", "d", "dv"):

@@ -54,10 +54,88 @@ def prepare(model: Model, task: tasks_mod.Task, query_aware: bool = False) -> Pr
     return Prepared(task, np.asarray(prefix, np.int32), np.asarray(cont, np.int32), len(ans))
 
 
-def compress(rule: Rule, past: Cache, budget: int, queries, key=None) -> Cache:
+ALLOCATIONS = ("pyramid", "adakv", "spectral")
+
+
+class Allocated(NamedTuple):
+    """A rule with per-head budgets of the same total (BASELINES.md): ``alloc`` is ``"pyramid"``
+    (PyramidKV's linear layer budgets), ``"adakv"`` (AdaKV: heads of a layer compete with the
+    rule's own scores; scored rules only) or ``"spectral"`` (ours: every head's response-covariance
+    eigenvalues on its observed queries compete for the total,
+    :func:`minimaxkv.rules.allocation.spectral_budgets`). Named ``"rule@alloc"``."""
+
+    rule: Rule
+    alloc: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.rule.name}@{self.alloc}"
+
+
+def resolve(name: str):
+    """A registry rule, or an :class:`Allocated` rule for ``"rule@alloc"``."""
+    from . import rules
+
+    base, _, alloc = name.partition("@")
+    rule = rules.get(base)
+    if not alloc:
+        return rule
+    if alloc not in ALLOCATIONS:
+        raise ValueError(f"{name!r}: unknown allocation {alloc!r}; expected one of "
+                         f"{', '.join(ALLOCATIONS)}")
+    if alloc == "adakv" and rule.score is None:
+        raise ValueError(f"{name!r}: adakv needs a scored rule (one with per-atom scores); "
+                         f"{base!r} has none")
+    return Allocated(rule, alloc)
+
+
+def _quantize(b, total: int, n: int, unit: int):
+    """Budgets rounded down to multiples of ``unit`` (at least ``unit``, at most n), then leftover
+    units given to the largest remainders, keeping the sum <= ``total``: few distinct budgets mean
+    few compilations of the rule."""
+    b = np.minimum(np.asarray(b, np.int64), n)
+    q = np.where(b >= n, n, np.maximum(unit, unit * (b // unit)))
+    for i in np.argsort(-(b - q), kind="stable"):
+        if q.sum() + unit > total:
+            break
+        if b[i] - q[i] > 0 and q[i] + unit <= n:
+            q[i] += unit
+    while q.sum() > total:  # the floor of `unit` per head can overshoot: take from the largest
+        i = int(np.argmax(q))
+        q[i] -= min(unit, q[i] - 1)
+    return q
+
+
+def head_budgets(rule: Allocated, past: Cache, queries, budget: int, key=None) -> np.ndarray:
+    """Per-head budgets ``[L, Hkv]`` of ``rule.alloc`` with mean at most ``budget`` (multiples of
+    ``max(1, budget // 8)``, see :func:`_quantize`)."""
+    from .compressibility import spectrum
+    from .rules import allocation
+
+    L, K, n, hd = past.keys.shape
+    unit = max(1, budget // 8)
+    q = queries.reshape(L, K, queries.shape[1] // K, queries.shape[2], hd)
+    if rule.alloc == "pyramid":
+        exact = np.repeat(allocation.pyramid_budgets(budget, L)[:, None], K, 1)
+    elif rule.alloc == "adakv":
+        key = jax.random.PRNGKey(0) if key is None else key
+        exact = np.stack([allocation.adakv_budgets(np.stack([np.asarray(rule.rule.score(
+            Cache(past.keys[i, h], past.values[i, h], past.logw[i, h]), q[i, h], key))
+            for h in range(K)]), budget) for i in range(L)])
+    else:
+        spectra = np.stack([np.asarray(spectrum(q[i, h].reshape(-1, hd), Cache(
+            past.keys[i, h], past.values[i, h], past.logw[i, h]))) for i in range(L)
+            for h in range(K)])
+        exact = allocation.spectral_budgets(spectra, L * K * budget).reshape(L, K)
+    return _quantize(exact.ravel(), L * K * budget, n, unit).reshape(L, K)
+
+
+def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
     """Every layer and KV head of ``past`` ``[L, Hkv, n, hd]`` compressed to ``budget`` atoms, the
     rule seeing each head's group of observed queries (``queries [L, H, p, hd]``, the last p
-    tokens of ``past``).
+    tokens of ``past``). An :class:`Allocated` rule gives each head its own budget (mean at most
+    ``budget``); its summaries are padded to the largest with empty atoms (log-weight -inf, which
+    attention ignores and :func:`metrics` does not count).
 
     Heads are compressed one at a time through the rule's own compiled function (one compile per
     rule and shape): a batch of all heads in one executable (``vmap``) stalled XLA:CPU on the
@@ -69,9 +147,20 @@ def compress(rule: Rule, past: Cache, budget: int, queries, key=None) -> Cache:
     q = queries.reshape(L, K, H // K, p, hd)
     key = jax.random.PRNGKey(0) if key is None else key
     keys = jax.random.split(key, L * K).reshape(L, K, -1)
+    if isinstance(rule, Allocated):
+        sizes = head_budgets(rule, past, queries, budget, key)
+        rule = rule.rule
+    else:
+        sizes = np.full((L, K), budget)
+    top = int(sizes.max())
+
     def one(i, h):
         head = Cache(past.keys[i, h], past.values[i, h], past.logw[i, h])
-        return rule(head, budget, q[i, h], keys[i, h]).cache
+        c = rule(head, int(sizes[i, h]), q[i, h], keys[i, h]).cache
+        pad = top - c.keys.shape[0]
+        return c if pad == 0 else Cache(jnp.pad(c.keys, ((0, pad), (0, 0))),
+                                        jnp.pad(c.values, ((0, pad), (0, 0))),
+                                        jnp.pad(c.logw, (0, pad), constant_values=-jnp.inf))
 
     out = [one(i, h) for i in range(L) for h in range(K)]
     return Cache(*(jnp.stack(field).reshape(L, K, *field[0].shape) for field in zip(*out)))
@@ -248,6 +337,10 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
     """
     from tqdm import tqdm
 
+    fixed = [name for name, r in rules.items() if isinstance(r, Allocated)]
+    if fixed and (block is not None or decode_block is not None):
+        raise ValueError(f"rules {fixed} allocate per-head budgets: one-shot compression only "
+                         "(no block or decode_block)")
     rows = list(done or [])
     have = {(r["family"], r["seed"], r["rule"], r["budget_spec"]) for r in rows}
     total = len(task_list) * len(rules) * len(budgets)

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from experiments import common  # noqa: E402
 from minimaxkv import io  # noqa: E402
 
-FLOOR = 1e-8  # risks at round-off level are drawn at this floor on log axes
+from minimaxkv.plots import FLOOR, budget_axis, floor  # noqa: E402,F401  (one place for each)
 
 plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 150, "font.size": 9,
                      "axes.titlesize": 10, "legend.fontsize": 7.5, "axes.grid": True,
@@ -43,22 +43,6 @@ def render(name: str, scale: str, *, results=None, out=None, record=None) -> lis
     mod = importlib.import_module(f"paper_figures.{common.check_name(name)}")
     record = record or common.load(name, scale, results)
     return save(mod.draw(record), common.figures_dir(out), name)
-
-
-def floor(values):
-    """Risks clipped to :data:`FLOOR` for log axes."""
-    return [max(float(v), FLOOR) for v in values]
-
-
-def budget_axis(ax, fractions):
-    """Log x axis with one plain tick per budget fraction (no overlapping minor labels)."""
-    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
-
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(FixedLocator(fractions))
-    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.2g}"))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def families(record) -> list[str]:

@@ -71,7 +71,11 @@ def snapkv(window: int = 64, kernel: int = 5) -> Rule:
         rule = scored("snapkv", score, window=w)
         return rule.compress(cache, budget, queries, key)
 
-    return Rule("snapkv", compress, True)
+    def kept_first(cache, queries, key):  # the protected window scores +inf (for AdaKV budgets)
+        w = min(window, queries.shape[1], cache.n)
+        return score(cache, queries, key).at[cache.n - w:].set(jnp.inf)
+
+    return Rule("snapkv", compress, True, kept_first)
 
 
 def tova(sinks: int = 0) -> Rule:

@@ -1,0 +1,141 @@
+"""Figures drawn by the library itself (the command line's plots); matplotlib, Agg backend.
+
+The paper figures (``paper_figures/``) that show the same objects call these functions, so each
+picture is defined once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOOR = 1e-8  # values at round-off level are drawn at this floor on log axes
+
+
+def floor(values):
+    """Values clipped to :data:`FLOOR` for log axes."""
+    return [max(float(v), FLOOR) for v in values]
+
+
+def budget_axis(ax, fractions):
+    """Log x axis with one plain tick per budget fraction (no overlapping minor labels)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(fractions))
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.2g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def agg():
+    """Select the non-interactive Agg backend unless a backend is already in use."""
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg") and "inline" not in \
+            matplotlib.get_backend().lower():
+        matplotlib.use("Agg")
+
+
+PREDICTOR = "tail"  # the predictor drawn against the measured risk
+
+
+def _grid(rows, field, layers, heads):
+    g = np.full((heads, layers), np.nan)
+    for r in rows:
+        g[r["kv_head"], r["layer"]] = r[field]
+    return g
+
+
+def heads_figure(rows: list[dict], *, eps: float, model: str, probes: int, subtitle: str = ""):
+    """The figure of :func:`minimaxkv.analyze.analyze` rows: eps-rank heatmap over layers x KV
+    heads, every head's spectrum, predicted (spectral tail) vs measured (relative risk of
+    ``minimax``, or of the first rule) with Spearman's rho, and each rule's median relative risk
+    vs budget beside the probe-fitted refit. Rows need ``eigs`` (``analyze(..., spectrum=True)``)."""
+    import matplotlib.pyplot as plt
+
+    from .analyze import rank_correlation
+
+    rules = list(rows[0]["relative"])
+    focus = "minimax" if "minimax" in rules else rules[0]
+    spearman = rank_correlation(rows, focus) if len(rows) >= 3 else None
+    layers = max(r["layer"] for r in rows) + 1
+    heads = max(r["kv_head"] for r in rows) + 1
+    n = rows[0]["n"]
+    budgets = rows[0]["budgets"]
+    agg()
+    fig = plt.figure(figsize=(13, 8.2))
+    gs = fig.add_gridspec(2, 3, height_ratios=[0.9, 2.0], hspace=0.45, wspace=0.3)
+
+    ax = fig.add_subplot(gs[0, :])
+    grid = _grid(rows, "eps_rank", layers, heads)
+    im = ax.imshow(grid, aspect="auto", cmap="magma_r", interpolation="nearest",
+                   vmin=0, vmax=np.nanmax(grid))
+    for (h, i), v in np.ndenumerate(grid):
+        if np.isfinite(v):
+            ax.text(i, h, f"{v:.0f}", ha="center", va="center", fontsize=6.5,
+                    color="white" if v > 0.6 * np.nanmax(grid) else "black")
+    ax.set_xticks(range(layers))
+    ax.set_yticks(range(heads))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("KV head")
+    ax.grid(False)
+    ax.set_title(f"ε-rank of the response covariance G (ε = {eps}): atoms a value-linear "
+                 f"summary needs, of n = {n} context tokens, per layer and KV head")
+    fig.colorbar(im, ax=ax, pad=0.01, fraction=0.02, label="ε-rank (atoms)")
+
+    ax = fig.add_subplot(gs[1, 0])
+    cmap = plt.get_cmap("viridis")
+    for r in rows:
+        e = floor(r["eigs"])
+        ax.plot(np.arange(1, len(e) + 1), e, color=cmap(r["layer"] / max(layers - 1, 1)),
+                lw=0.6, alpha=0.7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=1e-8)
+    ax.set_xlabel("eigenvalue index i")
+    ax.set_ylabel("λ_i / λ_1 of G on the probe queries")
+    ax.set_title("Spectra of all heads (colour: layer)")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, layers - 1))
+    fig.colorbar(sm, ax=ax, pad=0.01, label="layer")
+
+    ax = fig.add_subplot(gs[1, 1])
+    bcol = plt.get_cmap("tab10")
+    rho = spearman[PREDICTOR] if spearman else [float("nan")] * len(budgets)
+    for i, m in enumerate(budgets):
+        x = floor([r[PREDICTOR][i] for r in rows])
+        y = floor([r["relative"][focus][i] for r in rows])
+        ax.scatter(x, y, s=10, color=bcol(i), alpha=0.75,
+                   label=f"m = {m} ({m / n:.0%}): Spearman ρ = {rho[i]:.2f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("predicted: spectral tail Σ_{i>m} λ_i / Σ λ_i of G")
+    ax.set_ylabel(f"measured: relative risk of {focus} on the probes")
+    ax.set_title(f"Predicted vs measured, {len(rows)} heads")
+    ax.legend(loc="upper left", frameon=False)
+    names = {"tail": "tail", "lower": "L2", "upper": "U4", "eps_rank": "ε-rank", "entropy": "entropy"}
+    if spearman:
+        table = "\n".join(f"{names[k]:>8}: " + " / ".join(f"{v:.2f}" for v in vals)
+                          for k, vals in spearman.items() if k in names)
+        ax.text(0.98, 0.02, f"ρ per budget, {focus}\n" + table, transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=6.5, family="monospace",
+                bbox=dict(boxstyle="round", fc="white", ec="0.8", alpha=0.9))
+
+    ax = fig.add_subplot(gs[1, 2])
+    x = [m / n for m in budgets]
+    for j, rule in enumerate(rules):
+        med = [np.median([r["relative"][rule][i] for r in rows]) for i in range(len(budgets))]
+        style = dict(color="black", lw=2.2) if rule == "minimax" else dict(color=bcol(j + 3), lw=1.2)
+        ax.plot(x, floor(med), marker="o", ms=3, label=rule, **style)
+    ref = [np.median([r["refit_relative"][i] for r in rows]) for i in range(len(budgets))]
+    ax.plot(x, floor(ref), color="tab:green", ls="-.", lw=1,
+            label="LS refit on the probes (oracle-like)")
+    ax.set_yscale("log")
+    budget_axis(ax, x)
+    ax.set_xlabel("budget m / n (fraction of context atoms kept, = bytes)")
+    ax.set_ylabel("median relative risk over heads")
+    ax.set_title("Rules on the real heads")
+    ax.legend(frameon=False)
+    fig.suptitle(f"{model}: {len(rows)} KV heads, context {n} tokens, {probes} probe queries "
+                 f"per head{' — ' + subtitle if subtitle else ''}", y=0.99)
+    return fig
