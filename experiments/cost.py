@@ -21,8 +21,8 @@ RULES = ("streaming_llm", "snapkv", "tova", "expected_attention", "gvote", "kmea
          "attention_matching", "minimax", "minimax_agnostic")
 
 CONFIGS = {
-    "tiny": {"ns": [64, 128], "risk_ns": [64, 256], "d": 16, "p": 16, "observed": 8, "fraction": 0.25, "chunk": 32,
-             "rules": ["snapkv", "minimax"], "repeats": 2, "seed": 0},
+    "tiny": {"ns": [64], "risk_ns": [64, 256], "d": 16, "p": 16, "observed": 8, "fraction": 0.25,
+             "chunk": 32, "rules": ["snapkv", "minimax"], "repeats": 1, "seed": 0},
     "quick": {"ns": [256, 512, 1024, 2048], "risk_ns": [1024, 4096, 16384, 65536], "d": 64, "p": 256, "observed": 32, "fraction": 0.1,
               "chunk": 256, "rules": list(RULES), "repeats": 3, "seed": 0},
     "full": {"ns": [512, 1024, 2048, 4096, 8192, 16384],

@@ -1,6 +1,6 @@
 """(f) End to end on SmolLM2: next-token KL and task accuracy vs cache bytes for every rule.
 
-Needle-in-a-haystack prompts (``task``, ``samples`` seeds, about ``tokens`` tokens each) are read by
+Passkey prompts (``task``, ``samples`` seeds, about ``tokens`` tokens each) are read by
 SmolLM2-135M; each rule compresses every layer and KV head of the prompt's cache once after the
 prefill (query-aware: the question is part of the prefix, the SnapKV protocol), and the model then
 reads the gold answer and generates its own (:func:`minimaxkv.evaluate.sweep`). Rules named
@@ -17,12 +17,12 @@ RULES = ("streaming_llm", "snapkv", "tova", "expected_attention", "attention_mat
 
 CONFIGS = {
     "tiny": {"task": "passkey", "tokens": 96, "samples": 1, "budgets": [0.25],
-             "rules": ["snapkv", "minimax", "snapkv@adakv"], "query_aware": True, "observed": 8,
-             "max_new": 4, "seed": 0},
-    "quick": {"task": "niah_multikey", "tokens": 512, "samples": 2, "budgets": [0.05, 0.1, 0.25],
+             "rules": ["minimax", "snapkv@adakv"], "query_aware": True, "observed": 8,
+             "max_new": 2, "seed": 0},
+    "quick": {"task": "passkey", "tokens": 512, "samples": 2, "budgets": [0.1, 0.25, 0.5],
               "rules": list(RULES), "query_aware": True, "observed": 32, "max_new": 12, "seed": 0},
-    "full": {"task": "niah_multikey", "tokens": 2048, "samples": 8,
-             "budgets": [0.02, 0.05, 0.1, 0.25, 0.5], "rules": list(RULES), "query_aware": True,
+    "full": {"task": "passkey", "tokens": 2048, "samples": 8,
+             "budgets": [0.05, 0.1, 0.25, 0.5, 0.75], "rules": list(RULES), "query_aware": True,
              "observed": 64, "max_new": 16, "seed": 0},
 }
 

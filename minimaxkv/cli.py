@@ -222,7 +222,7 @@ def _analyze_rows(args):
             heads = [(i, h) for i in args.layers for h in range(cap.kv_heads)]
         chosen = {name: rules.get(name) for name in args.rules or ANALYZE_RULES}
         rows = analyze.analyze(cap, args.budgets, chosen, future=args.future,
-                               observed=args.observed, eps=args.eps, heads=heads,
+                               observed=args.observed, eps=getattr(args, "eps", 0.05), heads=heads,
                                spectrum=bool(getattr(args, "plot", None)))
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"minimaxkv: error: {err}") from None

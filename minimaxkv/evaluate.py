@@ -108,12 +108,12 @@ def _quantize(b, total: int, n: int, unit: int):
 
 def head_budgets(rule: Allocated, past: Cache, queries, budget: int, key=None) -> np.ndarray:
     """Per-head budgets ``[L, Hkv]`` of ``rule.alloc`` with mean at most ``budget`` (multiples of
-    ``max(1, budget // 8)``, see :func:`_quantize`)."""
+    ``max(1, budget // 4)``, see :func:`_quantize`)."""
     from .compressibility import spectrum
     from .rules import allocation
 
     L, K, n, hd = past.keys.shape
-    unit = max(1, budget // 8)
+    unit = max(1, budget // 4)
     q = queries.reshape(L, K, queries.shape[1] // K, queries.shape[2], hd)
     if rule.alloc == "pyramid":
         exact = np.repeat(allocation.pyramid_budgets(budget, L)[:, None], K, 1)

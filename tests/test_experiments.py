@@ -215,3 +215,55 @@ def test_support_needed_and_l3_formula():
     assert dv * bounds.lookup_tail(n, m, gap) == pytest.approx(r * spread)
     assert l3_support(n, gap, dv, spread, 1e6) == 0.0
     assert math.isclose(l3_support(n, gap, dv, spread, 0.0), n)
+
+
+def test_real_heads_rows_match_a_direct_analysis(tiny):
+    """A row of the real-model experiment equals `analyze` recomputed on the same capture, and its
+    Spearman table equals scipy's on the stored columns."""
+    import scipy.stats
+
+    from minimaxkv import analyze
+
+    _, rec = tiny
+    cfg, r = rec["real_heads"]["config"], rec["real_heads"]["result"]
+    assert [[x["layer"], x["kv_head"]] for x in r["rows"]] == cfg["heads"]
+    cap = common.smollm2_capture(cfg["text"], cfg["tokens"])
+    assert r["context"] == cfg["tokens"] - cfg["future"] and r["probes"] == cfg["future"] * cap.group
+    with jax.enable_x64(True):
+        again = analyze.analyze(cap, cfg["budgets"], {"snapkv": rules.get("snapkv")},
+                                future=cfg["future"], observed=cfg["observed"],
+                                heads=cfg["heads"][1:2], progress=False)[0]
+    row = r["rows"][1]
+    assert row["relative"]["snapkv"] == pytest.approx(again["relative"]["snapkv"], rel=1e-9)
+    assert row["tail"] == pytest.approx(again["tail"], rel=1e-9)
+    x = [h["tail"][0] for h in r["rows"]]
+    y = [h["relative"]["minimax"][0] for h in r["rows"]]
+    rho = scipy.stats.spearmanr(x, y).statistic
+    assert r["spearman"]["minimax"]["tail"][0] == pytest.approx(rho, abs=1e-12)
+
+
+def test_end_to_end_rows_and_bytes(tiny):
+    """Every (rule, budget) row is there, bytes are the kept atoms' bytes, the allocated rule keeps
+    at most the uniform total, and KL is a KL (>= 0)."""
+    _, rec = tiny
+    cfg, r = rec["end_to_end"]["config"], rec["end_to_end"]["result"]
+    assert {(x["rule"], x["budget_spec"]) for x in r["rows"]} == {
+        (name, b) for name in cfg["rules"] for b in cfg["budgets"]}
+    per_atom = common.smollm2().config.cache_bytes(1)
+    for x in r["rows"]:
+        assert x["kl"] >= 0 and 0 <= x["top1"] <= 1
+        assert x["bytes"] <= x["budget"] * per_atom + 1e-9
+        if "@" not in x["rule"] and x["rule"] != "minimax":  # eviction keeps exactly m atoms
+            assert x["bytes"] == x["budget"] * per_atom
+    assert r["full_bytes"] == r["prefix_tokens"][0] * per_atom
+
+
+def test_cost_memory_chunked_below_dense(tiny):
+    """The chunked risk's executable needs less memory than the dense one once n exceeds the
+    chunk, and its value is the same risk."""
+    _, rec = tiny
+    cfg, r = rec["cost"]["config"], rec["cost"]["result"]
+    dense, chunked = r["risk"]["dense"]["bytes"], r["risk"]["chunked"]["bytes"]
+    assert chunked[-1] < dense[-1] and dense[-1] > dense[0]
+    assert set(r["rules"]) == set(cfg["rules"]) and len(r["budgets"]) == len(cfg["ns"])
+    assert all(t > 0 for row in r["rules"].values() for t in row["steady"])

@@ -1,0 +1,180 @@
+"""Per-head analysis of captured caches, per-head budget allocations, `analyze` / `compare --cache`.
+
+References: float64 NumPy recomputations of the response covariance, the attention operator and
+the risk; scipy's Spearman; the U4 inequality of docs/theory.md for the probe-fitted refit.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+import tiny_llama
+
+import minimaxkv as mkv
+from minimaxkv import analyze, capture, evaluate, rules
+from minimaxkv.cli import main
+
+
+def _capture(seed=0, L=2, K=2, g=2, T=48, hd=8):
+    """A random capture (what `capture.capture` returns, without a model)."""
+    r = np.random.default_rng(seed)
+    k = r.standard_normal((L, K, T, hd)).astype(np.float32)
+    v = r.standard_normal((L, K, T, hd)).astype(np.float32)
+    q = (1.5 * r.standard_normal((L, K * g, T, hd))).astype(np.float32)
+    meta = {"model": "random", "tokens": T, "rope": "half", "dtype": "float32"}
+    return capture.Captured(k, v, q, np.arange(T, dtype=np.int32), meta)
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _softmax(s):
+    s = s - s.max(1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(1, keepdims=True)
+
+
+def test_split_and_every_field_against_numpy():
+    cap = _capture()
+    n, fut, obs = 48 - 16, 16, 6
+    case = analyze.head_case(cap, 1, 0, future=fut, observed=obs)
+    np.testing.assert_array_equal(case.cache.keys, cap.keys[1, 0, :n])
+    np.testing.assert_array_equal(case.observed, cap.queries[1, 0:2, n - obs:n])
+    np.testing.assert_array_equal(case.probes, cap.queries[1, 0:2, n:].reshape(-1, 8))
+    budgets = [3, 8]
+    chosen = {"snapkv": rules.get("snapkv"), "streaming_llm": rules.get("streaming_llm")}
+    row = analyze.analyze_head(case, budgets, chosen, eps=0.05, spectrum=True)
+    # float64 references
+    k, v = np.asarray(case.cache.keys, np.float64), np.asarray(case.cache.values, np.float64)
+    q = np.asarray(case.probes, np.float64)
+    P = _softmax(q @ k.T / np.sqrt(8))
+    w = 1.0 / len(q)
+    G = (P.T @ P * w) * (1 + v @ v.T)
+    e = np.sort(np.linalg.eigvalsh(G))[::-1]
+    np.testing.assert_allclose(np.asarray(row["eigs"]) * e[0], e, atol=1e-10 * e[0])
+    sv = np.linalg.svd(np.sqrt(w) * P, compute_uv=False)
+    ent = -(P * np.log(P)).sum(1).mean()
+    assert row["entropy"] == pytest.approx(ent, rel=1e-9)
+    tails = np.cumsum(e[::-1])[::-1] / e.sum()
+    assert row["eps_rank"] == int(np.argmax(np.append(tails, 0)[1:] <= 0.05)) + 1
+    for i, m in enumerate(budgets):
+        assert row["tail"][i] == pytest.approx(e[m:].sum() / e.sum(), rel=1e-8)
+        assert row["lower"][i] == pytest.approx(sv[m] ** 2, rel=1e-8)
+        # U4 is the refit's worst case over unit-norm value columns, so on these values its risk
+        # ||(I - Pi) X V||_F^2 is at most U4 * ||V||_F^2; and U4 >= L2 (docs/theory.md U4)
+        assert row["refit"][i] <= row["upper"][i] * np.sum(v * v) * (1 + 1e-9)
+        assert row["upper"][i] >= row["lower"][i] * (1 - 1e-9)
+        for name, rule in chosen.items():
+            s = rule(case.cache, m, case.observed)
+            kept = np.asarray(s.kept)
+            Ph = _softmax(q @ k[kept].T / np.sqrt(8))
+            err = ((P @ v - Ph @ v[kept]) ** 2).sum(1).mean()
+            assert row["risk"][name][i] == pytest.approx(err, rel=1e-8)
+            spread = ((P @ v - v.mean(0)) ** 2).sum(1).mean()
+            assert row["relative"][name][i] == pytest.approx(err / spread, rel=1e-8)
+
+
+def test_analyze_rows_spearman_and_errors():
+    cap = _capture(1)
+    chosen = {"snapkv": rules.get("snapkv")}
+    rows = analyze.analyze(cap, [0.25], chosen, future=16, observed=4, progress=False)
+    assert [(r["layer"], r["kv_head"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert rows[0]["budgets"] == [8]  # 25% of a 32-token context
+    rho = analyze.rank_correlation(rows, "snapkv")
+    for p, vals in rho.items():
+        x = analyze.column(rows, p, 0 if p in ("tail", "lower", "upper") else None)
+        y = analyze.column(rows, "relative", 0, "snapkv")
+        assert vals[0] == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
+    with pytest.raises(ValueError, match="cannot hold"):
+        analyze.analyze(cap, [0.25], chosen, future=46, observed=4)
+    with pytest.raises(ValueError, match="positive"):
+        analyze.analyze(cap, [0.25], chosen, future=0)
+    with pytest.raises(ValueError, match="budgets"):
+        analyze.analyze_head(analyze.head_case(cap, 0, 0, future=16, observed=4), [32], chosen)
+    with pytest.raises(ValueError, match="out of range"):
+        analyze.analyze(cap, [0.25], chosen, future=16, observed=4, heads=[(5, 0)])
+
+
+def test_quantized_budgets_keep_the_total():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n, H = 100, int(rng.integers(2, 20))
+        m = int(rng.integers(1, n))
+        exact = rules.allocation.spectral_budgets(rng.random((H, n)) ** 4, H * m)
+        unit = max(1, m // 4)
+        q = evaluate._quantize(exact, H * m, n, unit)
+        assert q.sum() <= H * m and q.min() >= 1 and q.max() <= n
+        assert np.all((q % unit == 0) | (q == n) | (q < unit))
+        assert q.sum() > H * m - H * unit  # at most one unit per head is lost
+
+
+def test_per_head_budgets_pad_with_empty_atoms(tmp_path):
+    """An allocated rule compresses each head with its own budget; the padding atoms have
+    log-weight -inf, and attention over the padded summary equals attention over the unpadded one."""
+    cap = _capture(2, L=3, K=2, T=40)
+    past = mkv.Cache(jnp.asarray(cap.keys), jnp.asarray(cap.values))
+    past = mkv.Cache(past.keys, past.values, jnp.zeros(past.keys.shape[:3], jnp.float32))
+    queries = jnp.asarray(cap.queries[:, :, -8:])
+    for alloc in ("pyramid", "adakv", "spectral"):
+        rule = evaluate.resolve(f"snapkv@{alloc}")
+        sizes = evaluate.head_budgets(rule, past, queries, 10)
+        assert sizes.shape == (3, 2) and sizes.sum() <= 60
+        if alloc == "pyramid":
+            assert np.all(sizes[:, 0] == sizes[:, 1]) and sizes[0, 0] > sizes[-1, 0]
+        out = evaluate.compress(rule, past, 10, queries)
+        assert out.keys.shape[2] == sizes.max()
+        for i in range(3):
+            for h in range(2):
+                finite = np.isfinite(np.asarray(out.logw[i, h]))
+                assert finite.sum() == sizes[i, h]
+                ref = rules.get("snapkv")(mkv.Cache(past.keys[i, h], past.values[i, h]),
+                                          int(sizes[i, h]), queries[i, 2 * h:2 * h + 2])
+                np.testing.assert_array_equal(out.keys[i, h][finite], ref.cache.keys)
+                q = jnp.asarray(cap.queries[i, 2 * h], jnp.float64)
+                f64 = lambda c: mkv.Cache(*(jnp.asarray(a, jnp.float64) for a in c))  # noqa: E731
+                np.testing.assert_allclose(
+                    mkv.attend(q, f64((out.keys[i, h], out.values[i, h], out.logw[i, h]))),
+                    mkv.attend(q, f64(ref.cache)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="scored rule"):
+        evaluate.resolve("minimax@adakv")
+    with pytest.raises(ValueError, match="unknown allocation"):
+        evaluate.resolve("snapkv@magic")
+
+
+def test_cli_analyze_and_compare_cache(tmp_path, capsys):
+    tokens, _, _ = tiny_llama.vocabulary()
+    cfg = tiny_llama.config(len(tokens))
+    tiny_llama.write_gguf(tmp_path / "tiny.gguf", cfg, tiny_llama.weights(cfg, 3))
+    m = mkv.model.load(tmp_path / "tiny.gguf")
+    ids = np.random.default_rng(0).integers(0, cfg["vocab"], 56)
+    path = capture.save(tmp_path / "c.safetensors", capture.capture(m, ids))
+    out, plot = tmp_path / "rows.json", tmp_path / "heads.png"
+    assert main(["analyze", str(path), "--budgets", "0.25", "--rules", "snapkv", "minimax",
+                 "--future", "16", "--observed", "8", "--out", str(out), "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert "Spearman" in text and "budget m = 10" in text
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and plot.stat().st_size > 10_000
+    cap = capture.load(path)
+    ref = analyze.analyze(cap, [0.25], {"snapkv": rules.get("snapkv"),
+                                        "minimax": rules.get("minimax")},
+                          future=16, observed=8, progress=False)
+    for a, b in zip(rows, ref):
+        for name in ("snapkv", "minimax"):
+            assert a["relative"][name] == pytest.approx(b["relative"][name], rel=1e-9)
+    assert main(["compare", "--cache", str(path), "--budgets", "0.25", "--rules", "snapkv",
+                 "streaming_llm", "--future", "16", "--observed", "8", "--layers", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "2 KV heads" in text and "snapkv" in text and "refit" in text
+    with pytest.raises(SystemExit, match="layers"):
+        main(["analyze", str(path), "--layers", "7"])
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(SystemExit, match="error"):
+        main(["analyze", str(bad)])
