@@ -2,10 +2,10 @@
 
 Every experiment module ``experiments/<name>.py`` exposes ``CONFIGS = {"tiny", "quick", "full"}``
 and a pure ``run(config) -> dict`` (JSON-serialisable). :func:`ensure` stores the result of
-``run`` atomically at ``results/<name>-<scale>.json`` with its config, config hash, seed and
-provenance, and reuses that file while the hash of the current config matches it (the hash sees
-the config only, not the code: recompute with ``force`` after changing an experiment or the
-library). An interrupted run keeps every result already stored.
+``run`` atomically at ``results/<name>-<scale>.json`` with its config, a hash of the config and
+of the experiment's source (:func:`key`), seed and provenance, and reuses that file while the hash
+matches (the library's code is not in the hash: recompute with ``force`` after changing it).
+An interrupted run keeps every result already stored.
 
 Folders: ``results/`` and ``paper_figures/out/`` at the repository root, overridable with the
 environment variables ``MINIMAXKV_RESULTS`` and ``MINIMAXKV_FIGURES`` (or a ``root`` argument).
@@ -60,6 +60,15 @@ def config(name: str, scale: str) -> dict:
     return dict(module(name).CONFIGS[check_scale(scale)])
 
 
+def key(name: str, scale: str) -> str:
+    """The cache key of a result: a hash of the config and of the experiment's own source file
+    (editing an experiment invalidates its results; editing the library does not: use --force)."""
+    import hashlib
+
+    source = hashlib.sha256(Path(module(name).__file__).read_bytes()).hexdigest()
+    return io.config_hash({"config": config(name, scale), "source": source})
+
+
 def result_path(name: str, scale: str, root=None) -> Path:
     return results_dir(root) / f"{check_name(name)}-{check_scale(scale)}.json"
 
@@ -73,7 +82,7 @@ def cached(name: str, scale: str, root=None) -> dict | None:
         saved = io.read_json(path)
     except ValueError:  # corrupt or truncated: recompute
         return None
-    return saved if saved.get("hash") == io.config_hash(config(name, scale)) else None
+    return saved if saved.get("hash") == key(name, scale) else None
 
 
 def load(name: str, scale: str, root=None) -> dict:
@@ -90,7 +99,7 @@ def compute(name: str, scale: str, root=None) -> dict:
     cfg = config(name, scale)
     t0 = time.perf_counter()
     out = module(name).run(cfg)
-    record = {"name": name, "scale": scale, "config": cfg, "hash": io.config_hash(cfg),
+    record = {"name": name, "scale": scale, "config": cfg, "hash": key(name, scale),
               "seed": cfg.get("seed", cfg.get("seeds")), "seconds": time.perf_counter() - t0, "result": out,
               **io.provenance()}
     io.write_json(result_path(name, scale, root), record)

@@ -43,7 +43,8 @@ def test_records_carry_config_hash_seed_provenance(tiny):
     for name, rec in records.items():
         assert rec["name"] == name and rec["scale"] == "tiny"
         assert rec["config"] == common.config(name, "tiny")
-        assert rec["hash"] == mkv.io.config_hash(common.config(name, "tiny"))
+        assert rec["hash"] == common.key(name, "tiny")
+        assert rec["hash"] != common.key(name, "quick")
         assert rec["seed"] == rec["config"].get("seed", rec["config"].get("seeds"))
         assert rec["versions"]["minimaxkv"] and "time" in rec
         assert (root / f"{name}-tiny.json").is_file()
@@ -95,6 +96,12 @@ def test_cache_reused_then_forced_then_stale(tiny, monkeypatch):
     assert common.cached("spectra", "tiny", root) is None  # stale: the config hash changed
     rec, computed = common.ensure("spectra", "tiny", root=root)
     assert computed and len(calls) == 2 and rec["seed"] == 1
+    edited = root / "spectra_edited.py"  # an edited experiment script makes its results stale
+    edited.write_bytes(Path(mod.__file__).read_bytes() + b"\n# edited\n")
+    with monkeypatch.context() as mp:
+        mp.setattr(mod, "__file__", str(edited))
+        assert common.cached("spectra", "tiny", root) is None
+    assert common.cached("spectra", "tiny", root) is not None
     path.write_text("{ truncated")  # a corrupt file is recomputed, not trusted
     assert common.cached("spectra", "tiny", root) is None
 
