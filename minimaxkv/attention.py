@@ -34,7 +34,7 @@ from .cache import Cache, validate
 
 HIGHEST = lax.Precision.HIGHEST
 DENSE_MAX_N = 4096  # above this many atoms the automatic path is chunked
-DEFAULT_CHUNK = 1024
+DEFAULT_CHUNK = 2048  # key block of the online softmax: p x 2048 float32 logits per step
 
 
 def default_scale(d: int) -> float:
@@ -42,9 +42,14 @@ def default_scale(d: int) -> float:
     return float(d) ** -0.5
 
 
-def prepare(queries, cache, scale=None, query_pos=None, key_pos=None, *, name="cache"):
-    """Validate the arguments of an attention call; return them as arrays in compute dtype."""
-    cache = validate(cache, name)
+def prepare(queries, cache, scale=None, query_pos=None, key_pos=None, *, name="cache",
+            checked=False):
+    """Validate the arguments of an attention call; return them as arrays in compute dtype.
+
+    ``checked=True`` skips re-validating a cache that :func:`~minimaxkv.cache.validate` has just
+    returned (its data checks read every entry, a cost comparable to the attention itself on
+    long caches)."""
+    cache = cache if checked else validate(cache, name)
     n, d = cache.keys.shape
     q = _check.array(queries, "queries", (None, d))
     if q.shape[0] == 0:
@@ -62,8 +67,10 @@ def prepare(queries, cache, scale=None, query_pos=None, key_pos=None, *, name="c
 
 
 def logits(q, keys, logw, scale, qpos=None, kpos=None):
-    """Masked logits ``[p, n]``: :math:`\\tau q k^T + b`, ``-inf`` where causally hidden."""
-    s = scale * jnp.einsum("pd,nd->pn", q, keys, precision=HIGHEST) + logw[None, :]
+    """Masked logits ``[p, n]``: :math:`\\tau q k^T + b`, ``-inf`` where causally hidden.
+
+    The temperature multiplies the ``[p, d]`` queries, not the ``[p, n]`` products."""
+    s = jnp.einsum("pd,nd->pn", q * scale, keys, precision=HIGHEST) + logw[None, :]
     if qpos is not None:
         s = jnp.where(kpos[None, :] <= qpos[:, None], s, -jnp.inf)
     return s
@@ -103,11 +110,12 @@ def _chunked(q, keys, values, logw, scale, qpos, kpos, chunk):
         None if kpos is None else kpos.reshape(nb, chunk),
     )
     p, dv = q.shape[0], values.shape[1]
+    qs = q * scale  # once, outside the loop
 
     def step(carry, blk):
         mx, z, num = carry
         k, v, b, kp = blk
-        s = logits(q, k, b, scale, qpos, kp)
+        s = logits(qs, k, b, 1.0, qpos, kp)
         new = jnp.maximum(mx, jnp.max(s, axis=1))
         safe = jnp.where(jnp.isfinite(new), new, 0.0)
         alpha = jnp.exp(mx - safe)

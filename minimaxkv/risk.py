@@ -15,6 +15,7 @@ interval for the expectation.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -24,7 +25,7 @@ from jaxtyping import Array, Float
 from scipy import stats
 
 from . import _check
-from .attention import attend_and_mass
+from .attention import _attend_core, _chunk_for, prepare
 from .cache import validate
 
 REDUCTIONS = ("mean", "max", "sum", "none")
@@ -45,10 +46,18 @@ def _pair(queries, cache, summary, scale, query_pos, key_pos, summary_pos, chunk
         )
     if query_pos is not None and summary_pos is None:
         raise ValueError("summary_pos: causal risk needs the positions of the summary's atoms")
-    a, lz = attend_and_mass(queries, cache, scale, query_pos=query_pos, key_pos=key_pos, chunk=chunk)
-    ah, lzh = attend_and_mass(
-        queries, summary, scale, query_pos=query_pos, key_pos=summary_pos, chunk=chunk
-    )
+    # validated once above; both attention passes run in one compiled program
+    q, c, sc, qpos, kpos = prepare(queries, cache, scale, query_pos, key_pos, checked=True)
+    qh, s, _, _, spos = prepare(q, summary, sc, query_pos, summary_pos, name="summary",
+                                checked=True)
+    return _pair_core(q, c, qh, s, sc, qpos, kpos, spos, _chunk_for(c.n, chunk),
+                      _chunk_for(s.n, chunk))
+
+
+@partial(jax.jit, static_argnames=("chunk", "chunk_s"))
+def _pair_core(q, c, qh, s, scale, qpos, kpos, spos, chunk, chunk_s):
+    a, lz = _attend_core(q, c.keys, c.values, c.logw, scale, qpos, kpos, chunk)
+    ah, lzh = _attend_core(qh, s.keys, s.values, s.logw, scale, qpos, spos, chunk_s)
     return a, lz, ah, lzh
 
 
