@@ -39,7 +39,7 @@ jax.config.update("jax_enable_x64", True)  # the analysis runs in float64 (the c
 
 SIZE = os.environ.get("MINIMAXKV_NOTEBOOK_SIZE", "normal")
 CONFIGS = {
-    "small": dict(tokens=160, future=32, observed=16, budgets=[0.25], head_budgets=[0.1, 0.25],
+    "small": dict(tokens=160, future=32, observed=16, budgets=[0.25], head_budgets=[0.25],
                   heads=[(0, 0), (10, 1), (20, 2), (29, 0)], head=(10, 1),
                   rules=["snapkv", "minimax"]),
     "normal": dict(tokens=512, future=128, observed=32, budgets=[0.05, 0.1, 0.25],

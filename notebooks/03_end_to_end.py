@@ -39,7 +39,7 @@ from minimaxkv import evaluate, model, rules, tasks
 
 SIZE = os.environ.get("MINIMAXKV_NOTEBOOK_SIZE", "normal")
 CONFIGS = {
-    "small": dict(task="passkey", length=256, samples=1, budgets=[0.1, 0.25], max_new=8,
+    "small": dict(task="passkey", length=256, samples=1, budgets=[0.25], max_new=8,
                   rules=["streaming_llm", "snapkv"]),
     "normal": dict(task="passkey", length=640, samples=1, budgets=[0.05, 0.1, 0.25], max_new=12,
                    rules=["streaming_llm", "snapkv", "expected_attention", "kmeans_merge",
