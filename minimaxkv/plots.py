@@ -64,8 +64,8 @@ def heads_figure(rows: list[dict], *, eps: float, model: str, probes: int, subti
     n = rows[0]["n"]
     budgets = rows[0]["budgets"]
     agg()
-    fig = plt.figure(figsize=(13, 8.2))
-    gs = fig.add_gridspec(2, 3, height_ratios=[0.9, 2.0], hspace=0.45, wspace=0.3)
+    fig = plt.figure(figsize=(15, 8.4))
+    gs = fig.add_gridspec(2, 3, height_ratios=[0.9, 2.0], hspace=0.45, wspace=0.42)
 
     ax = fig.add_subplot(gs[0, :])
     grid = _grid(rows, "eps_rank", layers, heads)
@@ -112,13 +112,13 @@ def heads_figure(rows: list[dict], *, eps: float, model: str, probes: int, subti
     ax.set_xlabel("predicted: spectral tail Σ_{i>m} λ_i / Σ λ_i of G")
     ax.set_ylabel(f"measured: relative risk of {focus} on the probes")
     ax.set_title(f"Predicted vs measured, {len(rows)} heads")
-    ax.legend(loc="upper left", frameon=False)
+    ax.legend(loc="upper left", framealpha=0.9, edgecolor="0.8")
     names = {"tail": "tail", "lower": "L2", "upper": "U4", "eps_rank": "ε-rank", "entropy": "entropy"}
     if spearman:
         table = "\n".join(f"{names[k]:>8}: " + " / ".join(f"{v:.2f}" for v in vals)
                           for k, vals in spearman.items() if k in names)
         ax.text(0.98, 0.02, f"ρ per budget, {focus}\n" + table, transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=6.5, family="monospace",
+                ha="right", va="bottom", fontsize=6.5, family="monospace", zorder=5,
                 bbox=dict(boxstyle="round", fc="white", ec="0.8", alpha=0.9))
 
     ax = fig.add_subplot(gs[1, 2])
@@ -132,7 +132,8 @@ def heads_figure(rows: list[dict], *, eps: float, model: str, probes: int, subti
             label="LS refit on the probes (oracle-like)")
     ax.set_yscale("log")
     budget_axis(ax, x)
-    ax.set_xlabel("budget m / n (fraction of context atoms kept, = bytes)")
+    ax.set_xticklabels([f"{m}\n({m / n:.0%})" for m in budgets])
+    ax.set_xlabel("budget: atoms kept per head (fraction of the context; = bytes)")
     ax.set_ylabel("median relative risk over heads")
     ax.set_title("Rules on the real heads")
     ax.legend(frameon=False)
