@@ -24,6 +24,7 @@ one ``lax.scan``; activations and softmax accumulate in float32 whatever the sto
 
 from __future__ import annotations
 
+import weakref
 from functools import partial
 from typing import NamedTuple, Optional
 
@@ -173,15 +174,51 @@ def _layer(cfg: Config, positions, n_queries: int, block: int):
 
 
 def _forward_impl(params: Params, cfg: Config, ids, start, past: Cache, n_queries: int,
-             all_logits: bool, block: int) -> Output:
+             all_logits: bool, block: int, per_layer=None) -> Output:
     T = ids.shape[0]
     positions = start + jnp.arange(T)
     x = params.embed[ids].astype(jnp.float32)
-    x, (k, v, q) = lax.scan(_layer(cfg, positions, n_queries, block), x,
-                            (params.layers, past.keys, past.values, past.logw))
+    run = _layer(cfg, positions, n_queries, block)
+    if per_layer is None:
+        x, (k, v, q) = lax.scan(run, x, (params.layers, past.keys, past.values, past.logw))
+    else:
+        # one branch per layer, each reading its own weight buffers in place (see _per_layer)
+        branches = [partial(lambda lp, x, kv: run(x, (lp, *kv)), lp) for lp in per_layer]
+        x, (k, v, q) = lax.scan(lambda x, xs: lax.switch(xs[0], branches, x, xs[1:]), x,
+                                (jnp.arange(cfg.layers), past.keys, past.values, past.logw))
     x = rms_norm(x if all_logits else x[-1:], params.norm, cfg.norm_eps)
-    head = params.embed.T if params.head is None else params.head
-    return Output(_mm(x, head), k, v, q)
+    if params.head is None:  # tied: contract the embedding's rows, no transposed copy
+        logits = jnp.einsum("td,vd->tv", x.astype(params.embed.dtype), params.embed,
+                            preferred_element_type=jnp.float32)
+    else:
+        logits = _mm(x, params.head)
+    return Output(logits, k, v, q)
+
+
+_PER_LAYER: dict = {}
+
+
+def _per_layer(params: Params):
+    """The layers' weights as one set of buffers per layer, made once per model and kept while
+    the model lives; ``None`` where not worth it (off the CPU, or under tracing).
+
+    In a ``lax.scan`` over stacked ``[L, ...]`` weights, XLA:CPU copies each layer's slice before
+    its matrix-vector products, which doubles the memory traffic of a decoding step (the step
+    is bound by reading the weights). Separate buffers are read in place; they cost one more copy
+    of the layer weights in memory.
+    """
+    wq = params.layers.wq
+    if isinstance(wq, jax.core.Tracer) or any(d.platform != "cpu" for d in wq.devices()):
+        return None
+    key = id(wq)
+    hit = _PER_LAYER.get(key)
+    if hit is not None and hit[0]() is wq:
+        return hit[1]
+    split = tuple(Layers(*(None if a is None else a[i] for a in params.layers))
+                  for i in range(wq.shape[0]))
+    _PER_LAYER[key] = (weakref.ref(wq), split)
+    weakref.finalize(wq, _PER_LAYER.pop, key, None)
+    return split
 
 
 _forward = jax.jit(_forward_impl, static_argnames=("cfg", "n_queries", "all_logits", "block"))
@@ -240,8 +277,10 @@ def buffer(past: Cache, extra: int) -> Cache:
 
 
 @partial(jax.jit, static_argnames=("cfg", "queries"), donate_argnames=("buf",))
-def _decode(params: Params, cfg: Config, token, pos, buf: Cache, slot, queries: bool):
-    out = _forward_impl(params, cfg, token[None], pos, buf, int(queries), False, QUERY_BLOCK)
+def _decode(params: Params, cfg: Config, token, pos, buf: Cache, slot, queries: bool,
+            per_layer=None):
+    out = _forward_impl(params, cfg, token[None], pos, buf, int(queries), False, QUERY_BLOCK,
+                        per_layer)
     zero = jnp.zeros((), slot.dtype)
     at = (zero, zero, slot, zero)
     buf = Cache(lax.dynamic_update_slice(buf.keys, out.keys, at),
@@ -259,5 +298,5 @@ def decode(params: Params, cfg: Config, token: int, pos: int, buf: Cache, slot: 
     if not 0 <= slot < buf.keys.shape[2]:
         raise ValueError(f"slot: the buffer holds {buf.keys.shape[2]} atoms, got slot {slot}")
     row, buf, q = _decode(params, cfg, jnp.asarray(token, jnp.int32), jnp.asarray(pos, jnp.int32),
-                          buf, jnp.asarray(slot, jnp.int32), queries)
+                          buf, jnp.asarray(slot, jnp.int32), queries, _per_layer(params))
     return (row, buf, q) if queries else (row, buf)

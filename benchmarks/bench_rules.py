@@ -1,0 +1,99 @@
+"""Compression time per head for every rule, vs the cache length n.
+
+One KV head of a synthetic ``recency`` cache (RoPE-rotated keys, d = dv = 64), budget n/8, the
+observed queries of a GQA group (3 query heads x 32 last tokens, as in SmolLM2), called the way
+the end-to-end evaluator calls a rule (one head at a time, through the rule's compiled function).
+For each rule and n: the first call (tracing + compilation + one run) and the steady state (best
+and median of the timed rounds), beside one dense attention pass of the same queries over the
+cache (``mkv.attend``) timed in the same run, so ``x attend`` reads "how many attention passes
+the rule costs". Rules that need no queries ignore them.
+
+    python -m benchmarks.bench_rules            # n = 512 ... 8192, every rule (+ two '+fit')
+    python -m benchmarks.bench_rules --quick    # n = 512, 1024
+"""
+
+from __future__ import annotations
+
+import math
+
+from benchmarks import common
+
+D, G, P_OBS, RATIO = 64, 3, 32, 8
+FIT_SAMPLES = ("snapkv+fit", "h2o+fit")
+
+
+def instance(n: int, seed: int = 0):
+    """A ``recency`` cache of n atoms and the queries of a GQA group, ``[G, P_OBS, D]``."""
+    import jax
+
+    from minimaxkv import synthetic
+
+    inst = synthetic.make("recency", jax.random.PRNGKey(seed), n=n, d=D, dv=D, p=G * P_OBS)
+    return inst.cache, inst.queries.reshape(G, P_OBS, D)
+
+
+def rule_names() -> list[str]:
+    from minimaxkv import rules
+
+    return [r for r in rules.available() if "+fit" not in r] + list(FIT_SAMPLES)
+
+
+def main(argv=None):
+    import jax
+
+    import minimaxkv as mkv
+    from minimaxkv import rules
+
+    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    rep = common.repeats(args)
+    sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096, 8192])
+    names = rule_names()
+    mach = common.machine()
+    print(common.machine_line(mach), flush=True)
+    res = {name: {} for name in names}
+    attend_s = {}
+    key = jax.random.PRNGKey(1)
+    for n in sizes:
+        cache, q = instance(n)
+        budget = n // RATIO
+        qflat = q.reshape(-1, D)
+        t = common.timed({"attend": lambda: mkv.attend(qflat, cache)}, rep, pause=0.05)
+        attend_s[n] = t["attend"]["best_s"]
+        for name in names:
+            rule = rules.get(name)
+            t = common.timed({name: lambda: rule(cache, budget, q, key).cache}, rep, pause=0.05)
+            r = t[name]
+            res[name][n] = {"first_s": r["first_s"], "best_s": r["best_s"],
+                            "median_s": r["median_s"], "budget": budget}
+            print(f"n = {n:5d} {name:22s} first {r['first_s']:7.2f} s, steady "
+                  f"{r['best_s'] * 1e3:9.2f} ms", flush=True)
+
+    def ms(x):
+        return f"{x * 1e3:.2f}" if x < 1 else f"{x * 1e3:.0f}"
+
+    lo, hi = sizes[0], sizes[-1]
+    print(f"\nSteady-state compression time per head (ms; best of {rep}), budget n/{RATIO}, "
+          f"{G}x{P_OBS} observed queries; slope = log-log growth from n = {lo} to {hi}; "
+          f"'x attend' = rule / one attention pass at n = {hi}")
+    steady = common.table(
+        ["rule"] + [f"n={n}" for n in sizes] + ["slope", "x attend"],
+        [[name] + [ms(res[name][n]["best_s"]) for n in sizes]
+         + [f"{math.log(res[name][hi]['best_s'] / res[name][lo]['best_s']) / math.log(hi / lo):.2f}"
+            if hi > lo else "-",
+            f"{res[name][hi]['best_s'] / attend_s[hi]:.1f}"] for name in names]
+        + [["(attend)"] + [ms(attend_s[n]) for n in sizes] + [
+            f"{math.log(attend_s[hi] / attend_s[lo]) / math.log(hi / lo):.2f}" if hi > lo else "-",
+            "1.0"]])
+    print("\nFirst call (trace + compile + run, s) and its ratio to the steady state at n = "
+          f"{hi}")
+    first = common.table(
+        ["rule"] + [f"n={n}" for n in sizes] + ["first/steady"],
+        [[name] + [f"{res[name][n]['first_s']:.2f}" for n in sizes]
+         + [f"{res[name][hi]['first_s'] / res[name][hi]['best_s']:.0f}"] for name in names])
+    common.save("bench_rules", args, {"sizes": sizes, "budget_ratio": RATIO, "group": G,
+                                      "observed": P_OBS, "d": D, "rules": res,
+                                      "attend_s": attend_s, "tables": [steady, first]})
+
+
+if __name__ == "__main__":
+    main()

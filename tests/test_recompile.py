@@ -1,0 +1,121 @@
+"""Calling a rule, the risk or the model again with the same shapes compiles nothing new.
+
+Compilations are counted with JAX's own monitoring event for a backend compile
+(``/jax/core/compile/backend_compile_duration``), so eager operations, ``jit``-ted functions and
+the rules' cached executables are all seen. The first call of each case may compile; the second,
+with new numbers of the same shapes (and a freshly looked-up rule), must not.
+"""
+
+from contextlib import contextmanager
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny_llama
+
+import minimaxkv as mkv
+from minimaxkv import model as M
+from minimaxkv import rules
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+RULES = ["random", "window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
+         "expected_attention", "leverage", "gvote", "kmeans_merge", "attention_matching",
+         "minimax", "minimax_agnostic", "snapkv+fit"]
+
+
+@contextmanager
+def compiles():
+    """A list that collects one entry per backend compilation inside the ``with`` block."""
+    seen = []
+
+    def listener(event, duration, **kwargs):
+        if event == COMPILE_EVENT:
+            seen.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _head(seed, n=96, d=8, g=2, p=6):
+    r = np.random.default_rng(seed)
+    cache = mkv.Cache(r.normal(size=(n, d)), r.normal(size=(n, d)), np.zeros(n))
+    return cache, r.normal(size=(g, p, d))
+
+
+def test_the_counter_sees_a_compilation():
+    f = jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)
+    x, y = jnp.asarray(np.arange(7.0)), jnp.asarray(np.arange(7.0) + 1)
+    with compiles() as first:
+        f(x).block_until_ready()
+    with compiles() as again:
+        f(y).block_until_ready()
+    assert len(first) >= 1 and again == []
+
+
+def test_rules_do_not_recompile_for_the_same_shapes():
+    assert set(RULES) <= set(rules.available())
+    for name in RULES:
+        cache, q = _head(0)
+        rules.get(name)(cache, 24, q, jax.random.PRNGKey(0)).cache.keys.block_until_ready()
+        cache, q = _head(1)
+        with compiles() as again:
+            out = rules.get(name)(cache, 24, q, jax.random.PRNGKey(1))
+            jax.block_until_ready(out)
+        assert again == [], f"rule {name!r} compiled again: {again}"
+
+
+def test_risk_does_not_recompile():
+    def call(seed):
+        r = np.random.default_rng(seed)
+        c = mkv.Cache(r.normal(size=(300, 8)), r.normal(size=(300, 4)), r.normal(size=300))
+        s = mkv.Cache(r.normal(size=(20, 8)), r.normal(size=(20, 4)), r.normal(size=20))
+        return mkv.risk(r.normal(size=(5, 8)), c, s, chunk=64).block_until_ready()
+
+    call(0)
+    with compiles() as again:
+        call(1)
+    assert again == [], again
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_recompile")
+    tokens, _, _ = tiny_llama.vocabulary()
+    cfg = tiny_llama.config(len(tokens))
+    tiny_llama.write_gguf(folder / "tiny.gguf", cfg, tiny_llama.weights(cfg, 5))
+    return M.load(folder / "tiny.gguf")
+
+
+def _prompt(m, seed, T=40):
+    return np.random.default_rng(seed).integers(0, m.config.vocab, T)
+
+
+def test_model_forward_and_decode_do_not_recompile(tiny):
+    m = tiny
+
+    def run(seed):
+        ids = _prompt(m, seed)
+        out = M.forward(m.params, m.config, jnp.asarray(ids), all_logits=False)
+        buf = M.buffer(M.concat(M.empty_past(m.config), out.keys, out.values), 4)
+        rows = []
+        for i in range(3):  # new token, position and slot each step: all traced, not static
+            row, buf = M.decode(m.params, m.config, int(ids[i]), len(ids) + i, buf, len(ids) + i)
+            rows.append(row)
+        full = M.logits(m, ids)
+        return jax.block_until_ready((rows, full))
+
+    run(0)
+    with compiles() as again:
+        run(1)
+    assert again == [], again
+
+
+def test_generate_does_not_recompile(tiny):
+    M.generate(tiny, _prompt(tiny, 3), 5, stop=-1)
+    with compiles() as again:
+        M.generate(tiny, _prompt(tiny, 4), 5, stop=-1)
+    assert again == [], again
