@@ -14,7 +14,9 @@ of the resident set's high-water mark during one warm call in a fresh subprocess
 set each implementation reports itself (NumPy: tracemalloc peak; JAX: XLA's compiled
 ``memory_analysis`` temp + output bytes of the larger pass), achieved GFLOP/s counting the two
 matmuls of every pass, :math:`2p(n + n/8)(d + d_v)`, and that rate as a fraction of the
-float32 matmul rate measured in the same run.
+float32 matmul rate measured in the same run. A diagnostic column times the same chunked loop
+with the two matmuls only (no softmax): the rate the risk would reach if max, exp and
+normalisation were free.
 
     python -m benchmarks.bench_risk            # n = 4k ... 64k
     python -m benchmarks.bench_risk --quick    # n = 4k, 8k
@@ -74,6 +76,27 @@ def jax_setup(n: int, p: int = P):
     return (lambda: mkv.risk(qj, c, s, chunk=chunk)), (qj, c, s, chunk)
 
 
+def matmuls_only(qj, c, s, chunk):
+    """Diagnostic bound: the same chunked loop with the two matmuls of every pass and no softmax
+    (no max, no exp, no normalisation) -- what the risk would cost if the softmax were free."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def one(q, keys, values):
+        n = keys.shape[0]
+        ch = min(chunk, n)
+        kb, vb = keys.reshape(n // ch, ch, -1), values.reshape(n // ch, ch, -1)
+
+        def step(acc, kv):
+            k, v = kv
+            return acc + jnp.matmul(jnp.matmul(q, k.T), v), None
+        return lax.scan(step, jnp.zeros((q.shape[0], values.shape[1]), q.dtype), (kb, vb))[0]
+
+    f = jax.jit(lambda q, a, b, x, y: jnp.sum((one(q, a, b) - one(q, x, y)) ** 2))
+    return lambda: f(qj, c.keys, c.values, s.keys, s.values)
+
+
 # entry points of the peak-memory subprocesses (benchmarks.common.peak_rss)
 def peak_numpy(n: int, p: int = P):
     q, cache, summary = inputs(n, p)
@@ -121,7 +144,8 @@ def main(argv=None):
     for n in sizes:
         fn, (qj, c, s, chunk) = jax_setup(n)
         q, cache, summary = inputs(n)
-        t = common.timed({"numpy": lambda: numpy_risk(q, cache, summary), "jax": fn}, rep)
+        t = common.timed({"numpy": lambda: numpy_risk(q, cache, summary), "jax": fn,
+                          "matmuls_only": matmuls_only(qj, c, s, chunk)}, rep)
         r_np, r_jax = numpy_risk(q, cache, summary), float(fn())
         flops = 2.0 * P * (n + summary[0].shape[0]) * (D + DV)
         mem_np = common.peak_rss("benchmarks.bench_risk:peak_numpy", n=n)
@@ -137,6 +161,7 @@ def main(argv=None):
         row["speedup"] = t["numpy"]["best_s"] / t["jax"]["best_s"]
         row["gflops_numpy"] = flops / t["numpy"]["best_s"] / 1e9
         row["gflops_jax"] = flops / t["jax"]["best_s"] / 1e9
+        row["gflops_matmuls_only"] = flops / t["matmuls_only"]["best_s"] / 1e9
         a, b = mem_np.get("bytes"), mem_jax.get("bytes")
         row["memory_ratio"] = a / b if a and b else None
         rows.append(row)
@@ -147,12 +172,14 @@ def main(argv=None):
           f"{rep} interleaved rounds")
     time_table = common.table(
         ["n", "NumPy ms", "JAX ms", "speed-up", "NumPy GFLOP/s", "JAX GFLOP/s",
-         "JAX/jnp-matmul", "JAX/np-matmul", "JAX compile s", "rel. diff"],
+         "JAX/jnp-matmul", "JAX/np-matmul", "matmuls-only GFLOP/s", "JAX compile s",
+         "rel. diff"],
         [[r["n"], f"{r['time']['numpy']['best_s'] * 1e3:.1f}",
           f"{r['time']['jax']['best_s'] * 1e3:.1f}", f"{r['speedup']:.2f}x",
           f"{r['gflops_numpy']:.1f}", f"{r['gflops_jax']:.1f}",
           f"{100 * r['gflops_jax'] / rates['jax_gflops']:.0f}%",
           f"{100 * r['gflops_jax'] / rates['numpy_gflops']:.0f}%",
+          f"{r['gflops_matmuls_only']:.1f}",
           f"{r['time']['jax']['first_s'] - r['time']['jax']['best_s']:.2f}",
           f"{r['rel_diff']:.1e}"] for r in rows])
     print("\nPeak memory (MiB). RSS: rise of the high-water mark during one warm call in a fresh "

@@ -110,9 +110,11 @@ def test_past_log_weights_act_as_multiplicities(tiny):
     a = M.forward(m.params, m.config, ids[8:], 8, dup).logits
     b = M.forward(m.params, m.config, ids[8:], 8, weighted).logits
     np.testing.assert_allclose(a, b, atol=1e-5)
-    empty = M.buffer(past, 5)  # empty slots (-inf) change nothing
+    # empty slots (-inf) change nothing: exp(-inf) = 0 exactly; what remains is float32 rounding
+    # of reductions of another length, bounded like the duplicate-atom check above
+    empty = M.buffer(past, 5)
     np.testing.assert_allclose(M.forward(m.params, m.config, ids[8:], 8, empty).logits,
-                               M.forward(m.params, m.config, ids[8:], 8, past).logits, atol=1e-6)
+                               M.forward(m.params, m.config, ids[8:], 8, past).logits, atol=1e-5)
 
 
 def test_tokenizer_gguf_vs_hf_json_and_specials(tiny):

@@ -24,6 +24,7 @@ one ``lax.scan``; activations and softmax accumulate in float32 whatever the sto
 
 from __future__ import annotations
 
+import functools
 import weakref
 from functools import partial
 from typing import NamedTuple, Optional
@@ -133,22 +134,33 @@ def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
     kvh = k.shape[1]
     g = H // kvh
     f32 = jnp.float32
-    qg = q.reshape(T, kvh, g, hd).astype(f32) * hd ** -0.5
+    # queries grouped by key/value head, [Hkv, g, T, hd]: the logits of a block are then one
+    # batched matmul [Hkv, g*t, S] with the softmax axis last (no transposed copies)
+    qg = jnp.transpose(q.reshape(T, kvh, g, hd).astype(f32) * hd ** -0.5, (1, 2, 0, 3))
     kc, vc = jnp.swapaxes(k, 0, 1).astype(f32), jnp.swapaxes(v, 0, 1).astype(f32)  # [Hkv, T, hd]
+    pk, pv = past_k.astype(f32), past_v.astype(f32)
     outs = []
     for lo in range(0, T, block):  # static: each block reads chunk keys up to its own end only
         hi = min(lo + block, T)
-        qb = qg[lo:hi]
-        sp = jnp.einsum("tkgd,ksd->kgts", qb, past_k.astype(f32)) + past_b[:, None, None, :]
-        sc = jnp.einsum("tkgd,ksd->kgts", qb, kc[:, :hi])
-        sc = jnp.where(jnp.arange(hi)[None, :] <= jnp.arange(lo, hi)[:, None], sc, -jnp.inf)
-        mx = jnp.maximum(jnp.max(sp, -1, initial=-jnp.inf), jnp.max(sc, -1))[..., None]
-        ep, ec = jnp.exp(sp - mx), jnp.exp(sc - mx)  # a token always sees itself: mx finite
-        z = jnp.sum(ep, -1) + jnp.sum(ec, -1)
-        num = (jnp.einsum("kgts,ksd->kgtd", ep, past_v.astype(f32))
-               + jnp.einsum("kgts,ksd->kgtd", ec, vc[:, :hi]))
-        outs.append(jnp.moveaxis(num / z[..., None], 2, 0))  # [t, Hkv, g, hd]
-    return jnp.concatenate(outs, 0).reshape(T, H, hd)
+        t = hi - lo
+        qb = qg[:, :, lo:hi].reshape(kvh, g * t, hd)
+        # (logits, values) of the past, of the earlier chunk tokens (all visible) and of the
+        # block's own tokens (causal): only the last part is masked
+        parts = [(jnp.einsum("kmd,ksd->kms", qb, pk) + past_b[:, None, :], pv)]
+        if lo:
+            parts.append((jnp.einsum("kmd,ksd->kms", qb, kc[:, :lo]), vc[:, :lo]))
+        own = jnp.arange(t)
+        causal = jnp.tile(own[None, :] <= own[:, None], (g, 1))  # [g*t, t]
+        sd = jnp.einsum("kmd,ksd->kms", qb, kc[:, lo:hi])
+        parts.append((jnp.where(causal, sd, -jnp.inf), vc[:, lo:hi]))
+        mx = functools.reduce(jnp.maximum, [jnp.max(s, -1, initial=-jnp.inf) for s, _ in parts])
+        mx = mx[..., None]  # a token always sees itself: finite
+        es = [jnp.exp(s - mx) for s, _ in parts]
+        z = sum(jnp.sum(e, -1) for e in es)
+        num = sum(jnp.einsum("kms,ksd->kmd", e, v) for e, (_, v) in zip(es, parts))
+        outs.append((num / z[..., None]).reshape(kvh, g, t, hd))
+    out = jnp.concatenate(outs, 2) if len(outs) > 1 else outs[0]  # [Hkv, g, T, hd]
+    return jnp.transpose(out, (2, 0, 1, 3)).reshape(T, H, hd)
 
 
 def _layer(cfg: Config, positions, n_queries: int, block: int):
