@@ -100,13 +100,15 @@ def response_factor(queries, cache, *, weights=None, scale=None, centred=False):
 
 
 def spectrum(queries, cache, k: int | None = None, *, weights=None, scale=None, centred=False,
-             key=None, oversample: int | None = None, iters: int = 4):
+             key=None, oversample: int | None = None, iters: int = 4, method: str = "subspace",
+             block: int | None = None, depth: int = 6):
     r"""Eigenvalues of :math:`G` (or :math:`\Gamma` if ``centred``), descending.
 
     ``k=None``: the exact spectrum (``eigvalsh`` of G, or of :math:`F^TF` when that is smaller;
     both have the same non-zero eigenvalues), length n. ``k`` given: the top-k Ritz values of a
-    randomized subspace iteration (:func:`randomized_spectrum`), each a lower bound on the
-    corresponding eigenvalue and within its residual of the spectrum.
+    randomized subspace iteration or, with ``method="krylov"``, of a block Krylov space
+    (:func:`randomized_spectrum`), each a lower bound on the corresponding eigenvalue and within
+    its residual of the spectrum.
     """
     if k is None:
         f = response_factor(queries, cache, weights=weights, scale=scale, centred=centred)
@@ -118,14 +120,20 @@ def spectrum(queries, cache, k: int | None = None, *, weights=None, scale=None, 
             ev = jnp.linalg.eigvalsh(_mm(f, f.T))
         return jnp.clip(ev[::-1], 0.0, None)
     return randomized_spectrum(queries, cache, k, weights=weights, scale=scale, centred=centred,
-                               key=key, oversample=oversample, iters=iters).values
+                               key=key, oversample=oversample, iters=iters, method=method,
+                               block=block, depth=depth).values
 
 
 def randomized_spectrum(queries, cache, k: int, *, weights=None, scale=None, centred=False,
-                        key=None, oversample: int | None = None, iters: int = 4) -> linalg.Ritz:
+                        key=None, oversample: int | None = None, iters: int = 4,
+                        method: str = "subspace", block: int | None = None,
+                        depth: int = 6) -> linalg.Ritz:
     """Top-k eigenpairs of G (or Γ) with residual bounds, without forming the n x n matrix.
 
-    ``k + oversample`` columns (default oversample = k) and ``iters`` power steps. Products with
+    ``method="subspace"``: ``k + oversample`` columns (default oversample = k) and ``iters``
+    power steps (:func:`~minimaxkv.linalg.randomized_eigh`). ``method="krylov"``: a block Krylov
+    space of ``depth + 1`` blocks of ``block`` columns (default ``k // 2``;
+    :func:`~minimaxkv.linalg.block_krylov_eigh`). Products with
     G use the factor form, :math:`GX = F(F^TX)`, computed from the attention
     weights in blocks: cost :math:`O(p\\,n\\,d_v\\,(k+\\text{oversample}))` per product.
     """
@@ -138,6 +146,11 @@ def randomized_spectrum(queries, cache, k: int, *, weights=None, scale=None, cen
         mat = partial(_gamma_matmat, pmat, w, c.values, a)
     else:
         mat = partial(_g_matmat, pmat, w, c.values)
+    if method == "krylov":
+        block = max(1, k // 2) if block is None else block
+        return linalg.block_krylov_eigh(mat, c.n, k, key, block, depth, pmat.dtype)
+    if method != "subspace":
+        raise ValueError(f"method: expected 'subspace' or 'krylov', got {method!r}")
     oversample = k if oversample is None else oversample
     return linalg.randomized_eigh(mat, c.n, k, key, oversample, iters, pmat.dtype)
 
@@ -148,29 +161,50 @@ MATMAT_BLOCK = 1024  # atoms per block of the factor F in products with G
 @jax.jit
 def _g_matmat(pmat, w, values, x):
     r"""G x = F (F^T x) with the factor :math:`F_{j,(i,c)} = \sqrt{w_i} P_{ij} \hat v_{jc}`,
-    :math:`\hat v_j = (1, v_j)`, built a block of atoms at a time (``[block, p(1+d_v)]``), so no
-    ``[d_v, n, k]`` or ``[n, p(1+d_v)]`` array is ever formed: two passes over the blocks,
-    :math:`4\,n\,p(1+d_v)\,k` flops."""
+    :math:`\hat v_j = (1, v_j)`, never formed: with :math:`\tilde P = W^{1/2}P`,
+    :math:`(F^Tx)_{(i,c)} = \sum_j \tilde P_{ij}\hat v_{jc}x_j`, one matmul of :math:`\tilde P`
+    with the ``[n, (1+d_v) k]`` array :math:`\hat v_{jc}x_{jk}`, and
+    :math:`(Gx)_j = \sum_c \hat v_{jc}\,(\tilde P^T F^Tx)_{j,c}`. Atoms go a block at a time
+    (two passes, :math:`4\,n\,p(1+d_v)\,k` flops, temporaries ``[block, (1+d_v) k]``). When
+    ``k >= p`` the block of F itself, ``[block, p(1+d_v)]``, is the smaller temporary and is
+    built instead."""
     n, k = x.shape
     p = pmat.shape[0]
     b = min(MATMAT_BLOCK, n)
     nb = -(-n // b)
     pad = nb * b - n
     vhat = jnp.concatenate([jnp.ones((n, 1), values.dtype), values], axis=1)
+    c1 = vhat.shape[1]
     pw = (pmat * jnp.sqrt(w)[:, None]).T  # [n, p]
     pw = jnp.pad(pw, ((0, pad), (0, 0))).reshape(nb, b, p)
-    vhat = jnp.pad(vhat, ((0, pad), (0, 0))).reshape(nb, b, -1)
+    vhat = jnp.pad(vhat, ((0, pad), (0, 0))).reshape(nb, b, c1)
     xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(nb, b, k)
 
-    def factor(pb, vb):  # [b, p(1+dv)]
-        return (pb[:, :, None] * vb[:, None, :]).reshape(b, -1)
+    if k >= p:
+        def factor(pb, vb):  # the block's rows of F, [b, p(1+dv)]
+            return (pb[:, :, None] * vb[:, None, :]).reshape(b, p * c1)
 
-    def project(acc, blk):  # accumulate F^T x
+        def project(acc, blk):  # accumulate F^T x, [p(1+dv), k]
+            pb, vb, xb_ = blk
+            return acc + _mm(factor(pb, vb).T, xb_), None
+
+        def expand(blk):
+            return _mm(factor(*blk), ftx)
+
+        ftx, _ = lax.scan(project, jnp.zeros((p * c1, k), x.dtype), (pw, vhat, xb))
+        return lax.map(expand, (pw, vhat)).reshape(nb * b, k)[:n]
+
+    def project(acc, blk):  # accumulate F^T x as [p, (1+dv) k]
         pb, vb, xb_ = blk
-        return acc + _mm(factor(pb, vb).T, xb_), None
+        return acc + _mm(pb.T, (vb[:, :, None] * xb_[:, None, :]).reshape(b, c1 * k)), None
 
-    ftx, _ = lax.scan(project, jnp.zeros((p * vhat.shape[2], k), x.dtype), (pw, vhat, xb))
-    out = lax.map(lambda blk: _mm(factor(*blk), ftx), (pw, vhat))
+    ftx, _ = lax.scan(project, jnp.zeros((p, c1 * k), x.dtype), (pw, vhat, xb))
+
+    def expand(blk):  # rows of F (F^T x) for one block of atoms
+        pb, vb = blk
+        return jnp.sum(vb[:, :, None] * _mm(pb, ftx).reshape(b, c1, k), axis=1)
+
+    out = lax.map(expand, (pw, vhat))
     return out.reshape(nb * b, k)[:n]
 
 

@@ -5,7 +5,9 @@ r"""Small linear-algebra kernels used by fitting, bounds and compressibility; al
 * :func:`ridge_solve` -- :math:`\min_X \lVert AX - B\rVert_F^2 + \lambda\lVert X\rVert_F^2`;
 * :func:`randomized_eigh` -- top eigenpairs of a PSD operator given by products with blocks of
   vectors (randomized subspace iteration + Rayleigh-Ritz, Halko, Martinsson & Tropp 2011,
-  Alg. 4.4/5.3), with residual norms that bound the distance of each Ritz value to the spectrum.
+  Alg. 4.4/5.3), with residual norms that bound the distance of each Ritz value to the spectrum;
+* :func:`block_krylov_eigh` -- the same from a block Krylov space (block Lanczos with full
+  reorthogonalisation, Musco & Musco 2015): fewer products for the same accuracy.
 """
 
 from __future__ import annotations
@@ -96,4 +98,41 @@ def randomized_eigh(matmat, n: int, k: int, key, oversample: int = 10, iters: in
     vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
     u = _mm(q, vecs)
     res = jnp.linalg.norm(_mm(gq, vecs) - u * vals[None, :], axis=0)
+    return Ritz(vals, u, res)
+
+
+def block_krylov_eigh(matmat, n: int, k: int, key, block: int = 32, depth: int = 6,
+                      dtype=jnp.float32) -> Ritz:
+    r"""Top-``k`` eigenpairs of a symmetric PSD ``n x n`` operator from the block Krylov space
+    :math:`\mathrm{span}[X, GX, \dots, G^{depth}X]`, ``X`` a random ``[n, block]`` block.
+
+    Each new block :math:`G Q_i` is orthogonalised against all earlier ones (twice, for float32)
+    and orthonormalised; the images :math:`G Q_i` are kept, so Rayleigh-Ritz on the orthonormal
+    basis :math:`B` (``block * (depth + 1)`` columns) and the residuals
+    :math:`\lVert G u_i - \lambda_i u_i\rVert` need no product beyond the ``depth + 1`` that
+    build the space. ``B`` orthonormal makes the guarantees of :class:`Ritz` hold as for
+    :func:`randomized_eigh`.
+    """
+    dim = block * (depth + 1)
+    if dim < k:
+        raise ValueError(f"block * (depth + 1) = {dim} must be >= k = {k}")
+    if dim > n:
+        raise ValueError(f"block * (depth + 1) = {dim} must be <= n = {n}")
+    q, _ = jnp.linalg.qr(jax.random.normal(key, (n, block), dtype))
+    basis, images = [q], []
+    for i in range(depth + 1):
+        y = matmat(basis[-1])
+        images.append(y)
+        if i == depth:
+            break
+        b = jnp.concatenate(basis, axis=1)
+        w = y - _mm(b, _mm(b.T, y))
+        w = w - _mm(b, _mm(b.T, w))
+        basis.append(jnp.linalg.qr(w)[0])
+    b, gb = jnp.concatenate(basis, axis=1), jnp.concatenate(images, axis=1)
+    h = _mm(b.T, gb)
+    vals, vecs = jnp.linalg.eigh(0.5 * (h + h.T))
+    vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
+    u = _mm(b, vecs)
+    res = jnp.linalg.norm(_mm(gb, vecs) - u * vals[None, :], axis=0)
     return Ritz(vals, u, res)
