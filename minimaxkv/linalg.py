@@ -92,9 +92,14 @@ def randomized_eigh(matmat, n: int, k: int, key, oversample: int = 10, iters: in
     q, _ = jnp.linalg.qr(matmat(q))
     for _ in range(iters):
         q, _ = jnp.linalg.qr(matmat(q))
-    gq = matmat(q)
-    b = _mm(q.T, gq)
-    vals, vecs = jnp.linalg.eigh(0.5 * (b + b.T))
+    return _rayleigh_ritz(q, matmat(q), k)
+
+
+def _rayleigh_ritz(q, gq, k: int) -> Ritz:
+    """Top-``k`` Ritz pairs of G on the orthonormal basis ``q`` given ``gq = G q``, with the
+    residuals :math:`\\lVert G u_i - \\lambda_i u_i\\rVert` (no further product)."""
+    h = _mm(q.T, gq)
+    vals, vecs = jnp.linalg.eigh(0.5 * (h + h.T))
     vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
     u = _mm(q, vecs)
     res = jnp.linalg.norm(_mm(gq, vecs) - u * vals[None, :], axis=0)
@@ -129,10 +134,4 @@ def block_krylov_eigh(matmat, n: int, k: int, key, block: int = 32, depth: int =
         w = y - _mm(b, _mm(b.T, y))
         w = w - _mm(b, _mm(b.T, w))
         basis.append(jnp.linalg.qr(w)[0])
-    b, gb = jnp.concatenate(basis, axis=1), jnp.concatenate(images, axis=1)
-    h = _mm(b.T, gb)
-    vals, vecs = jnp.linalg.eigh(0.5 * (h + h.T))
-    vals, vecs = vals[::-1][:k], vecs[:, ::-1][:, :k]
-    u = _mm(b, vecs)
-    res = jnp.linalg.norm(_mm(gb, vecs) - u * vals[None, :], axis=0)
-    return Ritz(vals, u, res)
+    return _rayleigh_ritz(jnp.concatenate(basis, axis=1), jnp.concatenate(images, axis=1), k)
