@@ -12,11 +12,15 @@ whose position is :math:`\le t`.
 Two evaluation paths give the same numbers up to float round-off:
 
 * **dense** materialises the ``[p, n]`` logits;
-* **chunked** runs an online softmax over key blocks (running max, running mass, running
+* **chunked** runs an online softmax over key blocks (running stabiliser, running mass, running
   numerator), so peak memory is ``O(p * chunk)``, not ``O(p * n)``. Blocks combine by the
   block-decomposition identity I1 (``docs/theory.md``), which :func:`combine` implements.
+  Without a causal mask the stabiliser of a block is an upper bound of its logits computed from
+  the block's centroid and radius (I4), which saves a pass over the ``[p, chunk]`` logits; a
+  guard checks that no precision was lost to underflow and otherwise reruns with the exact
+  running maximum. Under ``vmap`` the guard becomes a select, so both paths run.
 
-Inputs of any float dtype are accumulated in at least float32; logits are max-stabilised, so
+Inputs of any float dtype are accumulated in at least float32; logits are stabilised, so
 logits of magnitude 1e4 are handled exactly.
 """
 
@@ -109,14 +113,25 @@ def _chunked(q, keys, values, logw, scale, qpos, kpos, chunk):
         logw.reshape(nb, chunk),
         None if kpos is None else kpos.reshape(nb, chunk),
     )
-    p, dv = q.shape[0], values.shape[1]
     qs = q * scale  # once, outside the loop
+    if qpos is not None:
+        return _finish(*_online(qs, blocks, None, qpos))
+    # Without a mask, stabilise each block by an upper bound of its logits (no max pass over the
+    # [p, chunk] logits); the exact running max is the fallback when the guard fails.
+    bounded, ok = _online_bounded(qs, blocks)
+    return lax.cond(ok, lambda: bounded, lambda: _finish(*_online(qs, blocks, None, None)))
+
+
+def _online(qs, blocks, stabiliser, qpos):
+    """Online softmax over key blocks (theory.md, "Online softmax"). ``stabiliser``: ``None`` for
+    the exact running max, or ``[nb, p]`` per-block values :math:`\beta_t - S` (bounded form)."""
+    p, dv = qs.shape[0], blocks[1].shape[2]
 
     def step(carry, blk):
         mx, z, num = carry
-        k, v, b, kp = blk
+        k, v, b, kp, beta = blk
         s = logits(qs, k, b, 1.0, qpos, kp)
-        new = jnp.maximum(mx, jnp.max(s, axis=1))
+        new = jnp.maximum(mx, jnp.max(s, axis=1) if beta is None else beta)
         safe = jnp.where(jnp.isfinite(new), new, 0.0)
         alpha = jnp.exp(mx - safe)
         e = jnp.exp(s - safe[:, None])
@@ -125,12 +140,50 @@ def _chunked(q, keys, values, logw, scale, qpos, kpos, chunk):
         return (new, z, num), None
 
     init = (
-        jnp.full((p,), -jnp.inf, q.dtype),
-        jnp.zeros((p,), q.dtype),
-        jnp.zeros((p, dv), q.dtype),
+        jnp.full((p,), -jnp.inf, qs.dtype),
+        jnp.zeros((p,), qs.dtype),
+        jnp.zeros((p, dv), qs.dtype),
     )
-    (mx, z, num), _ = lax.scan(step, init, blocks)
-    return _finish(num, z, jnp.where(jnp.isfinite(mx), mx, 0.0))
+    (mx, z, num), _ = lax.scan(step, init, (*blocks, stabiliser))
+    return num, z, jnp.where(jnp.isfinite(mx), mx, 0.0)
+
+
+def block_bounds(qs, keys, logw):
+    r"""Upper bounds of each block's logits (theory.md, "Bounded stabiliser"); ``[nb, p]``.
+
+    ``keys [nb, c, d]``, ``logw [nb, c]``, ``qs`` the scaled queries. With the block's centroid
+    :math:`c_t` and radius :math:`r_t=\max_j\lVert k_j-c_t\rVert`,
+    :math:`\beta_t(q)=\langle q,c_t\rangle+\lVert q\rVert r_t+\max_j b_j\ge\max_j s_j(q)`
+    (Cauchy-Schwarz); ``-inf`` for a block whose atoms all have weight zero."""
+    live = jnp.isfinite(logw)
+    cnt = jnp.maximum(jnp.sum(live, axis=1), 1)
+    cen = jnp.einsum("tc,tcd->td", live.astype(keys.dtype), keys, precision=HIGHEST) / cnt[:, None]
+    dist = jnp.sum((keys - cen[:, None, :]) ** 2, axis=2)
+    rad = jnp.sqrt(jnp.max(jnp.where(live, dist, 0.0), axis=1))
+    qn = jnp.sqrt(jnp.sum(qs * qs, axis=1))
+    return (jnp.einsum("td,pd->tp", cen, qs, precision=HIGHEST) + rad[:, None] * qn[None, :]
+            + jnp.max(logw, axis=1)[:, None])
+
+
+def _online_bounded(qs, blocks):
+    """The online softmax with the bounded stabiliser, and whether its guard holds.
+
+    Every exponent is at most ``S``, chosen so that ``n e^S max(1, |v|_max)`` stays below a quarter
+    of the dtype's largest float: nothing overflows. Exponentials below the smallest normal float
+    may flush to zero; the guard ``z >= 4 (n + nb) tiny / eps * max(1, 1 / |v|_max)`` on every
+    query bounds what that loses by a quarter of the rounding unit (theory.md)."""
+    keys, values, logw, _ = blocks
+    nb, c = logw.shape
+    n = nb * c
+    fi = jnp.finfo(qs.dtype)
+    vmax = jnp.max(jnp.abs(values))
+    head = jnp.log(fi.max) - jnp.log(4.0 * n * jnp.maximum(vmax, 1.0))
+    shift = jnp.clip(head, 0.0, 0.5 * jnp.log(fi.max)).astype(qs.dtype)
+    beta = block_bounds(qs, keys, logw) - shift
+    num, z, mx = _online(qs, blocks, beta, None)
+    floor = 4.0 * (n + nb) * fi.tiny / fi.eps * jnp.maximum(1.0, 1.0 / jnp.maximum(vmax, fi.tiny))
+    ok = jnp.all(z >= floor) & jnp.all(jnp.isfinite(z)) & jnp.all(jnp.isfinite(num))
+    return _finish(num, z, mx), ok
 
 
 @partial(jax.jit, static_argnames=("chunk",))

@@ -126,3 +126,68 @@ def test_custom_scale(rng):
     q = rng.normal(size=(3, 8))
     a = mkv.attend(q, mkv.Cache(k, v, b), scale=0.7)
     np.testing.assert_allclose(a, np_attention(q, k, v, b, scale=0.7)[0], rtol=1e-12)
+
+
+def test_I4_block_bounds_dominate_logits(rng):
+    """I4 (a): the centroid + radius bound of each block is >= every logit of the block (float64),
+    with atoms of weight zero ignored and -inf for a block of weight-zero atoms only."""
+    from minimaxkv.attention import block_bounds
+
+    nb, c, d = 6, 16, 8
+    keys = rng.normal(size=(nb, c, d)) * rng.uniform(0.1, 10, size=(nb, 1, 1)) + rng.normal(size=d)
+    logw = rng.normal(size=(nb, c))
+    logw[1, :5] = -np.inf  # dead atoms far from the rest must not enter the radius
+    keys[1, :5] += 1e3
+    logw[4] = -np.inf
+    qs = 3 * rng.normal(size=(10, d))
+    beta = np.asarray(block_bounds(jnp.asarray(qs), jnp.asarray(keys), jnp.asarray(logw)))
+    s = np.einsum("pd,tcd->tpc", qs, keys) + logw[:, None, :]
+    mx = s.max(axis=2)
+    live = np.isfinite(mx)
+    assert np.all(beta[live] >= mx[live] - 1e-9 * np.abs(mx[live]))
+    assert np.all(np.isneginf(beta[4])) and not live[4].any()
+    # the bound follows the live atoms only: block 1's is as tight as the same block without them
+    sub = block_bounds(jnp.asarray(qs), jnp.asarray(keys[1:2, 5:]), jnp.asarray(logw[1:2, 5:]))
+    np.testing.assert_allclose(beta[1], np.asarray(sub)[0], rtol=1e-12)
+
+
+def _gap_cache(rng, gap, n=64, d=8, dv=3):
+    """float32 keys = small part + (+-R) along a direction orthogonal to the query, so the I4 bound
+    exceeds every logit by about ``gap`` while the logits themselves stay O(1)."""
+    q = np.zeros((1, d))
+    q[0, 0] = 8.0
+    k = 0.3 * rng.normal(size=(n, d))
+    k[:, 1] = 0.0
+    k[:, 1] = np.where(np.arange(n) % 2, 1.0, -1.0) * gap / (8.0 * d ** -0.5)
+    v = rng.normal(size=(n, dv))
+    b = np.where(np.arange(n) % 3 == 0, -60.0, 0.0)  # atoms whose exponentials flush at gap 95
+    return q, k, v, b
+
+
+@pytest.mark.parametrize("gap,accepted", [(10.0, True), (95.0, True), (150.0, False)])
+def test_I4_bounded_stabiliser_and_its_guard(rng, gap, accepted):
+    """I4 (b, c): with the bound above every logit by ``gap`` and the shift S of float32
+    (44.4 here), the largest exponent is about -(gap - S); the guard's floor at n = 64 is
+    e^-65.8, so it accepts up to gap ~ 110, where the atoms of weight e^-60 already flush to zero,
+    and the result is float64-exact to float32 rounding; beyond it the guard refuses (the
+    running-max path then gives the same exact answer)."""
+    from minimaxkv import attention
+
+    q, k, v, b = _gap_cache(rng, gap)
+    f32 = [jnp.asarray(x, jnp.float32) for x in (q, k, v, b)]
+    chunk = 16
+    blocks = (f32[1].reshape(4, chunk, -1), f32[2].reshape(4, chunk, -1),
+              f32[3].reshape(4, chunk), None)
+    qs = f32[0] * attention.default_scale(q.shape[1])
+    beta = attention.block_bounds(qs, blocks[0], blocks[2])
+    s64 = (q * q.shape[1] ** -0.5) @ np.asarray(f32[1], np.float64).T + b
+    assert float(beta.max()) - s64.max() == pytest.approx(gap, abs=2.0)  # the construction
+    (a, lz), ok = attention._online_bounded(qs, blocks)
+    assert bool(ok) is accepted
+    ra, rlz, _ = np_attention(*(np.asarray(x, np.float64) for x in f32))
+    if accepted:
+        np.testing.assert_allclose(a, ra, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(lz, rlz, rtol=1e-5)
+    a2, lz2 = mkv.attend_and_mass(f32[0], mkv.Cache(*f32[1:]), chunk=chunk)
+    np.testing.assert_allclose(a2, ra, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(lz2, rlz, rtol=1e-5)
