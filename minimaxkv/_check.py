@@ -54,7 +54,7 @@ def array(x, name: str, shape: tuple, *, allow_neg_inf: bool = False):
                 f"expected {want}, got {got})"
             )
     x = jnp.asarray(x)
-    if is_concrete(x) and x.size:
+    if is_concrete(x) and x.size and not _all_finite(x):
         finite = np.isfinite(np.asarray(x, dtype=np.float64))
         if not finite.all():
             bad = np.asarray(x, dtype=np.float64)[~finite]
@@ -66,6 +66,19 @@ def array(x, name: str, shape: tuple, *, allow_neg_inf: bool = False):
                 + ("; only -inf is allowed here (a zero-weight atom)" if allow_neg_inf else "")
             )
     return x
+
+
+@jax.jit
+def _device_all_finite(x):
+    return jnp.all(jnp.isfinite(x))
+
+
+def _all_finite(x) -> bool:
+    """Whether every entry is finite: on the host array itself when ``x`` lives on the CPU (a
+    zero-copy view, one pass, no float64 copy), else a reduction on its device (one bool back)."""
+    if all(d.platform == "cpu" for d in x.devices()):
+        return bool(np.isfinite(np.asarray(x)).all())
+    return bool(_device_all_finite(x))
 
 
 def same_size(a: int, b: int, what: str):
