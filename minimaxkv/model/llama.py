@@ -15,8 +15,9 @@ The attention of a chunk of new tokens reads a **past cache** per layer and KV h
 ``[L, Hkv, S, hd]`` (post-RoPE), values and log-weights ``[L, Hkv, S]`` -- with the log-weights added
 to the logits (THEORY.md §1), so a compressed summary (or a buffer whose empty slots carry
 ``-inf``) plugs in directly; every past atom is visible to every new token. Within the chunk the
-attention is causal and computed block by block over queries, each block reading only the keys up
-to its own end: fully masked blocks are skipped, not computed and thrown away.
+attention is causal and computed block by block over queries, each block reading the keys up to
+its own end tile by tile (an online softmax): fully masked tiles are skipped, not computed and
+thrown away.
 
 Weights are stored ``[in, out]`` (``y = x @ W``) and stacked over layers, so the layers run under
 one ``lax.scan``; activations and softmax accumulate in float32 whatever the storage dtype.
@@ -24,7 +25,6 @@ one ``lax.scan``; activations and softmax accumulate in float32 whatever the sto
 
 from __future__ import annotations
 
-import functools
 import weakref
 from functools import partial
 from typing import NamedTuple, Optional
@@ -38,6 +38,7 @@ from .. import rope
 from ..cache import Cache
 
 QUERY_BLOCK = 256  # queries per causal block of the prefill attention
+KEY_TILE = 256  # chunk keys per online-softmax step of the prefill attention
 
 
 class Config(NamedTuple):
@@ -118,6 +119,18 @@ def empty_past(cfg: Config, dtype=jnp.float32) -> Cache:
                  jnp.zeros(shape[:-1], jnp.float32))
 
 
+def _absorb(state, s, v):
+    """Online-softmax step (theory.md, "Online softmax"): fold logits ``s [Hkv, m, n]`` (``-inf``
+    = hidden) and values ``v [Hkv, n, hd]`` into ``(max, mass, numerator)``."""
+    mx, z, num = state
+    new = jnp.maximum(mx, jnp.max(s, -1))
+    safe = jnp.where(jnp.isfinite(new), new, 0.0)
+    alpha = jnp.exp(mx - safe)
+    e = jnp.exp(s - safe[..., None])
+    return (new, z * alpha + jnp.sum(e, -1),
+            num * alpha[..., None] + jnp.einsum("kms,ksd->kmd", e, v))
+
+
 def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
     r"""Grouped-query attention of a chunk over its past cache and, causally, over itself.
 
@@ -127,40 +140,56 @@ def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
 
     Returns:
         ``[T, H, hd]``: :math:`\sum_j e^{s_j}v_j/\sum_j e^{s_j}`, :math:`s_j = \langle q,k_j\rangle/
-        \sqrt{hd} + b_j` over the past atoms and the chunk tokens at or before the query. The two
-        parts are combined by their log-masses (identity I1), so the past is never copied.
+        \sqrt{hd} + b_j` over the past atoms and the chunk tokens at or before the query.
+
+    Queries go in blocks of ``block`` tokens (a ``lax.scan``, so the program does not grow with
+    ``T``); the ``g`` query heads of a KV head are rows of one matrix. A block folds in the past
+    (one product), then the chunk's keys in tiles of ``KEY_TILE`` by an online softmax: the tiles
+    before the block's first token unmasked (a loop whose length depends on the block), the tiles
+    on the block's diagonal with the causal mask. Tiles after the block are never computed, and
+    each tile's logits stay small enough to be read back from cache.
     """
     T, H, hd = q.shape
     kvh = k.shape[1]
     g = H // kvh
     f32 = jnp.float32
-    # queries grouped by key/value head, [Hkv, g, T, hd]: the logits of a block are then one
-    # batched matmul [Hkv, g*t, S] with the softmax axis last (no transposed copies)
-    qg = jnp.transpose(q.reshape(T, kvh, g, hd).astype(f32) * hd ** -0.5, (1, 2, 0, 3))
-    kc, vc = jnp.swapaxes(k, 0, 1).astype(f32), jnp.swapaxes(v, 0, 1).astype(f32)  # [Hkv, T, hd]
+    tq = min(block, T)
+    tk = KEY_TILE if tq % KEY_TILE == 0 else tq  # tiles divide the block: diagonal tiles align
+    nq = -(-T // tq)
+    pad = nq * tq - T  # padded queries are dropped; padded keys sit after every real query
+    qg = jnp.pad(q.astype(f32) * hd ** -0.5, ((0, pad), (0, 0), (0, 0)))
+    # [nq, Hkv, tq * g, hd], rows ordered (token, head of the group)
+    qg = jnp.swapaxes(qg.reshape(nq, tq, kvh, g, hd), 1, 2).reshape(nq, kvh, tq * g, hd)
+    kc = jnp.pad(jnp.swapaxes(k, 0, 1).astype(f32), ((0, 0), (0, pad), (0, 0)))  # [Hkv, T', hd]
+    vc = jnp.pad(jnp.swapaxes(v, 0, 1).astype(f32), ((0, 0), (0, pad), (0, 0)))
     pk, pv = past_k.astype(f32), past_v.astype(f32)
-    outs = []
-    for lo in range(0, T, block):  # static: each block reads chunk keys up to its own end only
-        hi = min(lo + block, T)
-        t = hi - lo
-        qb = qg[:, :, lo:hi].reshape(kvh, g * t, hd)
-        # (logits, values) of the past, of the earlier chunk tokens (all visible) and of the
-        # block's own tokens (causal): only the last part is masked
-        parts = [(jnp.einsum("kmd,ksd->kms", qb, pk) + past_b[:, None, :], pv)]
-        if lo:
-            parts.append((jnp.einsum("kmd,ksd->kms", qb, kc[:, :lo]), vc[:, :lo]))
-        own = jnp.arange(t)
-        causal = jnp.tile(own[None, :] <= own[:, None], (g, 1))  # [g*t, t]
-        sd = jnp.einsum("kmd,ksd->kms", qb, kc[:, lo:hi])
-        parts.append((jnp.where(causal, sd, -jnp.inf), vc[:, lo:hi]))
-        mx = functools.reduce(jnp.maximum, [jnp.max(s, -1, initial=-jnp.inf) for s, _ in parts])
-        mx = mx[..., None]  # a token always sees itself: finite
-        es = [jnp.exp(s - mx) for s, _ in parts]
-        z = sum(jnp.sum(e, -1) for e in es)
-        num = sum(jnp.einsum("kms,ksd->kmd", e, v) for e, (_, v) in zip(es, parts))
-        outs.append((num / z[..., None]).reshape(kvh, g, t, hd))
-    out = jnp.concatenate(outs, 2) if len(outs) > 1 else outs[0]  # [Hkv, g, T, hd]
-    return jnp.transpose(out, (2, 0, 1, 3)).reshape(T, H, hd)
+    row_pos = jnp.repeat(jnp.arange(tq), g)  # token offset of each row within its block
+
+    def tile(qb, qpos, j, state, masked):
+        kt = lax.dynamic_slice_in_dim(kc, j * tk, tk, 1)
+        vt = lax.dynamic_slice_in_dim(vc, j * tk, tk, 1)
+        s = jnp.einsum("kmd,ksd->kms", qb, kt)
+        if masked:
+            s = jnp.where(j * tk + jnp.arange(tk)[None, :] <= qpos[:, None], s, -jnp.inf)
+        return _absorb(state, s, vt)
+
+    def run(_, xs):
+        i, qb = xs
+        first = i * tq
+        qpos = first + row_pos
+        state = (jnp.full((kvh, tq * g), -jnp.inf, f32), jnp.zeros((kvh, tq * g), f32),
+                 jnp.zeros((kvh, tq * g, hd), f32))
+        if pk.shape[1]:
+            state = _absorb(state, jnp.einsum("kmd,ksd->kms", qb, pk) + past_b[:, None, :], pv)
+        state = lax.fori_loop(0, first // tk, lambda j, st: tile(qb, qpos, j, st, False), state)
+        for d in range(tq // tk):
+            state = tile(qb, qpos, first // tk + d, state, True)
+        _, z, num = state  # a token always sees itself: z > 0
+        return None, num / z[..., None]
+
+    _, out = lax.scan(run, None, (jnp.arange(nq), qg))  # [nq, Hkv, tq * g, hd]
+    out = jnp.swapaxes(out.reshape(nq, kvh, tq, g, hd), 1, 2).reshape(nq * tq, H, hd)
+    return out[:T]
 
 
 def _layer(cfg: Config, positions, n_queries: int, block: int):
