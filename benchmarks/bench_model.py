@@ -328,8 +328,8 @@ def main(argv=None):
         f"free: {parts_s:.2f} s, {TARGET_T / parts_s:.0f} tok/s")
     if TARGET_T in prefill:
         limit["fraction_of_bound"] = {k: bound_s / v["best_s"] for k, v in prefill[TARGET_T].items()}
-        limit_line += "; reached: " + ", ".join(f"{k} {100 * f:.0f}%" for k, f in
-                                                limit["fraction_of_bound"].items())
+        limit_line += ".\nShare of the GEMM-rate limit reached at T = %d: " % TARGET_T + ", ".join(
+            f"{k} {100 * f:.0f}%" for k, f in limit["fraction_of_bound"].items())
     if hf is not None and TARGET_T in prefill:
         limit["bound_vs_transformers"] = prefill[TARGET_T][hfk]["best_s"] / bound_s
         limit["fastest_parts_vs_transformers"] = prefill[TARGET_T][hfk]["best_s"] / parts_s
