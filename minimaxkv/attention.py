@@ -171,7 +171,8 @@ def _online_bounded(qs, blocks):
     Every exponent is at most ``S``, chosen so that ``n e^S max(1, |v|_max)`` stays below a quarter
     of the dtype's largest float: nothing overflows. Exponentials below the smallest normal float
     may flush to zero; the guard ``z >= 4 (n + nb) tiny / eps * max(1, 1 / |v|_max)`` on every
-    query bounds what that loses by a quarter of the rounding unit (theory.md)."""
+    query keeps what that loses within a relative eps/2 of the mass and 2 eps |v|_max of each
+    output coordinate (I4 (c) in theory.md)."""
     keys, values, logw, _ = blocks
     nb, c = logw.shape
     n = nb * c
