@@ -122,22 +122,28 @@ def _chunked(q, keys, values, logw, scale, qpos, kpos, chunk):
     return lax.cond(ok, lambda: bounded, lambda: _finish(*_online(qs, blocks, None, None)))
 
 
+def fold(state, s, v, top=None, precision=HIGHEST):
+    """One online-softmax step (theory.md, "Online softmax"): fold logits ``s [..., m, n]``
+    (``-inf`` = hidden) and values ``v [..., n, dv]`` into ``state = (stabiliser, mass,
+    numerator)`` of shapes ``[..., m]``, ``[..., m]``, ``[..., m, dv]``. The new stabiliser is the
+    larger of the old one and ``top`` (default: the rows' maxima of ``s``; I4: any upper bound)."""
+    mx, z, num = state
+    new = jnp.maximum(mx, jnp.max(s, axis=-1) if top is None else top)
+    safe = jnp.where(jnp.isfinite(new), new, 0.0)
+    alpha = jnp.exp(mx - safe)
+    e = jnp.exp(s - safe[..., None])
+    return (new, z * alpha + jnp.sum(e, axis=-1),
+            num * alpha[..., None] + jnp.einsum("...mn,...nd->...md", e, v, precision=precision))
+
+
 def _online(qs, blocks, stabiliser, qpos):
     """Online softmax over key blocks (theory.md, "Online softmax"). ``stabiliser``: ``None`` for
     the exact running max, or ``[nb, p]`` per-block values :math:`\beta_t - S` (bounded form)."""
     p, dv = qs.shape[0], blocks[1].shape[2]
 
     def step(carry, blk):
-        mx, z, num = carry
         k, v, b, kp, beta = blk
-        s = logits(qs, k, b, 1.0, qpos, kp)
-        new = jnp.maximum(mx, jnp.max(s, axis=1) if beta is None else beta)
-        safe = jnp.where(jnp.isfinite(new), new, 0.0)
-        alpha = jnp.exp(mx - safe)
-        e = jnp.exp(s - safe[:, None])
-        z = z * alpha + jnp.sum(e, axis=1)
-        num = num * alpha[:, None] + jnp.einsum("pn,nv->pv", e, v, precision=HIGHEST)
-        return (new, z, num), None
+        return fold(carry, logits(qs, k, b, 1.0, qpos, kp), v, beta), None
 
     init = (
         jnp.full((p,), -jnp.inf, qs.dtype),

@@ -35,6 +35,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int
 
 from .. import rope
+from ..attention import fold
 from ..cache import Cache
 
 QUERY_BLOCK = 256  # queries per causal block of the prefill attention
@@ -119,18 +120,6 @@ def empty_past(cfg: Config, dtype=jnp.float32) -> Cache:
                  jnp.zeros(shape[:-1], jnp.float32))
 
 
-def _absorb(state, s, v):
-    """Online-softmax step (theory.md, "Online softmax"): fold logits ``s [Hkv, m, n]`` (``-inf``
-    = hidden) and values ``v [Hkv, n, hd]`` into ``(max, mass, numerator)``."""
-    mx, z, num = state
-    new = jnp.maximum(mx, jnp.max(s, -1))
-    safe = jnp.where(jnp.isfinite(new), new, 0.0)
-    alpha = jnp.exp(mx - safe)
-    e = jnp.exp(s - safe[..., None])
-    return (new, z * alpha + jnp.sum(e, -1),
-            num * alpha[..., None] + jnp.einsum("kms,ksd->kmd", e, v))
-
-
 def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
     r"""Grouped-query attention of a chunk over its past cache and, causally, over itself.
 
@@ -171,7 +160,7 @@ def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
         s = jnp.einsum("kmd,ksd->kms", qb, kt)
         if masked:
             s = jnp.where(j * tk + jnp.arange(tk)[None, :] <= qpos[:, None], s, -jnp.inf)
-        return _absorb(state, s, vt)
+        return fold(state, s, vt, precision=None)
 
     def run(_, xs):
         i, qb = xs
@@ -180,7 +169,8 @@ def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
         state = (jnp.full((kvh, tq * g), -jnp.inf, f32), jnp.zeros((kvh, tq * g), f32),
                  jnp.zeros((kvh, tq * g, hd), f32))
         if pk.shape[1]:
-            state = _absorb(state, jnp.einsum("kmd,ksd->kms", qb, pk) + past_b[:, None, :], pv)
+            state = fold(state, jnp.einsum("kmd,ksd->kms", qb, pk) + past_b[:, None, :], pv,
+                         precision=None)
         state = lax.fori_loop(0, first // tk, lambda j, st: tile(qb, qpos, j, st, False), state)
         for d in range(tq // tk):
             state = tile(qb, qpos, first // tk + d, state, True)
