@@ -95,15 +95,35 @@ def load(name: str, scale: str, root=None) -> dict:
 
 
 def compute(name: str, scale: str, root=None) -> dict:
-    """Run experiment ``name`` at ``scale`` and store its result atomically; returns the record."""
+    """Run experiment ``name`` at ``scale`` and store its result atomically; returns the record
+    (with the run's peak number of memory mappings and the system's limit, where known). What
+    the experiment compiled is released afterwards (``jax.clear_caches``)."""
+    import jax
+
+    from minimaxkv import programs
+
     cfg = config(name, scale)
     t0 = time.perf_counter()
-    out = module(name).run(cfg)
+    try:
+        with programs.PeakMappings() as peak:
+            out = module(name).run(cfg)
+    finally:
+        jax.clear_caches()
     record = {"name": name, "scale": scale, "config": cfg, "hash": key(name, scale),
-              "seed": cfg.get("seed", cfg.get("seeds")), "seconds": time.perf_counter() - t0, "result": out,
+              "seed": cfg.get("seed", cfg.get("seeds")), "seconds": time.perf_counter() - t0,
+              "peak_mappings": peak.peak, "mapping_limit": peak.limit, "result": out,
               **io.provenance()}
     io.write_json(result_path(name, scale, root), record)
     return record
+
+
+def describe(record: dict) -> str:
+    """``"123.4 s of compute, peak memory mappings P of the limit L (x %)"`` of a record."""
+    text = f"{record['seconds']:.1f} s of compute"
+    peak, limit = record.get("peak_mappings"), record.get("mapping_limit")
+    if peak is not None and limit:
+        text += f", peak memory mappings {peak:,} of the limit {limit:,} ({100 * peak / limit:.1f} %)"
+    return text
 
 
 def ensure(name: str, scale: str, *, force: bool = False, root=None) -> tuple[dict, bool]:
@@ -156,5 +176,5 @@ def main(name: str, argv=None) -> int:
     args = ap.parse_args(argv)
     record, computed = ensure(name, args.scale, force=args.force)
     print(f"{name}-{args.scale}: {'computed' if computed else 'reused'} "
-          f"{result_path(name, args.scale)} ({record['seconds']:.1f} s of compute)")
+          f"{result_path(name, args.scale)} ({describe(record)})", flush=True)
     return 0

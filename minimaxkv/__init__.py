@@ -7,8 +7,8 @@ Public names (stable): :class:`Cache`, :class:`Summary`, :func:`attend`, :func:`
 
 __version__ = "0.1.0"
 
-from . import (bounds, capture, causal, compressibility, evaluate, fit, io, linalg, model, queries,
-               rope, rules, summarize, synthetic, tasks)
+from . import (bounds, capture, causal, compressibility, evaluate, fit, io, linalg, model,
+               programs, queries, rope, rules, summarize, synthetic, tasks)
 from .attention import attend, attend_and_mass, attention_weights, combine, log_mass
 from .cache import Cache, Summary, validate
 from .risk import errors, mass_error, mc_interval, relative_risk, risk
@@ -33,6 +33,7 @@ __all__ = [
     "mass_error",
     "mc_interval",
     "model",
+    "programs",
     "queries",
     "relative_risk",
     "risk",

@@ -352,8 +352,16 @@ def _repo_root() -> Path:
 
 
 def figures_cmd(args) -> int:
-    """Compute every missing or stale experiment result at ``--scale``, then draw every figure."""
-    _repo_root()
+    """Compute every missing or stale experiment result at ``--scale``, then draw every figure.
+
+    Each experiment to compute runs in a process of its own (``python -m experiments.NAME``):
+    what it compiled is released when it ends, and its failure -- even a crash of the compiler --
+    loses nothing the others stored. Every figure whose result exists is then drawn; the command
+    exits non-zero if an experiment or a figure failed."""
+    import os
+    import subprocess
+
+    root = _repo_root()
     from experiments import common
     from paper_figures import common as figs
 
@@ -364,18 +372,46 @@ def figures_cmd(args) -> int:
         common.check_scale(args.scale)
     except ValueError as err:
         raise SystemExit(f"minimaxkv: error: {err}") from None
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     t0 = time.perf_counter()
+    failed = []
+    try:
+        for name in names:
+            t1 = time.perf_counter()
+            if not args.force and common.cached(name, args.scale) is not None:
+                print(f"{name}: reused {common.result_path(name, args.scale)}", flush=True)
+                continue
+            cmd = [sys.executable, "-m", f"experiments.{name}", "--scale", args.scale]
+            code = subprocess.run(cmd + ["--force"] * args.force, env=env).returncode
+            took = f"{time.perf_counter() - t1:.1f} s"
+            if code != 0:
+                failed.append(name)
+                print(f"{name}: FAILED (exit code {code}, after {took}); the other experiments "
+                      "go on", flush=True)
+            else:
+                what = "recomputed (--force)" if args.force else "computed (missing or stale)"
+                print(f"{name}: {what} {common.result_path(name, args.scale)} ({took})",
+                      flush=True)
+    except KeyboardInterrupt:
+        print("\nminimaxkv: interrupted; every result computed so far is stored (a rerun "
+              "reuses it)", file=sys.stderr)
+        return 130
     for name in names:
-        t1 = time.perf_counter()
-        record, computed = common.ensure(name, args.scale, force=args.force)
-        what = "reused" if not computed else \
-            "recomputed (--force)" if args.force else "computed (missing or stale)"
-        print(f"{name}: {what} {common.result_path(name, args.scale)} "
-              f"({time.perf_counter() - t1:.1f} s)", flush=True)
-    for name in names:
-        paths = figs.render(name, args.scale)
+        try:
+            paths = figs.render(name, args.scale)
+        except FileNotFoundError:
+            print(f"figure {name}: not drawn (no up-to-date result)", flush=True)
+            continue
+        except Exception as err:  # a figure that fails must not stop the others
+            failed.append(f"figure {name}")
+            print(f"figure {name}: FAILED ({type(err).__name__}: {err})", flush=True)
+            continue
         print(f"figure {name}: {' '.join(str(p) for p in paths)}", flush=True)
     print(f"done in {time.perf_counter() - t0:.1f} s")
+    if failed:
+        print(f"minimaxkv: error: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

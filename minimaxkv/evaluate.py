@@ -32,7 +32,7 @@ import numpy as np
 
 from . import tasks as tasks_mod
 from .cache import Cache
-from .model import Model, buffer, concat, decode, empty_past, forward, generate
+from .model import Model, bucket, buffer, concat, decode, empty_past, forward, generate
 from .rules.base import Rule
 
 
@@ -107,13 +107,14 @@ def _quantize(b, total: int, n: int, unit: int):
 
 
 def head_budgets(rule: Allocated, past: Cache, queries, budget: int, key=None) -> np.ndarray:
-    """Per-head budgets ``[L, Hkv]`` of ``rule.alloc`` with mean at most ``budget`` (multiples of
-    ``max(1, budget // 4)``, see :func:`_quantize`)."""
+    """Per-head budgets ``[L, Hkv]`` of ``rule.alloc`` with mean at most ``budget``: exact when
+    the rule takes traced budgets (:meth:`~minimaxkv.rules.Rule.padded`: one program for every
+    budget), else multiples of ``max(1, budget // 4)`` (few programs, see :func:`_quantize`)."""
     from .compressibility import spectrum
     from .rules import allocation
 
     L, K, n, hd = past.keys.shape
-    unit = max(1, budget // 4)
+    unit = 1 if rule.rule.upto is not None else max(1, budget // 4)
     q = queries.reshape(L, K, queries.shape[1] // K, queries.shape[2], hd)
     if rule.alloc == "pyramid":
         exact = np.repeat(allocation.pyramid_budgets(budget, L)[:, None], K, 1)
@@ -135,7 +136,8 @@ def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
     rule seeing each head's group of observed queries (``queries [L, H, p, hd]``, the last p
     tokens of ``past``). An :class:`Allocated` rule gives each head its own budget (mean at most
     ``budget``); its summaries are padded to the largest with empty atoms (log-weight -inf, which
-    attention ignores and :func:`metrics` does not count).
+    attention ignores and :func:`metrics` does not count) by :meth:`~minimaxkv.rules.Rule.padded`,
+    which compiles one program for all the budgets when the rule allows it.
 
     Heads are compressed one at a time through the rule's own compiled function (one compile per
     rule and shape): a batch of all heads in one executable (``vmap``) stalled XLA:CPU on the
@@ -156,11 +158,9 @@ def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
 
     def one(i, h):
         head = Cache(past.keys[i, h], past.values[i, h], past.logw[i, h])
-        c = rule(head, int(sizes[i, h]), q[i, h], keys[i, h]).cache
-        pad = top - c.keys.shape[0]
-        return c if pad == 0 else Cache(jnp.pad(c.keys, ((0, pad), (0, 0))),
-                                        jnp.pad(c.values, ((0, pad), (0, 0))),
-                                        jnp.pad(c.logw, (0, pad), constant_values=-jnp.inf))
+        if (sizes == top).all():
+            return rule(head, top, q[i, h], keys[i, h]).cache
+        return rule.padded(head, top, int(sizes[i, h]), q[i, h], keys[i, h]).cache
 
     out = [one(i, h) for i in range(L) for h in range(K)]
     return Cache(*(jnp.stack(field).reshape(L, K, *field[0].shape) for field in zip(*out)))
@@ -278,14 +278,19 @@ def read(model: Model, prep: Prepared, state: State, max_new: int = 16) -> Readi
     """Teacher-force the continuation and generate a greedy answer after the question."""
     p, cfg = model.params, model.config
     start = len(prep.prefix)
-    cont = forward(p, cfg, jnp.asarray(prep.cont), start, state.past).logits
-    rows = np.concatenate([np.asarray(state.last)[None], np.asarray(cont[:-1])])
+    # the past and the continuation padded to their buckets (empty atoms; tokens after the last
+    # real one): every prompt, budget and summary of nearby size shares the compiled programs
+    size, T = state.past.keys.shape[2], len(prep.cont)
+    past = buffer(state.past, bucket(size) - size)
+    ids = np.pad(prep.cont, (0, bucket(T) - T))
+    cont = np.asarray(forward(p, cfg, ids, start, past).logits)[:T]
+    rows = np.concatenate([np.asarray(state.last)[None], cont[:-1]])
     question = prep.cont[:len(prep.cont) - prep.answer]
     if len(question):
-        gen = generate(model, question, max_new, past=state.past, start=start)
+        gen = generate(model, question, max_new, past=past, start=start)
     else:  # query-aware: the question is already in the prefix
         first = int(np.argmax(rows[0]))
-        gen = [first] + generate(model, [first], max_new - 1, past=state.past, start=start)
+        gen = [first] + generate(model, [first], max_new - 1, past=past, start=start)
     text = model.tokenizer.decode(gen, skip_special=True)
     return Reading(rows, text, tasks_mod.score(prep.task, text))
 
@@ -334,8 +339,17 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
 
     Rows already in ``done`` (same task seed/family, rule and budget) are kept and not recomputed;
     ``on_row(rows)`` is called after every new row (e.g. to save the partial table).
+
+    Compiled programs stay bounded (:mod:`minimaxkv.programs`): the model's programs are shared
+    by every prompt and budget of a bucket (:func:`read`), a per-head allocation compiles one
+    program for all its budgets where the rule allows it, the rules' programs (one per context
+    length) are released when the context length changes, and every cache is cleared if the
+    process's memory mappings still pass a third of the system's limit.
     """
     from tqdm import tqdm
+
+    from . import programs
+    from .rules import base as rules_base
 
     fixed = [name for name, r in rules.items() if isinstance(r, Allocated)]
     if fixed and (block is not None or decode_block is not None):
@@ -345,6 +359,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
     have = {(r["family"], r["seed"], r["rule"], r["budget_spec"]) for r in rows}
     total = len(task_list) * len(rules) * len(budgets)
     bar = tqdm(total=total, desc="evaluate", disable=not progress, file=sys.stderr)
+    length = None  # context length the rules' programs were compiled for
     for task in task_list:
         prep = prepare(model, task, query_aware)
         n = len(prep.prefix)
@@ -353,6 +368,9 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
         bar.update(len(rules) * len(budgets) - len(todo))
         if not todo:
             continue
+        if length is not None and n != length:
+            rules_base.release()
+        length = n
         t0 = time.perf_counter()
         base = prefill(model, prep.prefix, observed=observed)
         full = read(model, prep, base, max_new)
@@ -377,6 +395,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
             rows.append(row)
             if on_row is not None:
                 on_row(rows)
+            programs.relieve()
             bar.update(1)
     bar.close()
     return rows

@@ -16,8 +16,8 @@ from typing import NamedTuple, Optional
 import jax.numpy as jnp
 import numpy as np
 
-from .llama import (Config, Layers, Output, Params, buffer, concat, decode, empty_past, forward,
-                    rms_norm)
+from .llama import (Config, Layers, Output, Params, bucket, buffer, concat, decode, empty_past,
+                    forward, rms_norm)
 from .loaders import SMOLLM2_INSTALL, load_gguf, load_hf, permute, smollm2_path, unpermute
 from .tokenizer import Tokenizer
 
@@ -72,17 +72,25 @@ def logits(model: Model, ids) -> jnp.ndarray:
 def generate(model: Model, ids, steps: int, *, past=None, start: int = 0,
              stop: int | None = None) -> list[int]:
     """Greedy continuation of ``ids`` (run over ``past`` at positions from ``start``): up to
-    ``steps`` new token ids, ending early after ``stop`` (default: the tokenizer's EOS)."""
+    ``steps`` new token ids, ending early after ``stop`` (default: the tokenizer's EOS).
+
+    The prompt is padded to its :func:`bucket` length and the decoding buffer to the bucket of
+    what it holds (padding: empty atoms), so prompts and pasts of nearby lengths share the
+    compiled programs."""
     ids = _ids(model, ids)
     if stop is None and model.tokenizer is not None:
         stop = model.tokenizer.eos
-    out = forward(model.params, model.config, ids, start, past, all_logits=False)
+    T = int(ids.shape[0])
+    padded = np.pad(np.asarray(ids), (0, bucket(T) - T))
+    if past is not None:
+        past = buffer(past, bucket(past.keys.shape[2]) - past.keys.shape[2])
+    out = forward(model.params, model.config, padded, start, past, all_logits=False, length=T)
     past = concat(past if past is not None else empty_past(model.config, out.keys.dtype),
-                  out.keys, out.values)
+                  out.keys, out.values, length=T)
     slot = past.keys.shape[2]
-    buf = buffer(past, steps)
+    buf = buffer(past, bucket(slot + steps) - slot)
     tokens = [int(jnp.argmax(out.logits[-1]))]
-    pos = start + ids.shape[0]
+    pos = start + T
     while len(tokens) < steps and tokens[-1] != stop:
         row, buf = decode(model.params, model.config, tokens[-1], pos, buf, slot)
         tokens.append(int(jnp.argmax(row)))
@@ -92,5 +100,5 @@ def generate(model: Model, ids, steps: int, *, past=None, start: int = 0,
 
 
 __all__ = ["Config", "Layers", "Model", "Output", "Params", "Tokenizer", "SMOLLM2_INSTALL",
-           "buffer", "concat", "decode", "empty_past", "forward", "generate", "load",
+           "bucket", "buffer", "concat", "decode", "empty_past", "forward", "generate", "load",
            "load_gguf", "load_hf", "logits", "permute", "rms_norm", "smollm2_path", "unpermute"]

@@ -182,7 +182,7 @@ def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
     return out[:T]
 
 
-def _layer(cfg: Config, positions, n_queries: int, block: int):
+def _layer(cfg: Config, positions, n_queries: int, block: int, length):
     def run(x, xs):
         lp, pk, pv, pb = xs
         T = x.shape[0]
@@ -199,17 +199,19 @@ def _layer(cfg: Config, positions, n_queries: int, block: int):
         x = x + _mm(jax.nn.silu(_mm(h, lp.w_gate)) * _mm(h, lp.w_up), lp.w_down)
         kv_dtype = pk.dtype
         out = (jnp.swapaxes(k, 0, 1).astype(kv_dtype), jnp.swapaxes(v, 0, 1).astype(kv_dtype),
-               jnp.swapaxes(q[T - n_queries:], 0, 1) if n_queries else None)
+               jnp.swapaxes(lax.dynamic_slice_in_dim(q, length - n_queries, n_queries), 0, 1)
+               if n_queries else None)
         return x, out
     return run
 
 
 def _forward_impl(params: Params, cfg: Config, ids, start, past: Cache, n_queries: int,
-             all_logits: bool, block: int, per_layer=None) -> Output:
+                  all_logits: bool, block: int, per_layer=None, length=None) -> Output:
     T = ids.shape[0]
+    length = T if length is None else length  # tokens after ``length`` are padding
     positions = start + jnp.arange(T)
     x = params.embed[ids].astype(jnp.float32)
-    run = _layer(cfg, positions, n_queries, block)
+    run = _layer(cfg, positions, n_queries, block, length)
     if per_layer is None:
         x, (k, v, q) = lax.scan(run, x, (params.layers, past.keys, past.values, past.logw))
     else:
@@ -217,7 +219,8 @@ def _forward_impl(params: Params, cfg: Config, ids, start, past: Cache, n_querie
         branches = [partial(lambda lp, x, kv: run(x, (lp, *kv)), lp) for lp in per_layer]
         x, (k, v, q) = lax.scan(lambda x, xs: lax.switch(xs[0], branches, x, xs[1:]), x,
                                 (jnp.arange(cfg.layers), past.keys, past.values, past.logw))
-    x = rms_norm(x if all_logits else x[-1:], params.norm, cfg.norm_eps)
+    x = rms_norm(x if all_logits else lax.dynamic_slice_in_dim(x, length - 1, 1), params.norm,
+                 cfg.norm_eps)
     if params.head is None:  # tied: contract the embedding's rows, no transposed copy
         logits = jnp.einsum("td,vd->tv", x.astype(params.embed.dtype), params.embed,
                             preferred_element_type=jnp.float32)
@@ -255,9 +258,19 @@ def _per_layer(params: Params):
 _forward = jax.jit(_forward_impl, static_argnames=("cfg", "n_queries", "all_logits", "block"))
 
 
+def bucket(n: int) -> int:
+    """The length ``n`` rounds up to so that nearby lengths share one compiled program: the next
+    multiple of ``max(8, 2^(floor(log2 n) - 3))`` -- eight lengths per octave, at most 1/8 (or 7
+    slots) more than ``n``; powers of two from 8 on are their own bucket."""
+    if n <= 0:
+        return 0
+    step = max(8, 1 << max(0, n.bit_length() - 4))
+    return -(-n // step) * step
+
+
 def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
             past: Cache | None = None, *, n_queries: int = 0, all_logits: bool = True,
-            block: int = QUERY_BLOCK) -> Output:
+            block: int = QUERY_BLOCK, length: int | None = None) -> Output:
     r"""Run a chunk of tokens at positions ``start .. start+T-1`` over a past cache.
 
     Args:
@@ -269,6 +282,11 @@ def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
             summary or a fixed-capacity buffer; ``None`` for no past.
         n_queries: also return the post-RoPE queries of the last ``n_queries`` tokens.
         all_logits: logits of every token (``[T, V]``) or of the last one only (``[1, V]``).
+        length: the first ``length`` tokens are the chunk, the rest padding (so chunks of
+            nearby lengths share a program, see :func:`bucket`): the last logits and the
+            queries are those of the real tokens. Padding comes after every real token, so
+            causal attention keeps it out of their outputs; its keys and values are returned
+            (append them with :func:`concat`'s ``length``).
 
     Returns:
         :class:`Output` with the chunk's keys and values, ready to be appended to ``past``.
@@ -276,8 +294,11 @@ def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
     ids = jnp.asarray(ids, jnp.int32)
     if ids.ndim != 1 or ids.shape[0] == 0:
         raise ValueError(f"ids: expected a non-empty 1-D array of token ids, got shape {ids.shape}")
-    if not 0 <= n_queries <= ids.shape[0]:
-        raise ValueError(f"n_queries: expected 0..{ids.shape[0]}, got {n_queries}")
+    length = int(ids.shape[0]) if length is None else int(length)
+    if not 1 <= length <= ids.shape[0]:
+        raise ValueError(f"length: expected 1..{ids.shape[0]} real tokens, got {length}")
+    if not 0 <= n_queries <= length:
+        raise ValueError(f"n_queries: expected 0..{length}, got {n_queries}")
     if past is None:
         past = empty_past(cfg, params.embed.dtype if params.embed.dtype != jnp.bfloat16
                           else jnp.float32)
@@ -289,12 +310,15 @@ def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
         raise ValueError(f"past: values {tuple(past.values.shape)} and logw "
                          f"{tuple(past.logw.shape)} do not match keys {tuple(past.keys.shape)}")
     return _forward(params, cfg, ids, jnp.asarray(start, jnp.int32), past, n_queries,
-                    all_logits, block)
+                    all_logits, block, length=jnp.asarray(length, jnp.int32))
 
 
-def concat(past: Cache, keys, values) -> Cache:
-    """Append a chunk's keys/values ``[L, Hkv, T, hd]`` (weight 1) to a past cache."""
+def concat(past: Cache, keys, values, length: int | None = None) -> Cache:
+    """Append a chunk's keys/values ``[L, Hkv, T, hd]`` (weight 1) to a past cache; with
+    ``length``, the atoms after the first ``length`` are padding (empty: log-weight ``-inf``)."""
     logw = jnp.zeros(keys.shape[:-1], past.logw.dtype)
+    if length is not None:
+        logw = jnp.where(jnp.arange(keys.shape[2]) < jnp.asarray(length), logw, -jnp.inf)
     return Cache(jnp.concatenate([past.keys, keys.astype(past.keys.dtype)], 2),
                  jnp.concatenate([past.values, values.astype(past.values.dtype)], 2),
                  jnp.concatenate([past.logw, logw], 2))

@@ -16,11 +16,15 @@ Conventions (one KV head):
 * Every summary has exactly ``budget`` atoms (fixed shapes: rules jit and vmap); atoms a rule
   drops after selection carry log-weight ``-inf``. ``kept`` lists the source atoms in position
   order.
+* Budgets that differ from head to head (per-head allocations) need not compile one program per
+  budget: :meth:`Rule.padded` runs the rule at a *traced* budget inside a static ``capacity``
+  (one program per capacity) when the rule provides ``upto`` -- every scored rule does, and so
+  does ``minimax`` without sinks or window -- and equals the rule at that budget followed by
+  empty atoms.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Callable, NamedTuple
 
 import jax
@@ -39,6 +43,27 @@ class Rule(NamedTuple):
     compress: Callable
     needs_queries: bool = False
     score: Callable | None = None  # (cache, queries [g, p, d], key) -> [n], for scored rules
+    # (cache, capacity, budget, queries, key) -> Summary of ``capacity`` atoms, ``budget`` traced
+    upto: Callable | None = None
+
+    def padded(self, cache, capacity: int, budget, queries=None, key=None) -> Summary:
+        """The rule at ``budget`` atoms followed by ``capacity - budget`` empty atoms (log-weight
+        ``-inf``; their ``kept`` entries point at any atom): a summary of ``capacity`` atoms.
+
+        With ``upto`` the budget is a traced value, so every budget up to ``capacity`` shares one
+        compiled program; otherwise the rule is compiled for each budget and padded afterwards.
+        """
+        cache = validate(cache)
+        capacity = _check.budget(capacity, cache.n, "capacity")
+        budget = _check.budget(int(budget), capacity)
+        if self.upto is None or budget == cache.n:
+            return pad(self(cache, budget, queries, key), capacity)
+        q = None if queries is None else group_queries(queries, cache.keys.shape[1])
+        if self.needs_queries and q is None:
+            raise ValueError(f"rule {self.name!r} is query-aware: pass the observed queries= "
+                             "([p, d] or [g, p, d] for a GQA group)")
+        key = jax.random.PRNGKey(0) if key is None else key
+        return _jitted(self.upto)(cache, capacity, jnp.asarray(budget, jnp.int32), q, key)
 
     def __call__(self, cache, budget, queries=None, key=None) -> Summary:
         cache = validate(cache)
@@ -54,10 +79,36 @@ class Rule(NamedTuple):
         return _jitted(self.compress)(cache, budget, q, key)
 
 
-@lru_cache(maxsize=None)
+_JITTED: dict = {}
+
+
 def _jitted(compress):
     """One compiled version per rule function (and per shape, by jit's own cache)."""
-    return jax.jit(compress, static_argnums=1)
+    fn = _JITTED.get(compress)
+    if fn is None:
+        fn = _JITTED[compress] = jax.jit(compress, static_argnums=1)
+    return fn
+
+
+def release():
+    """Drop every rule's compiled programs (XLA frees their code; the next call compiles
+    again), e.g. once a sweep is done with a context length."""
+    for fn in _JITTED.values():
+        fn.clear_cache()
+
+
+def pad(summary: Summary, capacity: int) -> Summary:
+    """``summary`` followed by empty atoms (zero keys and values, log-weight ``-inf``, ``kept``
+    pointing at atom 0) up to ``capacity`` atoms."""
+    c = summary.cache
+    extra = capacity - c.keys.shape[0]
+    if extra <= 0:
+        return summary
+    rows = ((0, extra), (0, 0))
+    cache = Cache(jnp.pad(c.keys, rows), jnp.pad(c.values, rows),
+                  jnp.pad(c.logw, (0, extra), constant_values=-jnp.inf))
+    kept = None if summary.kept is None else jnp.pad(summary.kept, (0, extra))
+    return Summary(cache, kept)
 
 
 def group_queries(queries, d: int):
@@ -95,6 +146,33 @@ def select(scores, budget: int, sinks: int = 0, window: int = 0):
     return jnp.sort(jnp.concatenate([prot, top]))
 
 
+def priority(scores, sinks: int = 0, window: int = 0):
+    """All atoms ``[n]`` in the order :func:`select` takes them: the sinks (first atoms), the
+    window from the most recent atom back, then the other atoms by decreasing score. For every
+    budget m, ``select(scores, m, sinks, window)`` is the first m entries, sorted."""
+    n = scores.shape[0]
+    sink_idx, win_idx, free = protected_split(n, n, sinks, window)
+    prot = jnp.asarray(sink_idx + win_idx[::-1], jnp.int32)
+    if free == 0:
+        return prot
+    cand = jnp.ones((n,), bool)
+    if prot.shape[0]:
+        cand = cand.at[prot].set(False)
+    top = lax.top_k(jnp.where(cand, scores, -jnp.inf), free)[1].astype(jnp.int32)
+    return jnp.concatenate([prot, top])
+
+
+def evict_upto(cache: Cache, order, capacity: int, budget) -> Summary:
+    """Keep the first ``budget`` (traced) atoms of ``order`` in position order, then
+    ``capacity - budget`` empty atoms: the eviction summary at that budget, padded."""
+    slot = jnp.arange(capacity)
+    first = order[:capacity]
+    kept = first[jnp.argsort(jnp.where(slot < budget, first, cache.n + slot))]
+    summ = evict(cache, kept)
+    logw = jnp.where(slot < budget, summ.cache.logw, -jnp.inf)
+    return summ._replace(cache=summ.cache._replace(logw=logw))
+
+
 def evict(cache: Cache, kept) -> Summary:
     """The summary that keeps ``kept`` unchanged (no validation: used inside rules)."""
     return Summary(Cache(cache.keys[kept], cache.values[kept], cache.logw[kept]), kept)
@@ -107,7 +185,11 @@ def scored(name: str, score: Callable, *, sinks: int = 0, window: int = 0,
     def compress(cache, budget, queries, key):
         return evict(cache, select(score(cache, queries, key), budget, sinks, window))
 
-    return Rule(name, compress, needs_queries, score)
+    def upto(cache, capacity, budget, queries, key):
+        return evict_upto(cache, priority(score(cache, queries, key), sinks, window), capacity,
+                          budget)
+
+    return Rule(name, compress, needs_queries, score, upto)
 
 
 # ------------------------------------------------------------------------------ attention helpers

@@ -71,11 +71,15 @@ def snapkv(window: int = 64, kernel: int = 5) -> Rule:
         rule = scored("snapkv", score, window=w)
         return rule.compress(cache, budget, queries, key)
 
+    def upto(cache, capacity, budget, queries, key):
+        w = min(window, queries.shape[1], cache.n)
+        return scored("snapkv", score, window=w).upto(cache, capacity, budget, queries, key)
+
     def kept_first(cache, queries, key):  # the protected window scores +inf (for AdaKV budgets)
         w = min(window, queries.shape[1], cache.n)
         return score(cache, queries, key).at[cache.n - w:].set(jnp.inf)
 
-    return Rule("snapkv", compress, True, kept_first)
+    return Rule("snapkv", compress, True, kept_first, upto)
 
 
 def tova(sinks: int = 0) -> Rule:

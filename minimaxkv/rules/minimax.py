@@ -5,7 +5,7 @@ r"""The theory-derived ``minimax`` rule (THEORY.md §6, docs/theory.md §§4-7, 
 2. Split the rest into blocks of ``block`` atoms (the blocks of causal use; one block in
    one-shot compression).
 3. Reference law (docs/theory.md §9), every query counted once: the observed queries (weight 1
-   each); ``samples`` draws of future queries (default ``max(64, 2 x budget, 4 n)``, at most
+   each); ``samples`` draws of future queries (default ``max(64, 4 n)``, at most
    2048) from the RoPE mixture of a Ledoit-Wolf Gaussian fitted to them, weight
    :math:`1-\kappa` each; and one key-aligned *probe* per atom (the query along its key at the
    reference query scale, a query that looks the atom up), of weight :math:`\kappa n e^{b_j}/
@@ -194,6 +194,14 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         raise ValueError("block and samples must be positive")
 
     def compress(cache, budget, queries, key):
+        return summarize(cache, budget, None, queries, key)
+
+    def upto(cache, capacity, budget, queries, key):
+        return summarize(cache, capacity, budget, queries, key)
+
+    def summarize(cache, budget, used, queries, key):
+        """The summary of ``budget`` atoms; with ``used`` (traced, no sinks, window or blocks:
+        see ``upto`` below) only its first ``used`` free slots are filled, the rest are empty."""
         n = cache.n
         # the exact window takes at most window_frac of what the sinks leave of the budget
         win = min(window, int(window_frac * max(0, budget - min(sinks, budget))))
@@ -204,12 +212,13 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         exact = Cache(*(x[prot] for x in cache))
         if free == 0:
             return Summary(exact, None if merge else prot)
-        if free >= n_mid:
+        if free >= n_mid and used is None:
             kept = jnp.arange(n, dtype=jnp.int32)[:budget]
             return Summary(Cache(*(x[kept] for x in cache)), None if merge else kept)
         dt = jnp.promote_types(cache.keys.dtype, jnp.float32)
         keys, vals, b = (x.astype(dt) for x in cache)
-        draws = min(max(64, 2 * budget, 4 * n), 2048) if samples is None else samples
+        # max(64, 4 n) capped at 2048 (= max(64, 2 budget, 4 n): budget <= n never decides it)
+        draws = min(max(64, 4 * n), 2048) if samples is None else samples
         ref, n_obs = reference_queries(cache, queries, key, samples=draws, horizon=horizon,
                                        theta=theta, convention=convention, agnostic=agnostic,
                                        logit_std=logit_std)
@@ -233,7 +242,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         resp = jax.vmap(block_response)(idx, valid)  # [nb, R, B]
         nvalid = valid.sum(1)
         if nb == 1:  # one block: it gets every free slot, no spectrum needed
-            m_b = jnp.full((1,), free)
+            m_b = jnp.full((1,), free if used is None else used)
         else:
             eig = jax.vmap(lambda f: _gram_eigenvalues(f, blk))(resp)  # [nb, B], descending
             eig = jnp.where(jnp.arange(blk)[None, :] < nvalid[:, None], jnp.maximum(eig, 0.0),
@@ -297,7 +306,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             kout = jnp.where(whole, keys[cols], kout)
             return kout, beta, vhat
 
-        sel = jnp.nonzero(active.reshape(-1), size=free)[0]
+        sel = jnp.arange(free) if nb == 1 else jnp.nonzero(active.reshape(-1), size=free)[0]
 
         def assemble(merged):
             kout, beta, vhat = jax.vmap(lambda *a: fit_block(*a, merged))(
@@ -309,7 +318,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
 
         cols = jax.vmap(lambda ix, o: ix[o])(idx, order)
         kept = jnp.concatenate([prot, cols.reshape(-1)[sel]])
-        position = jnp.argsort(kept)
+        slot = jnp.arange(budget)  # unused slots (only with ``used``) go last
+        position = jnp.argsort(kept if used is None else jnp.where(slot < used, kept, n + slot))
         summ = assemble(False)
         if not merge:
             return Summary(Cache(*(x[position] for x in summ)), kept[position])
@@ -326,7 +336,9 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         return Summary(Cache(*(x[position] for x in summ)), None)
 
     name = "minimax_agnostic" if agnostic else "minimax"
-    return Rule(name, compress, False)
+    # a traced budget needs the protected atoms and the blocks' shares independent of it
+    traced = sinks == 0 and window == 0 and block is None
+    return Rule(name, compress, False, None, upto if traced else None)
 
 
 def d_scale(q):
