@@ -33,7 +33,7 @@ import numpy as np
 from . import tasks as tasks_mod
 from .cache import Cache
 from .model import Model, bucket, buffer, concat, decode, empty_past, forward, generate
-from .rules.base import Rule
+from .rules.base import Rule, pad
 
 
 class Prepared(NamedTuple):
@@ -155,12 +155,17 @@ def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
     else:
         sizes = np.full((L, K), budget)
     top = int(sizes.max())
+    # heads given every atom stay exact; the others share one capacity (a bucket: few programs)
+    below = sizes[sizes < n]
+    capacity = min(bucket(int(below.max())), n) if below.size else n
+    size = n if top == n else capacity
 
     def one(i, h):
         head = Cache(past.keys[i, h], past.values[i, h], past.logw[i, h])
-        if (sizes == top).all():
-            return rule(head, top, q[i, h], keys[i, h]).cache
-        return rule.padded(head, top, int(sizes[i, h]), q[i, h], keys[i, h]).cache
+        m = int(sizes[i, h])
+        if (sizes == top).all() or m == n:
+            return pad(rule(head, m, q[i, h], keys[i, h]), size).cache
+        return pad(rule.padded(head, capacity, m, q[i, h], keys[i, h]), size).cache
 
     out = [one(i, h) for i in range(L) for h in range(K)]
     return Cache(*(jnp.stack(field).reshape(L, K, *field[0].shape) for field in zip(*out)))
@@ -181,16 +186,19 @@ def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = No
     causally after every ``block`` tokens). Without a rule the state keeps the queries of the last
     ``observed`` tokens, so one full prefill serves every rule (:func:`compress_state`)."""
     p, cfg = model.params, model.config
-    ids = jnp.asarray(ids, jnp.int32)
+    ids = np.asarray(ids, np.int32)
     T = int(ids.shape[0])
     step = T if block is None or rule is None else block
     past, spent = empty_past(cfg), 0.0
     key = jax.random.PRNGKey(0) if key is None else key
     for lo in range(0, T, step):
         chunk = ids[lo:lo + step]
-        w = min(observed, int(chunk.shape[0]))
-        out = forward(p, cfg, chunk, lo, past, n_queries=w, all_logits=False)
-        past = concat(past, out.keys, out.values)
+        size = int(chunk.shape[0])
+        w = min(observed, size)
+        # the chunk padded to its bucket (prompts of nearby lengths share the program)
+        out = forward(p, cfg, np.pad(chunk, (0, bucket(size) - size)), lo, past, n_queries=w,
+                      all_logits=False, length=size)
+        past = concat(past, out.keys[:, :, :size], out.values[:, :, :size])
         if rule is not None and past.keys.shape[2] > budget:
             key, sub = jax.random.split(key)
             t0 = time.perf_counter()
@@ -342,14 +350,13 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
 
     Compiled programs stay bounded (:mod:`minimaxkv.programs`): the model's programs are shared
     by every prompt and budget of a bucket (:func:`read`), a per-head allocation compiles one
-    program for all its budgets where the rule allows it, the rules' programs (one per context
-    length) are released when the context length changes, and every cache is cleared if the
-    process's memory mappings still pass a third of the system's limit.
+    program per capacity bucket for all its budgets where the rule allows it (:func:`compress`),
+    the rules compile once per context length, and every cache is cleared if the process's memory
+    mappings pass a third of the system's limit.
     """
     from tqdm import tqdm
 
     from . import programs
-    from .rules import base as rules_base
 
     fixed = [name for name, r in rules.items() if isinstance(r, Allocated)]
     if fixed and (block is not None or decode_block is not None):
@@ -359,7 +366,6 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
     have = {(r["family"], r["seed"], r["rule"], r["budget_spec"]) for r in rows}
     total = len(task_list) * len(rules) * len(budgets)
     bar = tqdm(total=total, desc="evaluate", disable=not progress, file=sys.stderr)
-    length = None  # context length the rules' programs were compiled for
     for task in task_list:
         prep = prepare(model, task, query_aware)
         n = len(prep.prefix)
@@ -368,9 +374,6 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
         bar.update(len(rules) * len(budgets) - len(todo))
         if not todo:
             continue
-        if length is not None and n != length:
-            rules_base.release()
-        length = n
         t0 = time.perf_counter()
         base = prefill(model, prep.prefix, observed=observed)
         full = read(model, prep, base, max_new)

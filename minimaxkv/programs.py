@@ -4,9 +4,8 @@ XLA:CPU maps the code of every program it compiles into the process and keeps it
 program is cached. The kernel caps the mappings of a process (``vm.max_map_count``, 65,530 by
 default on Linux); a process that compiles programs without end dies with "LLVM ERROR: Unable to
 allocate section memory", whatever memory is free. Long sweeps therefore compile once per shape
-class (:func:`minimaxkv.model.bucket`, :meth:`minimaxkv.rules.Rule.padded`), release what they no
-longer need (:func:`minimaxkv.rules.base.release`), and clear every cache when mappings grow past
-a share of the limit (:func:`relieve`). :class:`PeakMappings` records the peak of a run.
+class (:func:`minimaxkv.model.bucket`, :meth:`minimaxkv.rules.Rule.padded`) and clear every cache
+when mappings grow past a share of the limit (:func:`relieve`). :class:`PeakMappings` records the peak of a run.
 
 Example:
     >>> from minimaxkv import programs

@@ -117,6 +117,56 @@ def test_past_log_weights_act_as_multiplicities(tiny):
                                M.forward(m.params, m.config, ids[8:], 8, past).logits, atol=1e-5)
 
 
+def test_bucket_is_the_next_length_of_eight_per_octave():
+    """Against the grid written out: {8, 16, ..., 64} then k 2^(e-3) for k = 8..15, e >= 6."""
+    grid = sorted({8 * k for k in range(1, 9)} | {k << (e - 3) for e in range(6, 16)
+                                                  for k in range(8, 16)})
+    for n in range(1, 20000):
+        want = next(g for g in grid if g >= n)
+        assert M.bucket(n) == want, n
+    assert M.bucket(0) == 0
+
+
+def test_padded_chunk_equals_the_chunk(tiny):
+    """A chunk padded after its real tokens (``length``): the same last logits, queries and
+    keys; :func:`concat` with ``length`` appends the padding as empty atoms, which later tokens
+    do not see."""
+    m = tiny["gguf"]
+    ids = _ids(29, m.config.vocab, 8)
+    pad = np.concatenate([ids[:21], _ids(11, m.config.vocab, 9)])  # 21 real tokens, 11 padding
+    ref = M.forward(m.params, m.config, jnp.asarray(ids[:21]), n_queries=5, all_logits=False)
+    got = M.forward(m.params, m.config, jnp.asarray(pad), n_queries=5, all_logits=False,
+                    length=21)
+    np.testing.assert_allclose(got.logits, ref.logits, atol=1e-5)
+    np.testing.assert_allclose(got.queries, ref.queries, atol=1e-5)
+    np.testing.assert_allclose(got.keys[:, :, :21], ref.keys, atol=1e-5)
+    past_ref = M.concat(M.empty_past(m.config), ref.keys, ref.values)
+    past_pad = M.concat(M.empty_past(m.config), got.keys, got.values, length=21)
+    assert np.all(np.isneginf(np.asarray(past_pad.logw)[:, :, 21:]))
+    after_ref = M.forward(m.params, m.config, jnp.asarray(ids[21:]), 21, past_ref).logits
+    after_pad = M.forward(m.params, m.config, jnp.asarray(ids[21:]), 21, past_pad).logits
+    np.testing.assert_allclose(after_pad, after_ref, atol=1e-5)
+    with pytest.raises(ValueError, match="length"):
+        M.forward(m.params, m.config, jnp.asarray(pad), length=40)
+    with pytest.raises(ValueError, match="n_queries"):
+        M.forward(m.params, m.config, jnp.asarray(pad), length=3, n_queries=4)
+
+
+def test_generate_equals_greedy_decoding_by_full_forwards(tiny):
+    """generate pads its prompt and buffer to buckets; the tokens are those of repeated full
+    forwards (argmax of the last logits), over a past of odd size too."""
+    m = tiny["gguf"]
+    ids = list(_ids(13, m.config.vocab, 10))
+    want, seq = [], list(ids)
+    for _ in range(6):
+        want.append(int(np.argmax(np.asarray(M.logits(m, seq))[-1])))
+        seq.append(want[-1])
+    assert M.generate(m, ids, 6, stop=-1) == want
+    first = M.forward(m.params, m.config, jnp.asarray(ids[:9]))
+    past = M.concat(M.empty_past(m.config), first.keys, first.values)  # 9 atoms
+    assert M.generate(m, ids[9:], 6, past=past, start=9, stop=-1) == want
+
+
 def test_tokenizer_gguf_vs_hf_json_and_specials(tiny):
     text = "<|im_start|>user\nthe tin 2024<|im_end|>"
     a, b = tiny["gguf"].tokenizer, tiny["hf"].tokenizer

@@ -119,3 +119,64 @@ def test_generate_does_not_recompile(tiny):
     with compiles() as again:
         M.generate(tiny, _prompt(tiny, 4), 5, stop=-1)
     assert again == [], again
+
+
+# ------------------------------------------------------------------ a whole end-to-end sweep
+
+
+def _digits_task(seed: int, length: int):
+    """A task whose context is ``length`` digits: one token per digit under the tiny byte-level
+    vocabulary (no merge touches digits), so the prefix length is known exactly."""
+    from minimaxkv import tasks
+
+    r = np.random.default_rng(seed)
+    context = "".join(str(x) for x in r.integers(0, 10, length))
+    return tasks.Task("digits", context, "?", (context[3:6],), seed)
+
+
+def _sweep(model, rules, lengths, seeds):
+    from minimaxkv import evaluate
+
+    task_list = [_digits_task(seed, n) for n in lengths for seed in seeds]
+    chosen = {name: evaluate.resolve(name) for name in rules}
+    with compiles() as seen:
+        rows = evaluate.sweep(model, task_list, chosen, [0.25, 0.5], query_aware=True,
+                              observed=4, max_new=3, progress=False)
+    assert len(rows) == len(task_list) * len(rules) * 2
+    assert {r["prefix_tokens"] for r in rows} == {n + 1 for n in lengths}  # digits + "?"
+    return seen, rows
+
+
+def test_a_sweep_over_new_prompts_compiles_nothing_new(tiny):
+    """Prompts of two context lengths, four rules (PyramidKV's per-layer budgets among them) and
+    two budgets; then the same sweep over four new prompts of those lengths (new contents and
+    answers, so new tokens and greedy answers for the model to read): not one compilation."""
+    rules = ("snapkv", "minimax", "tova", "snapkv@pyramid")
+    jax.clear_caches()
+    first, _ = _sweep(tiny, rules, [37, 70], [0, 1])
+    again, _ = _sweep(tiny, rules, [37, 70], [2, 3, 4, 5])
+    assert len(first) > 0 and again == [], again
+
+
+def test_per_head_budgets_compile_one_program_per_capacity_bucket(tiny):
+    """AdaKV and spectral budgets differ from head to head and prompt to prompt; each rule
+    compiles one program per capacity bucket (at most the buckets up to n), not one per budget."""
+    from minimaxkv import model as M
+
+    seen, rows = _sweep(tiny, ("snapkv@adakv", "minimax@spectral"), [70], range(6))
+    buckets = len({min(M.bucket(k), 71) for k in range(1, 72)})
+    assert seen.count("jit(upto)") <= 2 * buckets
+    atoms = {r["atoms"] for r in rows}  # distinct totals: the allocations did vary
+    assert len(atoms) > 2
+
+
+def test_prompts_of_nearby_lengths_share_the_models_programs(tiny):
+    """Context lengths 37, 38 and 39 lie in one bucket (40): after a sweep at 37, the model's
+    forward and decoding programs do not compile again for 38 and 39 (the rules compile once
+    per length)."""
+    rules = ("snapkv", "minimax")
+    jax.clear_caches()
+    first, _ = _sweep(tiny, rules, [37], [0])
+    again, _ = _sweep(tiny, rules, [38, 39], [1])
+    assert any(name in ("jit(_forward_impl)", "jit(_decode)") for name in first)
+    assert not any(name in ("jit(_forward_impl)", "jit(_decode)") for name in again), again

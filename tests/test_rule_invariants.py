@@ -108,3 +108,37 @@ def test_minimax_without_merge_is_a_subset_rule(oracles):
             np.testing.assert_array_equal(np.asarray(s.cache.keys), np.asarray(c.keys)[kept])
             r = float(mkv.risk(q.reshape(-1, D), c, s))
             assert r >= float(orc.risk) * (1 - 1e-9), (agnostic, r, float(orc.risk))
+
+
+TRACED = [r for r in ALL if rules.get(r).upto is not None]
+
+
+def test_the_traced_budget_covers_the_rules_per_head_allocations_use():
+    assert {"snapkv", "h2o", "tova", "expected_attention", "streaming_llm", "knorm", "minimax",
+            "minimax_agnostic"} <= set(TRACED)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_padded_equals_the_rule_at_its_budget_then_empty_atoms(name):
+    """``rule.padded(c, capacity, m)`` against the rule called at m: where the rule has ``upto``
+    (one program for every m) this is a second implementation of the same summary."""
+    c, q = instance(6)
+    rule = rules.get(name)
+    key = jax.random.PRNGKey(2)
+    probes = np.random.default_rng(0).normal(size=(16, D))
+    capacity = 7
+    for m in (1, 3, capacity):
+        want = rule(c, m, q, key)
+        got = rule.padded(c, capacity, m, q, key)
+        assert got.cache.keys.shape == (capacity, D) and got.cache.logw.shape == (capacity,)
+        assert np.all(np.isneginf(np.asarray(got.cache.logw)[m:]))
+        for a, b in zip(want.cache, got.cache):
+            np.testing.assert_allclose(np.asarray(b)[:m], np.asarray(a), rtol=1e-9, atol=1e-12)
+        if want.kept is not None:
+            np.testing.assert_array_equal(np.asarray(got.kept)[:m], np.asarray(want.kept))
+        np.testing.assert_allclose(mkv.attend(probes, got.cache), mkv.attend(probes, want.cache),
+                                   rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="capacity"):
+        rule.padded(c, N + 1, 2, q, key)
+    with pytest.raises(ValueError, match="budget"):
+        rule.padded(c, 3, 4, q, key)

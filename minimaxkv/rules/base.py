@@ -25,6 +25,7 @@ Conventions (one KV head):
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, NamedTuple
 
 import jax
@@ -79,22 +80,10 @@ class Rule(NamedTuple):
         return _jitted(self.compress)(cache, budget, q, key)
 
 
-_JITTED: dict = {}
-
-
+@lru_cache(maxsize=None)
 def _jitted(compress):
     """One compiled version per rule function (and per shape, by jit's own cache)."""
-    fn = _JITTED.get(compress)
-    if fn is None:
-        fn = _JITTED[compress] = jax.jit(compress, static_argnums=1)
-    return fn
-
-
-def release():
-    """Drop every rule's compiled programs (XLA frees their code; the next call compiles
-    again), e.g. once a sweep is done with a context length."""
-    for fn in _JITTED.values():
-        fn.clear_cache()
+    return jax.jit(compress, static_argnums=1)
 
 
 def pad(summary: Summary, capacity: int) -> Summary:

@@ -78,12 +78,13 @@ def pivoted_order(a, k: int, valid=None):
     return lax.fori_loop(0, k, body, init)[3]
 
 
-def target_order(a, t, k: int, valid=None):
+def target_order(a, t, k: int, valid=None, steps=None):
     r"""First ``k`` columns of ``a [r, B]`` chosen greedily for the target ``t [r, c]``
     (simultaneous orthogonal matching pursuit): each step adds the column whose residual (after
     projecting out the columns chosen so far) removes the most of the target's residual,
     :math:`\lVert R^Ta_j\rVert^2/\lVert\tilde a_j\rVert^2`. Once the target is fitted (or no
-    column reduces it) the step falls back to the largest residual column (pivoted QR)."""
+    column reduces it) the step falls back to the largest residual column (pivoted QR).
+    ``steps`` (traced, at most k) stops after that many choices; later entries are 0."""
     r, nb = a.shape
     valid = jnp.ones((nb,), bool) if valid is None else valid
     eps = jnp.finfo(a.dtype).eps
@@ -109,7 +110,7 @@ def target_order(a, t, k: int, valid=None):
 
     init = (jnp.zeros((r, k), a.dtype), init_norms, t, _mm(t.T, a), jnp.zeros((nb,), bool),
             jnp.zeros((k,), jnp.int32))
-    return lax.fori_loop(0, k, body, init)[5]
+    return lax.fori_loop(0, k if steps is None else steps, body, init)[5]
 
 
 def ledoit_wolf(q):
@@ -258,7 +259,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             vb = vals[ix] - _mm(wb, vals[ix]) / jnp.sum(wb)  # centred: a shift changes nothing
             xb = sw * pmat[:, ix] * ok[None, :]
             y = jnp.concatenate([jnp.sum(xb, axis=1, keepdims=True), _mm(xb, vb)], axis=1)
-            return target_order(xb, y, kk, ok)
+            return target_order(xb, y, kk, ok, used)
 
         if selection == "value":
             order = jax.vmap(value_order)(idx, valid)
