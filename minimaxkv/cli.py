@@ -84,7 +84,7 @@ def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
     log-weights, so equal budgets are equal bytes (GVote may use fewer).
     """
     from . import fit as fitmod
-    from . import rules
+    from . import programs, rules
     from .risk import risk
 
     kw = dict(n=n, d=max(d, n) if family == "lookup" else d, dv=dv, p=p_obs + p_eval,
@@ -110,6 +110,7 @@ def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
         ref = fitmod.refit(q_eval, c, jnp.asarray(np.sort(piv[:m])))
         row["refit on eval queries"] = float(risk(q_eval, c, ref))
         table[m] = row
+        programs.relieve()  # every rule compiles per budget: bound what stays mapped
     return table
 
 
@@ -356,7 +357,8 @@ def figures_cmd(args) -> int:
 
     Each experiment to compute runs in a process of its own (``python -m experiments.NAME``):
     what it compiled is released when it ends, and its failure -- even a crash of the compiler --
-    loses nothing the others stored. Every figure whose result exists is then drawn; the command
+    loses nothing the others stored. The processes share a persistent compilation cache in
+    ``<results>/.xla-cache``. Every figure whose result exists is then drawn; the command
     exits non-zero if an experiment or a figure failed."""
     import os
     import subprocess
@@ -374,6 +376,11 @@ def figures_cmd(args) -> int:
         raise SystemExit(f"minimaxkv: error: {err}") from None
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    # one persistent compilation cache for the experiments' processes: a program one of them
+    # compiled (or that a cleared cache drops) is read back from disk, not compiled again
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(common.results_dir() / ".xla-cache"))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     t0 = time.perf_counter()
     failed = []
     try:

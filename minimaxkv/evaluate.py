@@ -286,10 +286,11 @@ def read(model: Model, prep: Prepared, state: State, max_new: int = 16) -> Readi
     """Teacher-force the continuation and generate a greedy answer after the question."""
     p, cfg = model.params, model.config
     start = len(prep.prefix)
-    # the past and the continuation padded to their buckets (empty atoms; tokens after the last
-    # real one): every prompt, budget and summary of nearby size shares the compiled programs
+    # the past padded with empty atoms to the bucket of the prefix, the continuation with tokens
+    # after its last one: every rule, budget and prompt of nearby length reads through the same
+    # compiled programs (reading times here are not those of a cache of the summary's size)
     size, T = state.past.keys.shape[2], len(prep.cont)
-    past = buffer(state.past, bucket(size) - size)
+    past = buffer(state.past, bucket(max(size, len(prep.prefix))) - size)
     ids = np.pad(prep.cont, (0, bucket(T) - T))
     cont = np.asarray(forward(p, cfg, ids, start, past).logits)[:T]
     rows = np.concatenate([np.asarray(state.last)[None], cont[:-1]])
@@ -352,7 +353,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
     by every prompt and budget of a bucket (:func:`read`), a per-head allocation compiles one
     program per capacity bucket for all its budgets where the rule allows it (:func:`compress`),
     the rules compile once per context length, and every cache is cleared if the process's memory
-    mappings pass a third of the system's limit.
+    mappings pass a fifth of the system's limit.
     """
     from tqdm import tqdm
 

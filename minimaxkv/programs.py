@@ -36,7 +36,7 @@ def mappings() -> tuple[int, int] | None:
     return count, limit
 
 
-def relieve(share: float = 1 / 3) -> bool:
+def relieve(share: float = 0.2) -> bool:
     """Clear every compiled program (``jax.clear_caches``) if this process holds more than
     ``share`` of the mapping limit; True if it did. Results are unchanged: what is needed again
     compiles again."""
