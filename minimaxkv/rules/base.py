@@ -19,8 +19,8 @@ Conventions (one KV head):
 * Budgets that differ from head to head (per-head allocations) need not compile one program per
   budget: :meth:`Rule.padded` runs the rule at a *traced* budget inside a static ``capacity``
   (one program per capacity) when the rule provides ``upto`` -- every scored rule does, and so
-  does ``minimax`` without sinks or window -- and equals the rule at that budget followed by
-  empty atoms.
+  does ``minimax`` without sinks, window or blocks -- and equals the rule at that budget followed
+  by empty atoms.
 """
 
 from __future__ import annotations
