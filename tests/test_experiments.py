@@ -274,3 +274,35 @@ def test_cost_memory_chunked_below_dense(tiny):
     assert chunked[-1] < dense[-1] and dense[-1] > dense[0]
     assert set(r["rules"]) == set(cfg["rules"]) and len(r["budgets"]) == len(cfg["ns"])
     assert all(t > 0 for row in r["rules"].values() for t in row["steady"])
+
+
+def test_cli_figures_computes_in_a_process_of_its_own_and_survives_a_failure(
+        tiny, tmp_path, monkeypatch, capsys):
+    """A missing result is computed by a child process (its record has the peak mapping count
+    where /proc exists) and its figure drawn; a child that fails (here: a folder stands where its
+    result file must go, so nothing can be stored) makes the command exit 1 naming it, and the
+    figures whose results exist are still drawn."""
+    import shutil
+
+    root, _ = tiny
+    results, figures = tmp_path / "results", tmp_path / "figures"
+    results.mkdir()
+    monkeypatch.setenv("MINIMAXKV_RESULTS", str(results))
+    monkeypatch.setenv("MINIMAXKV_FIGURES", str(figures))
+    assert main(["figures", "--scale", "tiny", "--only", "spectra"]) == 0
+    out = capsys.readouterr().out
+    assert "spectra: computed" in out and (figures / "spectra.png").is_file()
+    record = common.load("spectra", "tiny", results)
+    if Path("/proc/self/maps").exists():
+        assert 0 < record["peak_mappings"] < record["mapping_limit"]
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(root / "causal-tiny.json", broken / "causal-tiny.json")
+    (broken / "spectra-tiny.json").mkdir()  # a folder where the result file must go
+    monkeypatch.setenv("MINIMAXKV_RESULTS", str(broken))
+    assert main(["figures", "--scale", "tiny", "--only", "spectra", "causal"]) == 1
+    out = capsys.readouterr()
+    assert "spectra: FAILED" in out.out and "causal: reused" in out.out
+    assert "figure causal:" in out.out and "figure spectra: not drawn" in out.out
+    assert "failed: spectra" in out.err
