@@ -32,7 +32,8 @@ import numpy as np
 
 from . import tasks as tasks_mod
 from .cache import Cache
-from .model import Model, bucket, buffer, concat, decode, empty_past, forward, generate
+from .model import (Model, bucket, buffer, concat, decode, empty_past, forward, generate,
+                    pad_tokens)
 from .rules.base import Rule, pad
 
 
@@ -196,8 +197,8 @@ def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = No
         size = int(chunk.shape[0])
         w = min(observed, size)
         # the chunk padded to its bucket (prompts of nearby lengths share the program)
-        out = forward(p, cfg, np.pad(chunk, (0, bucket(size) - size)), lo, past, n_queries=w,
-                      all_logits=False, length=size)
+        out = forward(p, cfg, pad_tokens(chunk), lo, past, n_queries=w, all_logits=False,
+                      length=size)
         past = concat(past, out.keys[:, :, :size], out.values[:, :, :size])
         if rule is not None and past.keys.shape[2] > budget:
             key, sub = jax.random.split(key)
@@ -291,8 +292,7 @@ def read(model: Model, prep: Prepared, state: State, max_new: int = 16) -> Readi
     # compiled programs (reading times here are not those of a cache of the summary's size)
     size, T = state.past.keys.shape[2], len(prep.cont)
     past = buffer(state.past, bucket(max(size, len(prep.prefix))) - size)
-    ids = np.pad(prep.cont, (0, bucket(T) - T))
-    cont = np.asarray(forward(p, cfg, ids, start, past).logits)[:T]
+    cont = np.asarray(forward(p, cfg, pad_tokens(prep.cont), start, past, length=T).logits)[:T]
     rows = np.concatenate([np.asarray(state.last)[None], cont[:-1]])
     question = prep.cont[:len(prep.cont) - prep.answer]
     if len(question):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .llama import (Config, Layers, Output, Params, bucket, buffer, concat, decode, empty_past,
-                    forward, rms_norm)
+                    forward, pad_tokens, rms_norm)
 from .loaders import SMOLLM2_INSTALL, load_gguf, load_hf, permute, smollm2_path, unpermute
 from .tokenizer import Tokenizer
 
@@ -81,7 +81,7 @@ def generate(model: Model, ids, steps: int, *, past=None, start: int = 0,
     if stop is None and model.tokenizer is not None:
         stop = model.tokenizer.eos
     T = int(ids.shape[0])
-    padded = np.pad(np.asarray(ids), (0, bucket(T) - T))
+    padded = pad_tokens(ids)
     if past is not None:
         past = buffer(past, bucket(past.keys.shape[2]) - past.keys.shape[2])
     out = forward(model.params, model.config, padded, start, past, all_logits=False, length=T)
@@ -100,5 +100,5 @@ def generate(model: Model, ids, steps: int, *, past=None, start: int = 0,
 
 
 __all__ = ["Config", "Layers", "Model", "Output", "Params", "Tokenizer", "SMOLLM2_INSTALL",
-           "bucket", "buffer", "concat", "decode", "empty_past", "forward", "generate", "load",
+           "bucket", "buffer", "concat", "decode", "empty_past", "forward", "generate", "load", "pad_tokens",
            "load_gguf", "load_hf", "logits", "permute", "rms_norm", "smollm2_path", "unpermute"]

@@ -31,6 +31,7 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array, Float, Int
 
@@ -266,6 +267,13 @@ def bucket(n: int) -> int:
         return 0
     step = max(8, 1 << max(0, n.bit_length() - 4))
     return -(-n // step) * step
+
+
+def pad_tokens(ids) -> np.ndarray:
+    """Token ids followed by zeros up to their :func:`bucket` length (pass ``length=len(ids)``
+    to :func:`forward`)."""
+    ids = np.asarray(ids)
+    return np.pad(ids, (0, bucket(ids.shape[0]) - ids.shape[0]))
 
 
 def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
