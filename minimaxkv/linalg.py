@@ -1,7 +1,8 @@
 r"""Small linear-algebra kernels used by fitting, bounds and compressibility; all jittable.
 
 * :func:`nnls` -- non-negative least squares :math:`\min_{c\ge0}\lVert Mc-y\rVert^2` by
-  accelerated projected gradient (FISTA, Beck & Teboulle 2009) on the normal equations;
+  accelerated projected gradient (FISTA, Beck & Teboulle 2009) on the normal equations
+  (:func:`nnls_gram`, which takes them directly);
 * :func:`ridge_solve` -- :math:`\min_X \lVert AX - B\rVert_F^2 + \lambda\lVert X\rVert_F^2`;
 * :func:`randomized_eigh` -- top eigenpairs of a PSD operator given by products with blocks of
   vectors (randomized subspace iteration + Rayleigh-Ritz, Halko, Martinsson & Tropp 2011,
@@ -34,13 +35,23 @@ _mm = matmul
 def nnls(m, y, iters: int = 2000, lower=0.0, upper=jnp.inf):
     r"""Box-constrained least squares :math:`\min_{l\le c\le u}\lVert Mc - y\rVert_2^2`.
 
-    ``m [r, k]``, ``y [r]``; returns ``c [k]``. FISTA with step :math:`1/\lambda_{\max}(M^TM)` and a
-    gradient-based restart; ``iters`` iterations (converges at rate :math:`O(1/t^2)` in objective).
+    ``m [r, k]``, ``y [r]``; returns ``c [k]``: :func:`nnls_gram` on the normal equations.
     """
-    h = _mm(m.T, m)
-    g = _mm(m.T, y)
-    lip = jnp.maximum(jnp.linalg.eigvalsh(h)[-1], 1e-30)
-    x0 = jnp.clip(jnp.zeros_like(g), lower, upper)
+    return nnls_gram(_mm(m.T, m), _mm(m.T, y), iters, lower, upper)
+
+
+@partial(jax.jit, static_argnames=("iters", "exact_up_to"))
+def nnls_gram(h, g, iters: int = 2000, lower=0.0, upper=jnp.inf, exact_up_to: int = 512,
+              x0=None):
+    r"""Box-constrained quadratic :math:`\min_{l\le c\le u} c^THc - 2g^Tc` for PSD ``h [k, k]``
+    (the normal-equation form of :func:`nnls`, :math:`H=M^TM`, :math:`g=M^Ty`). FISTA (Beck &
+    Teboulle 2009) with step :math:`1/\lambda_{\max}(H)` and a gradient-based restart;
+    ``iters`` iterations from ``x0`` (default 0, clipped to the box; converges at rate
+    :math:`O(1/t^2)` in objective). The step is exact
+    (``eigvalsh``) up to k = ``exact_up_to``, then a power-iteration estimate x 1.1.
+    """
+    lip = jnp.maximum(largest_eigenvalue(h, exact_up_to), 1e-30)
+    x0 = jnp.clip(jnp.zeros_like(g) if x0 is None else x0, lower, upper)
 
     def body(_, st):
         x, z, t = st
@@ -54,6 +65,21 @@ def nnls(m, y, iters: int = 2000, lower=0.0, upper=jnp.inf):
 
     x, _, _ = lax.fori_loop(0, iters, body, (x0, x0, jnp.asarray(1.0, g.dtype)))
     return x
+
+
+def largest_eigenvalue(h, exact_up_to: int = 512, steps: int = 60):
+    """The largest eigenvalue of a symmetric PSD ``h``: exact for k <= ``exact_up_to``, else
+    ``steps`` power iterations from the all-ones vector, x 1.1 (an estimate from above in
+    practice: the Rayleigh quotient approaches it from below)."""
+    if h.shape[0] <= exact_up_to:
+        return jnp.linalg.eigvalsh(h)[-1]
+
+    def step(_, v):
+        w = _mm(h, v)
+        return w / jnp.maximum(jnp.linalg.norm(w), 1e-30)
+
+    v = lax.fori_loop(0, steps, step, jnp.ones((h.shape[0],), h.dtype) / h.shape[0] ** 0.5)
+    return 1.1 * jnp.dot(v, _mm(h, v))
 
 
 def ridge_solve(a, b, ridge, prior=None):

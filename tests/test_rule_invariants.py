@@ -75,15 +75,22 @@ def test_vmap_over_heads_equals_loop(name):
             np.testing.assert_allclose(a, b[h], rtol=1e-9, atol=1e-12)
 
 
+def _eviction_risk(q, c, kept):
+    kept = np.asarray(kept)
+    return float(mkv.risk(q, c, mkv.Cache(c.keys[kept], c.values[kept], c.logw[kept])))
+
+
 @pytest.mark.parametrize("name", SUBSET_BASED)
-def test_subset_rules_no_better_than_oracle(name, oracles):
-    """For n = 12 every rule that keeps a subset of the atoms (any log-weights and values) has
-    risk >= the oracle's on the queries the oracle optimises (L1)."""
+def test_oracle_below_eviction_on_every_subset_rules_support(name, oracles):
+    """L1, what is proved: for n = 12 the oracle's risk is at most that of plain eviction on any
+    support, in particular on the support each subset rule keeps. (A rule that refits log-weights
+    and values may still beat the oracle, which is a local optimum in them: docs/theory.md L1.)"""
     rule = rules.get(name)
     for c, q, orc in oracles:
         s = rule(c, M, q)
-        r = float(mkv.risk(q.reshape(-1, D), c, s))
-        assert r >= float(orc.risk) * (1 - 1e-9), (name, r, float(orc.risk))
+        live = np.isfinite(np.asarray(s.cache.logw))
+        kept = np.asarray(s.kept)[live]
+        assert float(orc.risk) <= _eviction_risk(q.reshape(-1, D), c, kept) * (1 + 1e-9) + 1e-15
 
 
 def test_nested_eviction_is_not_monotone_in_budget():
@@ -99,15 +106,15 @@ def test_nested_eviction_is_not_monotone_in_budget():
 
 
 def test_minimax_without_merge_is_a_subset_rule(oracles):
-    """With ``merge=False`` the minimax rule keeps cache keys (a subset summary), so L1 bounds it."""
+    """With ``merge=False`` the minimax rule keeps cache keys (a subset summary), so L1's proved
+    part applies: the oracle is at most eviction on the rule's support."""
     for agnostic in (False, True):
         rule = rules.get("minimax", merge=False, agnostic=agnostic)
         for c, q, orc in oracles:
             s = rule(c, M, q)
             kept = np.asarray(s.kept)
             np.testing.assert_array_equal(np.asarray(s.cache.keys), np.asarray(c.keys)[kept])
-            r = float(mkv.risk(q.reshape(-1, D), c, s))
-            assert r >= float(orc.risk) * (1 - 1e-9), (agnostic, r, float(orc.risk))
+            assert float(orc.risk) <= _eviction_risk(q.reshape(-1, D), c, kept) * (1 + 1e-9)
 
 
 TRACED = [r for r in ALL if rules.get(r).upto is not None]

@@ -1,42 +1,35 @@
-r"""The theory-derived ``minimax`` rule (THEORY.md §6, docs/theory.md §§4-7, §9).
+r"""The theory-derived ``minimax`` rule (docs/theory.md §9: V1-V5).
 
-1. Keep what no summary replaces: ``sinks`` first atoms and an exact recent ``window`` (at most
-   ``window_frac`` = 1/8 of the budget left by the sinks).
-2. Split the rest into blocks of ``block`` atoms (the blocks of causal use; one block in
-   one-shot compression).
-3. Reference law (docs/theory.md §9), every query counted once: the observed queries (weight 1
-   each); ``samples`` draws of future queries (default ``max(64, 4 n)``, at most
-   2048) from the RoPE mixture of a Ledoit-Wolf Gaussian fitted to them, weight
-   :math:`1-\kappa` each; and one key-aligned *probe* per atom (the query along its key at the
-   reference query scale, a query that looks the atom up), of weight :math:`\kappa n e^{b_j}/
-   \sum e^b`, where :math:`\kappa = \mathbb E_{\rm obs}\lVert p(q)\rVert^2` is the observed
-   collision probability, which brackets the fraction of queries that isolate one atom (V2).
-   Query-agnostic (``agnostic=True``): isotropic draws at logit scale ``logit_std`` in place of
-   observed and fitted queries (:math:`\kappa` measured on them), and the probes.
-4. Spend the budget where the spectrum is heavy: the eigenvalues of every block's response
-   covariance compete -- by default of the value-class operator :math:`X = W^{1/2}P` restricted
-   to the block (``response="mass"``, :math:`G^0 = X^TX`, docs/theory.md L2/M1), or of the
-   full normalised responses :math:`p_j(q)(1, v_j)` (``response="full"``) -- and block B gets
-   :math:`m_B` = the number of its eigenvalues among the global top ``free``, the allocation
-   that minimises the summed spectral tails. The probes are left out of this operator (ideal
-   isolating probes would shift every eigenvalue alike). A block that receives all its atoms is
-   kept exact (abstention).
-5. Within a block, pick :math:`m_B` atoms for *these* values (``selection="value"``, V1): greedy
-   least squares (simultaneous orthogonal matching pursuit) of the block's normalised response
-   :math:`\sum_{j\in B}p_j(q)(1, v_j - \bar v_B)` by the atoms' mass responses, which is the
-   least-squares-refit risk of the support for the known values; or by pivoted Gram-Schmidt on
-   the allocation operator (``selection="spectral"``, value-oblivious, U4).
-6. Fit: match the block's mass by NNLS on the log-weights (the block weights
-   :math:`\lambda_B` are preserved, C1) and fit values by least squares weighted by the block's
-   attention share, with a ridge (``ridge``) towards the atoms' own values.
-7. ``merge=True``: a second candidate on the same support moves every kept key to the centroid
-   of the block atoms nearest to it (identity I3, bound U3) and refits log-weights and values
-   the same way; the rule returns the candidate with the smaller risk on the reference law. Both
-   have ``budget`` atoms of keys, values and log-weights (equal bytes); with ``merge=True`` the
-   summary may hold new keys, so ``kept`` is ``None``.
+One head, one call; every step is a named pure function below.
+
+1. **Protect** the ``sinks`` first atoms and an exact recent ``window`` (at most ``window_frac``
+   of the budget the sinks leave).
+2. **Reference law** (:func:`reference_law`, V2, V4), O(m) rows, never O(n): the observed
+   queries (weight :math:`\alpha`), and a model part (:math:`1-\alpha`): draws of future queries
+   from the RoPE mixture of a Ledoit-Wolf Gaussian fitted to them (:math:`1-\kappa` of it) and
+   isolating probes, queries along atoms' keys (:math:`\kappa`, the collision probability of
+   the observed attention, V2; one per atom up to ``probes`` atoms, else a sample). :math:`\alpha`
+   is the mixture whose response covariance best predicts that of held-out observed queries (V4).
+3. **Allocate** the free slots to blocks by the eigenvalues of their response covariance (V5;
+   one block in one-shot use, which gets every slot).
+4. **Select** within each block (:func:`select_block`): ``sampled`` of its slots go to atoms
+   drawn by length-squared sampling of the value-class operator (the draws behind the bound V3),
+   the others greedily for the block's values (V1: simultaneous orthogonal matching pursuit on
+   the Gram matrix, :func:`gram_order`) among a candidate pool of ``pool`` x slots atoms (at least
+   256): the best by first greedy gain or by mass, and a draw by mass. Cost O(r n d) for the
+   law's attention, O(r L^2) for the pool's Gram matrix and O(m L (m + d_v)) for the greedy.
+5. **Fit** (:func:`fit_block`): mass matching by NNLS and values by least squares on the law,
+   with a ridge towards the atoms' own values.
+6. **Choose** among the candidates on the same support -- the fit, the atoms kept exactly
+   (eviction), and, with ``merge=True``, every block atom merged into its nearest kept key (I3,
+   U3) and refitted -- the one with the smallest risk on the law (an in-sample choice). With
+   ``merge=True`` the summary may hold new keys, so ``kept`` is ``None``.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,67 +43,18 @@ from .base import Rule, protected_split, query_positions
 from .eviction import _fit
 
 
-def _new_direction(basis, col):
-    """``col`` orthogonalised against the columns of ``basis`` (twice: Gram-Schmidt with
-    reorthogonalisation) and normalised; zero when it lies in their span."""
-    for _ in range(2):
-        col = col - _mm(basis, _mm(basis.T, col))
-    nrm = jnp.linalg.norm(col)
-    return jnp.where(nrm > 0, col / jnp.where(nrm > 0, nrm, 1.0), 0.0)
+class Law(NamedTuple):
+    r"""The reference law of one head: ``queries [r, d]`` (observed, model draws, probes), their
+    ``weights [r]`` (summing to 1), the cache's attention on them ``attention [r, n]`` and its
+    log-masses ``logz [r]``, ``kappa`` (the probes' total weight) and ``alpha`` (the observed
+    share of the rest)."""
 
-
-def pivoted_order(a, k: int, valid=None):
-    """First ``k`` column pivots of ``a [r, B]`` by greedy residual norm (Gram-Schmidt, twice);
-    columns with ``valid == False`` are never picked before the valid ones."""
-    r, nb = a.shape
-
-    def body(t, st):
-        basis, norms, chosen, order = st
-        j = jnp.argmax(jnp.where(chosen, -jnp.inf, norms))
-        col = _new_direction(basis, a[:, j])
-        basis = basis.at[:, t].set(col)
-        norms = jnp.where(norms >= 0, jnp.maximum(norms - _mm(col, a) ** 2, 0.0), norms)
-        return basis, norms, chosen.at[j].set(True), order.at[t].set(j.astype(jnp.int32))
-
-    valid = jnp.ones((nb,), bool) if valid is None else valid
-    init = (jnp.zeros((r, k), a.dtype), jnp.where(valid, jnp.sum(a * a, axis=0), -1.0),
-            jnp.zeros((nb,), bool), jnp.zeros((k,), jnp.int32))
-    return lax.fori_loop(0, k, body, init)[3]
-
-
-def target_order(a, t, k: int, valid=None, steps=None):
-    r"""First ``k`` columns of ``a [r, B]`` chosen greedily for the target ``t [r, c]``
-    (simultaneous orthogonal matching pursuit): each step adds the column whose residual (after
-    projecting out the columns chosen so far) removes the most of the target's residual,
-    :math:`\lVert R^Ta_j\rVert^2/\lVert\tilde a_j\rVert^2`. Once the target is fitted (or no
-    column reduces it) the step falls back to the largest residual column (pivoted QR).
-    ``steps`` (traced, at most k) stops after that many choices; later entries are 0."""
-    r, nb = a.shape
-    valid = jnp.ones((nb,), bool) if valid is None else valid
-    eps = jnp.finfo(a.dtype).eps
-    init_norms = jnp.sum(a * a, axis=0)
-    t0 = jnp.sum(t * t)
-
-    def body(i, st):
-        basis, norms, resid, corr, chosen, order = st  # corr = resid^T a, [c, B]
-        live = (~chosen) & valid & (norms > 1e3 * eps * init_norms)
-        gain = jnp.where(live, jnp.sum(corr * corr, axis=0) / jnp.where(live, norms, 1.0), -1.0)
-        j_gain = jnp.argmax(gain)
-        j_piv = jnp.argmax(jnp.where((~chosen) & valid, norms, -1.0) +
-                           jnp.where(chosen | ~valid, -jnp.inf, 0.0))
-        j = jnp.where(gain[j_gain] > 1e3 * eps * t0, j_gain, j_piv)
-        col = _new_direction(basis, a[:, j])
-        basis = basis.at[:, i].set(col)
-        ca, cr = _mm(col, a), _mm(col, resid)  # [B], [c]
-        resid = resid - col[:, None] * cr[None, :]
-        corr = corr - cr[:, None] * ca[None, :]  # rank-one update: O(cB), not O(rcB)
-        norms = jnp.maximum(norms - ca ** 2, 0.0)
-        return (basis, norms, resid, corr, chosen.at[j].set(True),
-                order.at[i].set(j.astype(jnp.int32)))
-
-    init = (jnp.zeros((r, k), a.dtype), init_norms, t, _mm(t.T, a), jnp.zeros((nb,), bool),
-            jnp.zeros((k,), jnp.int32))
-    return lax.fori_loop(0, k if steps is None else steps, body, init)[5]
+    queries: jax.Array
+    weights: jax.Array
+    attention: jax.Array
+    logz: jax.Array
+    kappa: jax.Array
+    alpha: jax.Array
 
 
 def ledoit_wolf(q):
@@ -132,60 +76,327 @@ def ledoit_wolf(q):
     return Q.Gaussian(mu, jnp.linalg.cholesky(sig))
 
 
-def reference_queries(cache: Cache, queries, key, *, samples, horizon, theta, convention,
-                      agnostic, logit_std):
-    """Observed queries ``[N, d]`` (N = 0 when ``agnostic``) followed by ``samples`` draws of
-    future queries: the RoPE mixture of a Ledoit-Wolf Gaussian fitted per query head, or
-    isotropic draws at logit scale ``logit_std`` when ``agnostic``. Returns (queries, N)."""
-    d = cache.keys.shape[1]
-    k = cache.keys.astype(jnp.float32)
-    if agnostic or queries is None:
-        sigma = logit_std * jnp.sqrt(d) / jnp.sqrt(jnp.mean(jnp.sum(k * k, axis=1)))
-        return sigma * jax.random.normal(key, (samples, d)), 0
-    g, p, _ = queries.shape
-    q = queries.astype(jnp.float32)
-    pre = rope.apply(q, -query_positions(cache.n, p), theta, convention)
-    per = max(1, samples // g)
+def mixture_weight(p_train, p_held, p_model):
+    r"""V4: the :math:`\alpha\in[0,1]` minimising
+    :math:`\lVert G_H-\alpha G_T-(1-\alpha)G_M\rVert_F^2`, with :math:`G_a` the response
+    covariance :math:`\mathbb E_a[p(q)p(q)^T]` of the attention rows ``p_a [r_a, n]`` of the
+    training half of the observed queries (T), the held-out half (H) and the draws of the model
+    fitted to T (M). Computed from the rows' inner products,
+    :math:`\langle G_a,G_b\rangle_F = \mathrm{mean}_{i\in a,l\in b}(p_i^Tp_l)^2`, in O(r^2 n).
+    1/2 when the two candidate laws coincide on these statistics (to a relative 1e-6)."""
+
+    def inner(a, b):
+        return jnp.mean(_mm(a, b.T) ** 2)
+
+    mm, tt = inner(p_model, p_model), inner(p_train, p_train)
+    tm, hm = inner(p_train, p_model), inner(p_held, p_model)
+    num = inner(p_held, p_train) - hm - tm + mm  # <G_H - G_M, G_T - G_M>
+    den = tt - 2 * tm + mm  # ||G_T - G_M||_F^2
+    ok = den > 1e-6 * (tt + mm)  # else the two laws agree to round-off: no evidence either way
+    return jnp.where(ok, jnp.clip(num / jnp.where(ok, den, 1.0), 0.0, 1.0), 0.5)
+
+
+def _model_draws(pre, key, n: int, num: int, horizon, theta, convention):
+    """``num`` draws per head ``[g * num, d]`` of the RoPE mixture of each head's Ledoit-Wolf
+    Gaussian fitted to its pre-RoPE observed queries ``pre [g, p, d]``."""
+    g, p, d = pre.shape
 
     def draw(qh, kh):
         law = ledoit_wolf(qh) if p >= 2 else _fit(qh, 1e-3)
-        return Q.sample(Q.rope_future(law, cache.n, horizon, theta, convention), kh, per)
+        return Q.sample(Q.rope_future(law, n, horizon, theta, convention), kh, num)
 
-    fut = jax.vmap(draw)(pre, jax.random.split(key, g)).reshape(-1, d)
-    obs = q.reshape(-1, d)
-    return jnp.concatenate([obs, fut]), obs.shape[0]
+    return jax.vmap(draw)(pre, jax.random.split(key, g)).reshape(-1, d)
 
 
-def reference_law(keys, logw, ref, n_obs: int):
-    """Add one key-aligned probe per atom and weight the law (docs/theory.md §9).
+def reference_law(cache: Cache, queries, key, *, draws: int, probes: int, horizon: int,
+                  theta: float, convention: str, agnostic: bool, logit_std: float,
+                  scale: float) -> Law:
+    r"""The reference law of step 2 (docs/theory.md V2, V4), O(draws + probes) rows.
 
-    ``ref [r, d]``: observed queries first (``n_obs`` of them), then future draws. Returns
-    (queries ``[r + n, d]``, weights ``[r + n]`` summing to 1, the attention matrix ``[r + n, n]``,
-    kappa, and the mask of the probe rows)."""
-    r0, d = ref.shape
-    n = keys.shape[0]
-    kn = jnp.linalg.norm(keys, axis=1, keepdims=True)
-    scale = jnp.sqrt(jnp.mean(jnp.sum(ref * ref, axis=1)))
-    queries = jnp.concatenate([ref, scale * keys / jnp.where(kn > 0, kn, 1.0)])
-    pmat = jax.nn.softmax(d ** -0.5 * _mm(queries, keys.T) + logw[None, :], axis=1)
-    base = n_obs if n_obs else r0  # rows kappa is measured on: observed, else the draws
-    kappa = jnp.mean(jnp.sum(pmat[:base] ** 2, axis=1))
-    w = jnp.where(jnp.arange(r0) < n_obs, 1.0, 1 - kappa)  # every query counts once
+    Query-aware: the ``g * p`` observed queries, weight :math:`\alpha` in all, and the model
+    part, :math:`1-\alpha`: ``draws`` model draws (per head ``draws // g``),
+    :math:`(1-\alpha)(1-\kappa)` in all, and the probes, :math:`(1-\alpha)\kappa`;
+    :math:`\alpha` from an even/odd split of the observed tokens (1/2 with fewer than 4 of them).
+    Query-agnostic (or no queries): ``draws`` isotropic queries at logit scale ``logit_std``,
+    weight :math:`1-\kappa`, and the probes, :math:`\kappa`. The probes are
+    isolating probes, queries along the atoms' keys at the law's
+    RMS query norm, of total weight :math:`\kappa` (the collision probability of the observed,
+    else drawn, attention) spread over the atoms by their weights :math:`e^{b}`: one per atom
+    when ``probes >= n``, else ``probes`` atoms drawn by that law, :math:`\kappa/` ``probes``
+    each."""
+    n, d = cache.keys.shape
+    keys = cache.keys
+    logw = cache.logw
+    dt = keys.dtype
+
+    def logits(q):
+        return scale * _mm(q, keys.T) + logw[None, :]
+
+    k_model, k_half, k_probe = jax.random.split(key, 3)
+    if agnostic or queries is None:
+        sigma = logit_std / scale / jnp.sqrt(jnp.mean(jnp.sum(keys * keys, axis=1)))
+        rows = sigma * jax.random.normal(k_model, (draws, d), dt)
+        base = rows
+        w = jnp.full((draws,), 1.0 / draws, dt)
+        alpha = jnp.zeros((), dt)
+        observed = jnp.zeros((draws,), bool)
+    else:
+        g, p, _ = queries.shape
+        q = queries.astype(dt)
+        pre = rope.apply(q, -query_positions(n, p), theta, convention)
+        per = max(1, draws // g)
+        fut = _model_draws(pre, k_model, n, per, horizon, theta, convention)
+        base = q.reshape(-1, d)
+        rows = jnp.concatenate([base, fut])
+        if p >= 4:  # held-out split: even tokens train the model, odd tokens judge it
+            half = _model_draws(pre[:, 0::2], k_half, n, max(8, 64 // g), horizon, theta,
+                                convention)
+            alpha = mixture_weight(*(jax.nn.softmax(logits(x), axis=1) for x in (
+                q[:, 0::2].reshape(-1, d), q[:, 1::2].reshape(-1, d), half)))
+        else:
+            alpha = jnp.asarray(0.5, dt)
+        w = jnp.concatenate([jnp.full((base.shape[0],), alpha / base.shape[0], dt),
+                             jnp.full((fut.shape[0],), (1 - alpha) / fut.shape[0], dt)])
+        observed = jnp.arange(rows.shape[0]) < base.shape[0]
+    pb = jax.nn.softmax(logits(base), axis=1)
+    kappa = jnp.mean(jnp.sum(pb * pb, axis=1))
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
-    w = jnp.concatenate([w, kappa * n * prior])
-    return queries, w / jnp.sum(w), pmat, kappa, jnp.arange(r0 + n) >= r0
+    if probes >= n:  # one probe per atom, weight kappa e^{b_j} / sum e^b: exact
+        atom, wprobe = jnp.arange(n), kappa * prior
+    else:  # a Monte-Carlo sample of that law (R1)
+        atom = jax.random.choice(k_probe, n, (probes,), p=prior)
+        wprobe = jnp.full((probes,), kappa / probes, dt)
+    kn = jnp.linalg.norm(keys[atom], axis=1, keepdims=True)
+    rms = jnp.sqrt(jnp.sum(w * jnp.sum(rows * rows, axis=1)))
+    rows = jnp.concatenate([rows, rms * keys[atom] / jnp.where(kn > 0, kn, 1.0)])
+    w = jnp.concatenate([w * jnp.where(observed, 1.0, 1 - kappa), (1 - alpha) * wprobe])
+    s = logits(rows)
+    return Law(rows, w, jax.nn.softmax(s, axis=1), jax.nn.logsumexp(s, axis=1), kappa, alpha)
+
+
+def length_squared_seeds(key, norms2, valid, size: int, count):
+    r"""V3's draws: ``size`` i.i.d. column indices with probability
+    :math:`\lVert a_j\rVert^2/\lVert A\rVert_F^2` (``norms2`` of the valid columns); the first
+    ``count`` (traced, <= size) of them are returned as a mask over the columns (duplicates
+    collapse)."""
+    w = jnp.where(valid, norms2, 0.0)
+    tot = jnp.sum(w)
+    prob = jnp.where(tot > 0, w / jnp.where(tot > 0, tot, 1.0), valid / jnp.maximum(valid.sum(), 1))
+    draws = jax.random.choice(key, norms2.shape[0], (size,), p=prob)
+    use = (jnp.arange(size) < count).astype(jnp.int32)
+    return jnp.zeros(norms2.shape, jnp.int32).at[draws].max(use) > 0
+
+
+def _rank(x):
+    """0 for the largest entry, 1 for the next, ..."""
+    return jnp.argsort(jnp.argsort(-x))
+
+
+def candidate_pool(gain, norms2, seeds, valid, size: int, key):
+    """``size`` column indices: the seeds, then in turn the best by first greedy ``gain`` or by
+    squared norm (mass), and a draw by squared norm without replacement (Gumbel top-k), which
+    spreads the pool over clusters of near-identical columns that the scores alone would fill
+    it with; never an invalid column before a valid one."""
+    best = jnp.minimum(_rank(gain), _rank(norms2))
+    gumbel = jnp.log(jnp.maximum(norms2, 1e-300)) + jax.random.gumbel(key, norms2.shape,
+                                                                      norms2.dtype)
+    prio = -jnp.minimum(2 * best, 2 * _rank(jnp.where(valid, gumbel, -jnp.inf)) + 1)
+    prio = jnp.where(seeds, jnp.inf, jnp.where(valid, prio.astype(gain.dtype), -jnp.inf))
+    return lax.top_k(prio, size)[1]
+
+
+def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None):
+    r"""First ``k`` columns of an operator :math:`A` known through its Gram matrix
+    ``gram`` :math:`=A^TA` ``[L, L]`` and the correlations ``corr`` :math:`=A^TY` ``[L, c]`` with
+    a target :math:`Y`, chosen greedily (V1: simultaneous orthogonal matching pursuit): each step
+    adds the column that removes the most of the target's residual,
+    :math:`\lVert R^Ta_j\rVert^2/\lVert\tilde a_j\rVert^2`, by Gram-Schmidt in coefficient space
+    (O(L (k + c)) per step, no row of A touched). ``corr=None``: the largest residual column
+    (pivoted QR, value-blind). ``forced`` columns are taken first; once the target is fitted
+    the step falls back to the largest residual column. ``steps`` (traced, <= k) stops early;
+    later entries are 0."""
+    size = gram.shape[0]
+    dt = gram.dtype
+    eps = jnp.finfo(dt).eps
+    valid = jnp.ones((size,), bool) if valid is None else valid
+    forced = jnp.zeros((size,), bool) if forced is None else forced
+    norms0 = jnp.diagonal(gram)
+    c = jnp.zeros((size, 1), dt) if corr is None else corr
+    t0 = jnp.sum(c * c)
+
+    def step(t, coef, norms, cor, chosen, order):  # coef[t'] = q_t'^T a, cor = A^T R
+        live = (~chosen) & valid & (norms > 1e3 * eps * norms0)
+        pend = live & forced
+        if corr is None:
+            gain = jnp.where(live, norms, -1.0)
+        else:
+            gain = jnp.where(live, jnp.sum(cor * cor, axis=1) / jnp.where(live, norms, 1.0), -1.0)
+        any_pend = jnp.any(pend)
+        gain = jnp.where(any_pend, jnp.where(pend, gain, -1.0), gain)
+        j_gain = jnp.argmax(gain)
+        j_piv = jnp.argmax(jnp.where(live, norms, -1.0) +
+                           jnp.where(chosen | ~valid, -jnp.inf, 0.0))
+        j = jnp.where(any_pend | (gain[j_gain] > 1e3 * eps * t0), j_gain, j_piv)
+        nrm = jnp.sqrt(jnp.maximum(norms[j], 1e-300 if dt == jnp.float64 else 1e-30))
+        u = (gram[j] - _mm(coef[:, j], coef)) / nrm  # q_t^T a_l for every column l
+        qy = cor[j] / nrm  # q_t^T R (= q_t^T Y)
+        return (u, jnp.maximum(norms - u * u, 0.0), cor - u[:, None] * qy[None, :],
+                chosen.at[j].set(True), order.at[t].set(j.astype(jnp.int32)))
+
+    # steps [lo, hi) read only the first hi rows of coef (static slices: half the traffic)
+    stop = k if steps is None else jnp.minimum(steps, k)
+    coef = jnp.zeros((k, size), dt)
+    st = (norms0, c, jnp.zeros((size,), bool), jnp.zeros((k,), jnp.int32))
+    chunk = 64
+    for lo in range(0, k, chunk):
+        hi = min(k, lo + chunk)
+
+        def body(t, carry, hi=hi):
+            coef, rest = carry
+            u, *rest = step(t, coef[:hi], *rest)
+            return coef.at[t].set(u), tuple(rest)
+
+        coef, st = lax.fori_loop(lo, jnp.clip(stop, lo, hi), body, (coef, st))
+    return st[3]
+
+
+class Block(NamedTuple):
+    """One block's atoms, padded to the block size: the law's attention on them *atom-major*
+    ``attention [B, r]`` (rows of :math:`P_B^T`, normalised by the full mass), ``keys [B, d]``,
+    ``values [B, dv]``, ``logw [B]`` and ``ok [B]`` (a real atom, not padding)."""
+
+    attention: jax.Array
+    keys: jax.Array
+    values: jax.Array
+    logw: jax.Array
+    ok: jax.Array
+
+
+def split_blocks(law: Law, cache: Cache, lo: int, hi: int, blk: int) -> Block:
+    """The atoms ``lo .. hi-1`` as blocks of ``blk`` (the last one padded): a :class:`Block` of
+    arrays with a leading block axis. Contiguous slices and reshapes only (no gathers)."""
+    nb = -(-(hi - lo) // blk)
+    pad = nb * blk - (hi - lo)
+
+    def cut(x, fill=0.0):  # [n, ...] -> [nb, blk, ...]
+        x = x[lo:hi]
+        x = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1), constant_values=fill)
+        return x.reshape((nb, blk) + x.shape[1:])
+
+    ok = cut(jnp.ones((cache.n,), bool), False)
+    return Block(cut(law.attention.T), cut(cache.keys), cut(cache.values),
+                 cut(cache.logw, -jnp.inf), ok)
+
+
+def block_operator(law: Law, blk: Block, ridge: float):
+    r"""The block's value-class operator and its V1 target, as the pieces the greedy needs.
+
+    :math:`A=[X_B;\sqrt\mu I]`, :math:`X_B=W^{1/2}P_B`, target
+    :math:`Y=[X_B;\sqrt\mu I]\,[\mathbf 1, V_B-\bar v_B]`: the ridge rows (:math:`\mu` =
+    ``ridge`` x the mean squared column norm of :math:`X_B`) are private to their atoms and ask
+    for the atom itself (factor 1, its own value), so a column of negligible mass cannot fit the
+    target by an unbounded coefficient, and near-identical columns stay distinguishable.
+    Returns ``xt [B, r]`` (:math:`X_B^T`), :math:`\mu`, the squared column norms of A and the
+    correlations :math:`A^TY` ``[B, 1 + d_v]``."""
+    xt = blk.attention * jnp.sqrt(law.weights)[None, :]
+    share = jnp.where(jnp.isfinite(blk.logw), jnp.exp(blk.logw - jnp.max(blk.logw)), 0.0)
+    vb = blk.values - _mm(share, blk.values) / jnp.sum(share)  # a shift changes nothing
+    resp = jnp.concatenate([jnp.ones_like(vb[:, :1]), vb], axis=1)  # [B, 1 + dv]
+    norms = jnp.sum(xt * xt, axis=1)
+    mu = ridge * jnp.sum(norms) / jnp.maximum(blk.ok.sum(), 1) + 1e-30
+    mu_b = jnp.where(blk.ok, mu, 0.0)
+    return xt, mu, norms + mu_b, _mm(xt, _mm(xt.T, resp)) + mu_b[:, None] * resp
+
+
+def select_block(law: Law, blk: Block, key, *, k: int, pool: int, n_pool, seeds: int, m,
+                 n_seed, value_aware: bool, ridge: float):
+    """Step 4 for one block: ``k`` atom indices into the block (the first ``m`` used):
+    length-squared seeds (the first ``n_seed`` of ``seeds`` draws), then the greedy for the
+    block's values (or value-blind pivoting) on a candidate pool, the first ``n_pool`` (traced)
+    of ``pool`` candidates."""
+    xt, mu, norms2, corr = block_operator(law, blk, ridge)
+    ok = blk.ok
+    gain = jnp.where(ok, jnp.sum(corr * corr, axis=1) / jnp.maximum(norms2, 1e-30), -1.0)
+    k_seed, k_pool = jax.random.split(key)
+    seed = length_squared_seeds(k_seed, norms2, ok, seeds, n_seed) if seeds else \
+        jnp.zeros_like(ok)
+    cand = candidate_pool(gain, norms2, seed & ok, ok, pool, k_pool)
+    xc = xt[cand]
+    gram = _mm(xc, xc.T) + mu * jnp.eye(pool, dtype=xc.dtype)
+    live = ok[cand] & (jnp.arange(pool) < n_pool)
+    order = gram_order(gram, corr[cand] if value_aware else None, k, seed[cand], live, m)
+    return cand[order]
+
+
+def fit_block(law: Law, blk: Block, order, act, *, scale, ridge, merged: bool, iters: int):
+    r"""Step 5 for one block: keys, log-weights and values of its ``k`` slots (``order``: atom
+    indices into the block, ``act``: used slots). Mass:
+    :math:`\min_{c\ge0}\sum_iw_i(\sum_sc_sp_s(q_i)-\lambda_B(q_i))^2` (from c = 1);
+    values: :math:`\min\sum_iw_i\lambda_B^2\lVert\hat A_B-A_B\rVert^2
+    +\rho\lVert\hat v_s-v^0_s\rVert^2` with :math:`v^0` the atoms' own values (the group's
+    mean when ``merged``) and :math:`\rho` = ``ridge`` x the mean diagonal of the value
+    system."""
+    w = law.weights
+    kout, bcol, prior = blk.keys[order], blk.logw[order], blk.values[order]
+    pt = blk.attention[order] * act[:, None]  # [k, r]
+    if merged:  # every block atom joins its nearest kept key; that key -> the group's centroid
+        d2 = (jnp.sum(blk.keys ** 2, axis=1)[:, None] + jnp.sum(kout * kout, axis=1)[None, :]
+              - 2 * _mm(blk.keys, kout.T))
+        lab = jnp.argmin(jnp.where(act[None, :], d2, jnp.inf), axis=1)
+        bmax = jnp.max(blk.logw)
+        wj = jnp.where(blk.ok & jnp.isfinite(blk.logw), jnp.exp(blk.logw - bmax), 0.0)
+        k = order.shape[0]
+        mass = jax.ops.segment_sum(wj, lab, k)
+        safe = jnp.where(mass > 0, mass, 1.0)[:, None]
+        has = (mass > 0)[:, None]
+        kout = jnp.where(has, jax.ops.segment_sum(wj[:, None] * blk.keys, lab, k) / safe, kout)
+        prior = jnp.where(has, jax.ops.segment_sum(wj[:, None] * blk.values, lab, k) / safe,
+                          prior)
+        bcol = jnp.where(mass > 0, bmax + jnp.log(safe[:, 0]), -jnp.inf)
+        pt = jnp.exp(scale * _mm(kout, law.queries.T) + bcol[:, None] - law.logz[None, :])
+        pt = pt * act[:, None]
+    lam = jnp.sum(blk.attention, axis=0)  # the block's share of each query [r]
+    h = _mm(pt * w[None, :], pt.T)  # unused slots: zero rows, c stays 0
+    c = linalg.nnls_gram(h, _mm(pt, w * lam), iters, exact_up_to=0,
+                         x0=act.astype(h.dtype))
+    c = jnp.where(act, c, 0.0)
+    beta = jnp.where(c > 0, bcol + jnp.log(jnp.where(c > 0, c, 1.0)), -jnp.inf)
+    ph = pt * c[:, None]
+    zb = jnp.sum(ph, axis=0, keepdims=True)
+    phn = ph / jnp.where(zb > 0, zb, 1.0)  # [k, r]: the summary's attention within the block
+    safe_lam = jnp.where(lam > 0, lam, 1.0)[:, None]
+    target = _mm(blk.attention.T, blk.values) / safe_lam  # the block's output [r, dv]
+    wq = w * lam * lam
+    hv = _mm(phn * wq[None, :], phn.T)
+    rho = ridge * jnp.trace(hv) / jnp.maximum(act.sum(), 1) + 1e-30
+    reg = jnp.where(act, rho, 1.0)
+    vhat = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(hv + jnp.diag(reg)),
+                                      _mm(phn * wq[None, :], target) + reg[:, None] * prior)
+    return kout, beta, vhat
+
+
+def law_risk(law: Law, cache: Cache, summary: Cache, scale):
+    """Risk of ``summary`` on the law's rows."""
+    exact = _mm(law.attention, cache.values)
+    sh = scale * _mm(law.queries, summary.keys.T) + summary.logw[None, :]
+    out = _mm(jax.nn.softmax(sh, axis=1), summary.values)
+    return jnp.sum(law.weights * jnp.sum((out - exact) ** 2, axis=1))
 
 
 def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: int | None = None,
             horizon: int = 512, theta: float = 10000.0, convention: str = "half",
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
             window_frac: float = 0.125, response: str = "mass", selection: str = "value",
-            merge: bool = True) -> Rule:
+            merge: bool = True, sampled: float = 0.125, pool: float = 1.5,
+            probes: int = 256, scale: float | None = None, iters: int = 100) -> Rule:
     """The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
 
     ``block=None`` treats everything between the sinks and the window as one block (one-shot
-    compression: the whole context closes at once); in causal use pass the driver's block size,
-    so the summary of the past and the newly closed block compete for the budget as blocks.
+    compression); in causal use pass the driver's block size, so the summary of the past and the
+    newly closed block compete for the budget as blocks. ``samples``: model draws of the law
+    (default ``min(max(128, n / 4), 256)``); ``sampled``: share of each block's
+    slots seeded by length-squared sampling (V3); ``pool``: candidates per slot of the greedy;
+    ``scale``: the attention temperature (default d^-1/2).
     """
     if response not in ("full", "mass"):
         raise ValueError(f"response: expected 'full' or 'mass', got {response!r}")
@@ -193,6 +404,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         raise ValueError(f"selection: expected 'value' or 'spectral', got {selection!r}")
     if (block is not None and block < 1) or (samples is not None and samples < 1):
         raise ValueError("block and samples must be positive")
+    if not 0.0 <= sampled <= 1.0 or pool < 1.0:
+        raise ValueError(f"sampled must lie in [0, 1] and pool be >= 1, got {sampled}, {pool}")
 
     def compress(cache, budget, queries, key):
         return summarize(cache, budget, None, queries, key)
@@ -201,10 +414,10 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         return summarize(cache, capacity, budget, queries, key)
 
     def summarize(cache, budget, used, queries, key):
-        """The summary of ``budget`` atoms; with ``used`` (traced, no sinks, window or blocks:
-        see ``upto`` below) only its first ``used`` free slots are filled, the rest are empty."""
-        n = cache.n
-        # the exact window takes at most window_frac of what the sinks leave of the budget
+        """The summary of ``budget`` atoms; with ``used`` (traced, no sinks, window or blocks)
+        only its first ``used`` free slots are filled, the rest are empty."""
+        n, d = cache.keys.shape
+        tau = d ** -0.5 if scale is None else scale
         win = min(window, int(window_frac * max(0, budget - min(sinks, budget))))
         sink_idx, win_idx, free = protected_split(n, budget, sinks, win)
         prot = jnp.asarray(sink_idx + win_idx, jnp.int32)
@@ -217,124 +430,58 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             kept = jnp.arange(n, dtype=jnp.int32)[:budget]
             return Summary(Cache(*(x[kept] for x in cache)), None if merge else kept)
         dt = jnp.promote_types(cache.keys.dtype, jnp.float32)
-        keys, vals, b = (x.astype(dt) for x in cache)
-        # max(64, 4 n) capped at 2048 (= max(64, 2 budget, 4 n): budget <= n never decides it)
-        draws = min(max(64, 4 * n), 2048) if samples is None else samples
-        ref, n_obs = reference_queries(cache, queries, key, samples=draws, horizon=horizon,
-                                       theta=theta, convention=convention, agnostic=agnostic,
-                                       logit_std=logit_std)
-        ref, wref, pmat, _, probe = reference_law(keys, b, ref.astype(dt), n_obs)
-        sw = jnp.sqrt(wref)[:, None]
-        sw_alloc = jnp.where(probe[:, None], 0.0, sw)  # probes stay out of the allocation
-        blk = n_mid if block is None else block
-        nb = -(-n_mid // blk)
-        pad = nb * blk - n_mid
-        idx = jnp.concatenate([jnp.arange(lo, hi), jnp.full((pad,), lo)]).reshape(nb, blk)
-        valid = (jnp.arange(nb * blk) < n_mid).reshape(nb, blk)
-
-        def block_response(ix, ok):
-            pb = pmat[:, ix] * ok[None, :]  # [r, B]
-            if response == "mass":  # X = W^1/2 P: the value-class operator (M1)
-                return sw_alloc * pb
-            resp = pb[:, None, :] * jnp.concatenate(
-                [jnp.ones((1, blk), dt), vals[ix].T], axis=0)[None]  # [r, 1+dv, B]
-            return (sw_alloc[:, :, None] * resp).reshape(-1, blk)
-
-        resp = jax.vmap(block_response)(idx, valid)  # [nb, R, B]
-        nvalid = valid.sum(1)
-        if nb == 1:  # one block: it gets every free slot, no spectrum needed
-            m_b = jnp.full((1,), free if used is None else used)
-        else:
-            eig = jax.vmap(lambda f: _gram_eigenvalues(f, blk))(resp)  # [nb, B], descending
-            eig = jnp.where(jnp.arange(blk)[None, :] < nvalid[:, None], jnp.maximum(eig, 0.0),
-                            -jnp.inf)
-            thresh = lax.top_k(eig.reshape(-1), free)[0][-1]
-            above = eig > thresh
-            m_b = above.sum(1) + _ties(eig, thresh, free - above.sum())
-        kk = min(blk, free)  # no block gets more slots: every per-block array has kk slots
-
-        def value_order(ix, ok):  # V1: greedy LS of the block's response for these values
-            bmax = jnp.max(jnp.where(ok, b[ix], -jnp.inf))
-            wb = jnp.where(ok & jnp.isfinite(b[ix]), jnp.exp(b[ix] - bmax), 0.0)
-            vb = vals[ix] - _mm(wb, vals[ix]) / jnp.sum(wb)  # centred: a shift changes nothing
-            xb = sw * pmat[:, ix] * ok[None, :]
-            y = jnp.concatenate([jnp.sum(xb, axis=1, keepdims=True), _mm(xb, vb)], axis=1)
-            return target_order(xb, y, kk, ok, used)
-
-        if selection == "value":
-            order = jax.vmap(value_order)(idx, valid)
-        else:
-            order = jax.vmap(lambda f, ok: pivoted_order(f, kk, ok))(resp, valid)  # [nb, kk]
-        active = jnp.arange(kk)[None, :] < m_b[:, None]  # slot t of block B is used
-        logz = jax.nn.logsumexp(d_scale(ref) * _mm(ref, keys.T) + b[None, :], axis=1)
-
-        def fit_block(ix, order_b, act, m, nv, merged):
-            cols = ix[order_b]
-            okb = jnp.arange(blk) < nv
-            kout, bcol, prior = keys[cols], b[cols], vals[cols]
-            pb = pmat[:, cols] * act[None, :]
-            if merged:  # every block atom joins its nearest kept key; that key -> the centroid
-                kb = keys[ix]  # squared distances [B, kk] without a [B, kk, d] temporary
-                d2 = (jnp.sum(kb * kb, axis=1)[:, None] + jnp.sum(kout * kout, axis=1)[None, :]
-                      - 2 * _mm(kb, kout.T))
-                lab = jnp.argmin(jnp.where(act[None, :], d2, jnp.inf), axis=1)
-                bmax = jnp.max(jnp.where(okb, b[ix], -jnp.inf))
-                wj = jnp.where(okb & jnp.isfinite(b[ix]), jnp.exp(b[ix] - bmax), 0.0)
-                oh = jax.nn.one_hot(lab, kk, dtype=dt) * wj[:, None]  # [atoms, slots]
-                mass = jnp.sum(oh, axis=0)
-                safe = jnp.where(mass > 0, mass, 1.0)[:, None]
-                kout = jnp.where((mass > 0)[:, None], _mm(oh.T, keys[ix]) / safe, kout)
-                prior = jnp.where((mass > 0)[:, None], _mm(oh.T, vals[ix]) / safe, prior)
-                bcol = jnp.where(mass > 0, bmax + jnp.log(safe[:, 0]), -jnp.inf)
-                pb = jnp.exp(d_scale(ref) * _mm(ref, kout.T) + bcol[None, :] - logz[:, None])
-                pb = pb * act[None, :]
-            lam = jnp.sum(pmat[:, ix] * okb[None, :], axis=1)  # block share
-            c = linalg.nnls(sw * pb, sw[:, 0] * lam, 300)
-            c = jnp.where(act, c, 0.0)
-            beta = jnp.where(c > 0, bcol + jnp.log(jnp.where(c > 0, c, 1.0)), -jnp.inf)
-            ph = pb * c[None, :]
-            zb = jnp.sum(ph, axis=1, keepdims=True)
-            phn = ph / jnp.where(zb > 0, zb, 1.0)
-            target = _mm(pmat[:, ix] * okb[None, :], vals[ix]) / \
-                jnp.where(lam > 0, lam, 1.0)[:, None]
-            wq = sw * lam[:, None]  # query weight x the block's attention share
-            h = _mm((wq * phn).T, wq * phn)
-            rlam = ridge * jnp.trace(h) / blk + 1e-30
-            vhat = linalg.ridge_solve(wq * phn, wq * target, rlam, prior)
-            whole = m >= nv  # abstain: keep the block exact
-            beta = jnp.where(whole, jnp.where(act, b[cols], -jnp.inf), beta)
-            vhat = jnp.where(whole, vals[cols], vhat)
-            kout = jnp.where(whole, keys[cols], kout)
-            return kout, beta, vhat
-
+        cache = Cache(*(x.astype(dt) for x in cache))
+        k_law, k_seed = jax.random.split(key)
+        draws = min(max(128, n // 4), 256) if samples is None else samples
+        law = reference_law(cache, queries, k_law, draws=draws, probes=probes,
+                            horizon=horizon, theta=theta,
+                            convention=convention, agnostic=agnostic, logit_std=logit_std,
+                            scale=tau)
+        size_b = n_mid if block is None else block
+        blocks = split_blocks(law, cache, lo, hi, size_b)
+        nb = blocks.ok.shape[0]
+        m_b = allocate(law, blocks, free, used, response)
+        kk = min(size_b, free)  # no block gets more slots: every per-block array has kk slots
+        size = min(size_b, max(kk, math.ceil(pool * kk), 256))
+        seeds = size_b if sampled > 0 else 0  # draws made: independent of the budget
+        n_seed = jnp.floor(sampled * m_b).astype(jnp.int32)
+        n_pool = jnp.minimum(jnp.maximum(jnp.ceil(pool * m_b).astype(jnp.int32), 256), size)
+        order = jax.vmap(lambda bl, m, ns, npool, kb: select_block(
+            law, bl, kb, k=kk, pool=size, n_pool=npool, seeds=seeds, m=m, n_seed=ns,
+            value_aware=selection == "value", ridge=ridge))(blocks, m_b, n_seed, n_pool,
+                                               jax.random.split(k_seed, nb))
+        active = jnp.arange(kk)[None, :] < m_b[:, None]
+        cols = lo + size_b * jnp.arange(nb)[:, None] + order  # [nb, kk] atom indices
+        whole = m_b >= blocks.ok.sum(1)  # a block that gets all its atoms is kept exact
         sel = jnp.arange(free) if nb == 1 else jnp.nonzero(active.reshape(-1), size=free)[0]
-
-        def assemble(merged):
-            kout, beta, vhat = jax.vmap(lambda *a: fit_block(*a, merged))(
-                idx, order, active, m_b, nvalid)
-            return Cache(
-                jnp.concatenate([exact.keys.astype(dt), kout.reshape(-1, keys.shape[1])[sel]]),
-                jnp.concatenate([exact.values.astype(dt), vhat.reshape(-1, vals.shape[1])[sel]]),
-                jnp.concatenate([exact.logw.astype(dt), beta.reshape(-1)[sel]]))
-
-        cols = jax.vmap(lambda ix, o: ix[o])(idx, order)
         kept = jnp.concatenate([prot, cols.reshape(-1)[sel]])
         slot = jnp.arange(budget)  # unused slots (only with ``used``) go last
         position = jnp.argsort(kept if used is None else jnp.where(slot < used, kept, n + slot))
-        summ = assemble(False)
-        if not merge:
-            return Summary(Cache(*(x[position] for x in summ)), kept[position])
-        alt = assemble(True)
-        exact_out = _mm(pmat, vals)
 
-        def ref_risk(c):
-            sh = d_scale(ref) * _mm(ref, c.keys.T) + c.logw[None, :]
-            return jnp.sum(wref * jnp.sum((_mm(jax.nn.softmax(sh, axis=1), c.values)
-                                           - exact_out) ** 2, axis=1))
+        def assemble(kind):
+            if kind == "exact":
+                kout, vout = cache.keys[cols], cache.values[cols]
+                beta = jnp.where(active, cache.logw[cols], -jnp.inf)
+            else:
+                kout, beta, vout = jax.vmap(lambda bl, o, a: fit_block(
+                    law, bl, o, a, scale=tau, ridge=ridge, merged=kind == "merged",
+                    iters=iters))(blocks, order, active)
+                beta = jnp.where(whole[:, None], jnp.where(active, cache.logw[cols], -jnp.inf),
+                                 beta)
+                vout = jnp.where(whole[:, None, None], cache.values[cols], vout)
+                kout = jnp.where(whole[:, None, None], cache.keys[cols], kout)
+            summ = Cache(jnp.concatenate([exact.keys.astype(dt), kout.reshape(-1, d)[sel]]),
+                         jnp.concatenate([exact.values.astype(dt),
+                                          vout.reshape(-1, cache.values.shape[1])[sel]]),
+                         jnp.concatenate([exact.logw.astype(dt), beta.reshape(-1)[sel]]))
+            return Cache(*(x[position] for x in summ))
 
-        use = ref_risk(alt) < ref_risk(summ)
-        summ = jax.tree.map(lambda a, s_: jnp.where(use, a, s_), alt, summ)
-        return Summary(Cache(*(x[position] for x in summ)), None)
+        kinds = ("fit", "exact", "merged") if merge else ("fit", "exact")
+        cands = [assemble(kind) for kind in kinds]
+        risks = jnp.stack([law_risk(law, cache, c, tau) for c in cands])
+        best = jnp.argmin(risks)
+        summ = jax.tree.map(lambda *xs: jnp.stack(xs)[best], *cands)
+        return Summary(summ, None if merge else kept[position])
 
     name = "minimax_agnostic" if agnostic else "minimax"
     # a traced budget needs the protected atoms and the blocks' shares independent of it
@@ -342,9 +489,31 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
     return Rule(name, compress, False, None, upto if traced else None)
 
 
-def d_scale(q):
-    r"""The logit temperature :math:`1/\sqrt d` for queries ``q [..., d]``."""
-    return q.shape[-1] ** -0.5
+def allocate(law: Law, blocks: Block, free: int, used, response: str):
+    r"""Step 3 (V5): slots per block. One block gets every free slot (``used`` if traced);
+    several compete by the eigenvalues of their response covariance -- of the value-class
+    operator :math:`X_B=W^{1/2}P_B` (``response="mass"``) or of the normalised responses
+    :math:`p_j(q)(1,v_j)` (``"full"``) -- block B getting as many slots as it has eigenvalues
+    among the global top ``free``."""
+    nb, blk = blocks.ok.shape
+    if nb == 1:
+        return jnp.full((1,), free if used is None else used)
+    sw = jnp.sqrt(law.weights)[:, None]
+
+    def response_of(bl):
+        pb = sw * bl.attention.T  # [r, B]
+        if response == "mass":
+            return pb
+        resp = pb[:, None, :] * jnp.concatenate(
+            [jnp.ones((1, blk), pb.dtype), bl.values.T], axis=0)[None]
+        return resp.reshape(-1, blk)
+
+    eig = jax.vmap(lambda bl: _gram_eigenvalues(response_of(bl), blk))(blocks)
+    nvalid = blocks.ok.sum(1)
+    eig = jnp.where(jnp.arange(blk)[None, :] < nvalid[:, None], jnp.maximum(eig, 0.0), -jnp.inf)
+    thresh = lax.top_k(eig.reshape(-1), free)[0][-1]
+    above = eig > thresh
+    return above.sum(1) + _ties(eig, thresh, free - above.sum())
 
 
 def _gram_eigenvalues(f, k: int):
