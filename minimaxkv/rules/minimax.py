@@ -137,6 +137,7 @@ def reference_law(cache: Cache, queries, key, *, draws: int, probes: int, horizo
         sigma = logit_std / scale / jnp.sqrt(jnp.mean(jnp.sum(keys * keys, axis=1)))
         rows = sigma * jax.random.normal(k_model, (draws, d), dt)
         base = rows
+        s_base = logits(base)
         w = jnp.full((draws,), 1.0 / draws, dt)
         alpha = jnp.zeros((), dt)
         observed = jnp.zeros((draws,), bool)
@@ -148,17 +149,19 @@ def reference_law(cache: Cache, queries, key, *, draws: int, probes: int, horizo
         fut = _model_draws(pre, k_model, n, per, horizon, theta, convention)
         base = q.reshape(-1, d)
         rows = jnp.concatenate([base, fut])
+        s_base = logits(base)
         if p >= 4:  # held-out split: even tokens train the model, odd tokens judge it
             half = _model_draws(pre[:, 0::2], k_half, n, max(8, 64 // g), horizon, theta,
                                 convention)
-            alpha = mixture_weight(*(jax.nn.softmax(logits(x), axis=1) for x in (
-                q[:, 0::2].reshape(-1, d), q[:, 1::2].reshape(-1, d), half)))
+            pq = jax.nn.softmax(s_base, axis=1).reshape(g, p, n)
+            alpha = mixture_weight(pq[:, 0::2].reshape(-1, n), pq[:, 1::2].reshape(-1, n),
+                                   jax.nn.softmax(logits(half), axis=1))
         else:
             alpha = jnp.asarray(0.5, dt)
         w = jnp.concatenate([jnp.full((base.shape[0],), alpha / base.shape[0], dt),
                              jnp.full((fut.shape[0],), (1 - alpha) / fut.shape[0], dt)])
         observed = jnp.arange(rows.shape[0]) < base.shape[0]
-    pb = jax.nn.softmax(logits(base), axis=1)
+    pb = jax.nn.softmax(s_base, axis=1)
     kappa = jnp.mean(jnp.sum(pb * pb, axis=1))
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
     if probes >= n:  # one probe per atom, weight kappa e^{b_j} / sum e^b: exact
@@ -170,7 +173,7 @@ def reference_law(cache: Cache, queries, key, *, draws: int, probes: int, horizo
     rms = jnp.sqrt(jnp.sum(w * jnp.sum(rows * rows, axis=1)))
     rows = jnp.concatenate([rows, rms * keys[atom] / jnp.where(kn > 0, kn, 1.0)])
     w = jnp.concatenate([w * jnp.where(observed, 1.0, 1 - kappa), (1 - alpha) * wprobe])
-    s = logits(rows)
+    s = jnp.concatenate([s_base, logits(rows[base.shape[0]:])])  # the base rows' logits once
     return Law(rows, w, jax.nn.softmax(s, axis=1), jax.nn.logsumexp(s, axis=1), kappa, alpha)
 
 
