@@ -445,7 +445,7 @@ def test_V4_mixture_weight_minimises_the_frobenius_gap(rng):
 
 def test_V5_eigenvalue_allocation_is_optimal_for_block_separable_summaries(rng):
     """V5: the Frobenius (random-values) width of block-separable value-linear summaries,
-    sum_B sum_{i>m_B} lambda_i(G_B), is minimised over allocations sum m_B = m by the
+    sum_B sum_{i>m_B} lambda_i(G_B) (G_B = X_B^T X_B + the probes' private diagonal), is minimised over allocations sum m_B = m by the
     allocation `allocate` returns (the blocks' eigenvalues among the global top m): brute force
     over every allocation."""
     import itertools
@@ -457,12 +457,18 @@ def test_V5_eigenvalue_allocation_is_optimal_for_block_separable_summaries(rng):
         pm = rng.random((r, nb * blk)) ** (1 + 3 * trial)
         pm /= pm.sum(1, keepdims=True)
         w = rng.dirichlet(np.ones(r))
-        law = Law(jnp.zeros((r, 2)), jnp.asarray(w), jnp.asarray(pm), jnp.zeros(r), 0.0, 0.0)
+        mu = 0.05 * rng.random(nb * blk) / (nb * blk)  # the isolating probes' private rows
+        law = Law(jnp.zeros((r, 2)), jnp.asarray(w), jnp.asarray(pm), jnp.zeros(r),
+                  jnp.asarray(mu), 0.0, 0.0)
         blocks = Block(jnp.asarray(pm.T.reshape(nb, blk, r)), jnp.zeros((nb, blk, 2)),
-                       jnp.zeros((nb, blk, 1)), jnp.zeros((nb, blk)), jnp.ones((nb, blk), bool))
-        eig = [np.sort(np.linalg.eigvalsh((np.sqrt(w)[:, None] * pm[:, b * blk:(b + 1) * blk]).T
-                                          @ (np.sqrt(w)[:, None] * pm[:, b * blk:(b + 1) * blk]))
-                       )[::-1] for b in range(nb)]
+                       jnp.zeros((nb, blk, 1)), jnp.zeros((nb, blk)),
+                       jnp.asarray(mu.reshape(nb, blk)), jnp.ones((nb, blk), bool))
+
+        def gram(b):
+            x = np.sqrt(w)[:, None] * pm[:, b * blk:(b + 1) * blk]
+            return x.T @ x + np.diag(mu[b * blk:(b + 1) * blk])
+
+        eig = [np.sort(np.linalg.eigvalsh(gram(b)))[::-1] for b in range(nb)]
         for m in (2, 5, 7):
             got = np.asarray(allocate(law, blocks, m, None, "mass"))
             assert got.sum() == m

@@ -4,12 +4,13 @@ One head, one call; every step is a named pure function below.
 
 1. **Protect** the ``sinks`` first atoms and an exact recent ``window`` (at most ``window_frac``
    of the budget the sinks leave).
-2. **Reference law** (:func:`reference_law`, V2, V4), O(m) rows, never O(n): the observed
-   queries (weight :math:`\alpha`), and a model part (:math:`1-\alpha`): draws of future queries
-   from the RoPE mixture of a Ledoit-Wolf Gaussian fitted to them (:math:`1-\kappa` of it) and
-   isolating probes, queries along atoms' keys (:math:`\kappa`, the collision probability of
-   the observed attention, V2; one per atom up to ``probes`` atoms, else a sample). :math:`\alpha`
-   is the mixture whose response covariance best predicts that of held-out observed queries (V4).
+2. **Reference law** (:func:`reference_law`, V2, V4), O(m) query rows, never O(n): the
+   observed queries and draws of future queries from the RoPE mixture of a Ledoit-Wolf Gaussian
+   fitted to them, in the proportions :math:`\alpha : 1-\alpha` whose response covariance best
+   predicts that of held-out observed queries (V4), :math:`1-\kappa` in all; and an exact
+   isolating probe per atom (a query that sees that atom alone), :math:`\kappa` in all, with
+   :math:`\kappa` the collision probability of the observed attention (V2). A probe is a private
+   row of the value-class operator: a diagonal term of every Gram matrix, O(n).
 3. **Allocate** the free slots to blocks by the eigenvalues of their response covariance (V5;
    one block in one-shot use, which gets every slot).
 4. **Select** within each block (:func:`select_block`): ``sampled`` of its slots go to atoms
@@ -18,8 +19,9 @@ One head, one call; every step is a named pure function below.
    the Gram matrix, :func:`gram_order`) among a candidate pool of ``pool`` x slots atoms (at least
    256): the best by first greedy gain or by mass, and a draw by mass. Cost O(r n d) for the
    law's attention, O(r L^2) for the pool's Gram matrix and O(m L (m + d_v)) for the greedy.
-5. **Fit** (:func:`fit_block`): mass matching by NNLS and values by least squares on the law,
-   with a ridge towards the atoms' own values.
+5. **Fit** (:func:`fit_block`): mass matching by NNLS and values by least squares on the law;
+   the probes pull each kept atom's factor towards 1 and its value towards the values of the
+   atoms whose probes read it.
 6. **Choose** among the candidates on the same support -- the fit, the atoms kept exactly
    (eviction), and, with ``merge=True``, every block atom merged into its nearest kept key (I3,
    U3) and refitted -- the one with the smallest risk on the law (an in-sample choice). With
@@ -44,15 +46,17 @@ from .eviction import _fit
 
 
 class Law(NamedTuple):
-    r"""The reference law of one head: ``queries [r, d]`` (observed, model draws, probes), their
-    ``weights [r]`` (summing to 1), the cache's attention on them ``attention [r, n]`` and its
-    log-masses ``logz [r]``, ``kappa`` (the probes' total weight) and ``alpha`` (the observed
-    share of the rest)."""
+    r"""The reference law of one head: ``queries [r, d]`` (observed, model draws), their
+    ``weights [r]`` (summing to :math:`1-\kappa`), the cache's attention on them
+    ``attention [r, n]`` and its log-masses ``logz [r]``; ``private [n]``, the weights of the
+    exact isolating probes, one per atom (summing to :math:`\kappa`); ``kappa`` and ``alpha``
+    (the observed share of the query rows)."""
 
     queries: jax.Array
     weights: jax.Array
     attention: jax.Array
     logz: jax.Array
+    private: jax.Array
     kappa: jax.Array
     alpha: jax.Array
 
@@ -108,22 +112,20 @@ def _model_draws(pre, key, n: int, num: int, horizon, theta, convention):
     return jax.vmap(draw)(pre, jax.random.split(key, g)).reshape(-1, d)
 
 
-def reference_law(cache: Cache, queries, key, *, draws: int, probes: int, horizon: int,
-                  theta: float, convention: str, agnostic: bool, logit_std: float,
-                  scale: float) -> Law:
-    r"""The reference law of step 2 (docs/theory.md V2, V4), O(draws + probes) rows.
+def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta: float,
+                  convention: str, agnostic: bool, logit_std: float, scale: float) -> Law:
+    r"""The reference law of step 2 (docs/theory.md V2, V4): O(draws) query rows and one exact
+    isolating probe per atom.
 
-    Query-aware: the ``g * p`` observed queries, weight :math:`\alpha` in all, and the model
-    part, :math:`1-\alpha`: ``draws`` model draws (per head ``draws // g``),
-    :math:`(1-\alpha)(1-\kappa)` in all, and the probes, :math:`(1-\alpha)\kappa`;
-    :math:`\alpha` from an even/odd split of the observed tokens (1/2 with fewer than 4 of them).
-    Query-agnostic (or no queries): ``draws`` isotropic queries at logit scale ``logit_std``,
-    weight :math:`1-\kappa`, and the probes, :math:`\kappa`. The probes are
-    isolating probes, queries along the atoms' keys at the law's
-    RMS query norm, of total weight :math:`\kappa` (the collision probability of the observed,
-    else drawn, attention) spread over the atoms by their weights :math:`e^{b}`: one per atom
-    when ``probes >= n``, else ``probes`` atoms drawn by that law, :math:`\kappa/` ``probes``
-    each."""
+    :math:`\kappa` is the collision probability of the observed (else drawn) attention (V2), the
+    rate at which queries isolate an atom. Query-aware: the ``g * p`` observed queries, weight
+    :math:`\alpha(1-\kappa)` in all, ``draws`` model draws (per head ``draws // g``),
+    :math:`(1-\alpha)(1-\kappa)`, with :math:`\alpha` from an even/odd split of the observed
+    tokens (V4; 1/2 with fewer than 4 of them). Query-agnostic (or no queries): ``draws``
+    isotropic queries at logit scale ``logit_std``, weight :math:`1-\kappa`. The isolating
+    probes, total weight :math:`\kappa` spread over the atoms by their weights :math:`e^{b}`, are
+    exact: the probe of atom j sees j alone, so it enters every step as a private row
+    (a diagonal term, O(n)), never as a row of the attention matrix."""
     n, d = cache.keys.shape
     keys = cache.keys
     logw = cache.logw
@@ -132,7 +134,7 @@ def reference_law(cache: Cache, queries, key, *, draws: int, probes: int, horizo
     def logits(q):
         return scale * _mm(q, keys.T) + logw[None, :]
 
-    k_model, k_half, k_probe = jax.random.split(key, 3)
+    k_model, k_half = jax.random.split(key)
     if agnostic or queries is None:
         sigma = logit_std / scale / jnp.sqrt(jnp.mean(jnp.sum(keys * keys, axis=1)))
         rows = sigma * jax.random.normal(k_model, (draws, d), dt)
@@ -140,7 +142,6 @@ def reference_law(cache: Cache, queries, key, *, draws: int, probes: int, horizo
         s_base = logits(base)
         w = jnp.full((draws,), 1.0 / draws, dt)
         alpha = jnp.zeros((), dt)
-        observed = jnp.zeros((draws,), bool)
     else:
         g, p, _ = queries.shape
         q = queries.astype(dt)
@@ -160,21 +161,12 @@ def reference_law(cache: Cache, queries, key, *, draws: int, probes: int, horizo
             alpha = jnp.asarray(0.5, dt)
         w = jnp.concatenate([jnp.full((base.shape[0],), alpha / base.shape[0], dt),
                              jnp.full((fut.shape[0],), (1 - alpha) / fut.shape[0], dt)])
-        observed = jnp.arange(rows.shape[0]) < base.shape[0]
     pb = jax.nn.softmax(s_base, axis=1)
     kappa = jnp.mean(jnp.sum(pb * pb, axis=1))
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
-    if probes >= n:  # one probe per atom, weight kappa e^{b_j} / sum e^b: exact
-        atom, wprobe = jnp.arange(n), kappa * prior
-    else:  # a Monte-Carlo sample of that law (R1)
-        atom = jax.random.choice(k_probe, n, (probes,), p=prior)
-        wprobe = jnp.full((probes,), kappa / probes, dt)
-    kn = jnp.linalg.norm(keys[atom], axis=1, keepdims=True)
-    rms = jnp.sqrt(jnp.sum(w * jnp.sum(rows * rows, axis=1)))
-    rows = jnp.concatenate([rows, rms * keys[atom] / jnp.where(kn > 0, kn, 1.0)])
-    w = jnp.concatenate([w * jnp.where(observed, 1.0, 1 - kappa), (1 - alpha) * wprobe])
     s = jnp.concatenate([s_base, logits(rows[base.shape[0]:])])  # the base rows' logits once
-    return Law(rows, w, jax.nn.softmax(s, axis=1), jax.nn.logsumexp(s, axis=1), kappa, alpha)
+    return Law(rows, (1 - kappa) * w, jax.nn.softmax(s, axis=1), jax.nn.logsumexp(s, axis=1),
+               kappa * prior, kappa, alpha)
 
 
 def length_squared_seeds(key, norms2, valid, size: int, count):
@@ -266,12 +258,14 @@ def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None):
 class Block(NamedTuple):
     """One block's atoms, padded to the block size: the law's attention on them *atom-major*
     ``attention [B, r]`` (rows of :math:`P_B^T`, normalised by the full mass), ``keys [B, d]``,
-    ``values [B, dv]``, ``logw [B]`` and ``ok [B]`` (a real atom, not padding)."""
+    ``values [B, dv]``, ``logw [B]``, the weights of the atoms' isolating probes
+    ``private [B]`` and ``ok [B]`` (a real atom, not padding)."""
 
     attention: jax.Array
     keys: jax.Array
     values: jax.Array
     logw: jax.Array
+    private: jax.Array
     ok: jax.Array
 
 
@@ -288,27 +282,41 @@ def split_blocks(law: Law, cache: Cache, lo: int, hi: int, blk: int) -> Block:
 
     ok = cut(jnp.ones((cache.n,), bool), False)
     return Block(cut(law.attention.T), cut(cache.keys), cut(cache.values),
-                 cut(cache.logw, -jnp.inf), ok)
+                 cut(cache.logw, -jnp.inf), cut(law.private), ok)
 
 
 def block_operator(law: Law, blk: Block, ridge: float):
     r"""The block's value-class operator and its V1 target, as the pieces the greedy needs.
 
-    :math:`A=[X_B;\sqrt\mu I]`, :math:`X_B=W^{1/2}P_B`, target
-    :math:`Y=[X_B;\sqrt\mu I]\,[\mathbf 1, V_B-\bar v_B]`: the ridge rows (:math:`\mu` =
-    ``ridge`` x the mean squared column norm of :math:`X_B`) are private to their atoms and ask
-    for the atom itself (factor 1, its own value), so a column of negligible mass cannot fit the
-    target by an unbounded coefficient, and near-identical columns stay distinguishable.
-    Returns ``xt [B, r]`` (:math:`X_B^T`), :math:`\mu`, the squared column norms of A and the
-    correlations :math:`A^TY` ``[B, 1 + d_v]``."""
+    :math:`A=[X_B;M^{1/2}]`, :math:`X_B=W^{1/2}P_B`, target
+    :math:`Y=[X_B;M^{1/2}]\,[\mathbf 1, V_B-\bar v_B]`: the private rows, diagonal
+    :math:`M=\mathrm{diag}(\mu_j)`, are the atoms' exact isolating probes (an isolating probe of
+    atom j sees j alone: response :math:`(1, v_j-\bar v_B)`), weight :math:`\mu_j` = the law's
+    ``private`` weight plus a floor, ``ridge`` x the mean squared column norm of :math:`X_B`
+    (which keeps near-identical columns distinguishable). Returns ``xt [B, r]``
+    (:math:`X_B^T`), the private weights and the floor, the squared column norms of A, the
+    correlations :math:`A^TY` ``[B, 1 + d_v]`` and the responses :math:`(1, v_j-\bar v_B)`."""
     xt = blk.attention * jnp.sqrt(law.weights)[None, :]
     share = jnp.where(jnp.isfinite(blk.logw), jnp.exp(blk.logw - jnp.max(blk.logw)), 0.0)
     vb = blk.values - _mm(share, blk.values) / jnp.sum(share)  # a shift changes nothing
     resp = jnp.concatenate([jnp.ones_like(vb[:, :1]), vb], axis=1)  # [B, 1 + dv]
     norms = jnp.sum(xt * xt, axis=1)
-    mu = ridge * jnp.sum(norms) / jnp.maximum(blk.ok.sum(), 1) + 1e-30
-    mu_b = jnp.where(blk.ok, mu, 0.0)
-    return xt, mu, norms + mu_b, _mm(xt, _mm(xt.T, resp)) + mu_b[:, None] * resp
+    floor = ridge * jnp.sum(norms) / jnp.maximum(blk.ok.sum(), 1) + 1e-30
+    priv = jnp.where(blk.ok, blk.private, 0.0)
+    mu_b = jnp.where(blk.ok, priv + floor, 0.0)
+    return (xt, priv, floor, norms + mu_b, _mm(xt, _mm(xt.T, resp)) + mu_b[:, None] * resp,
+            resp)
+
+
+def isolation(gram):
+    r"""Per column of a Gram matrix ``[L, L]``, :math:`1-\max_{i\ne j}\cos^2(x_i,x_j)`: how far
+    a query can tell the atom apart from the most similar other one (0 for a duplicated
+    column). Two atoms that every query of the law sees alike have no separate isolating
+    probe."""
+    dg = jnp.diagonal(gram)
+    cos2 = gram ** 2 / jnp.maximum(dg[:, None] * dg[None, :], 1e-300)
+    cos2 = jnp.where(jnp.eye(gram.shape[0], dtype=bool), 0.0, cos2)
+    return jnp.clip(1.0 - jnp.max(cos2, axis=1), 0.0, 1.0)
 
 
 def select_block(law: Law, blk: Block, key, *, k: int, pool: int, n_pool, seeds: int, m,
@@ -317,7 +325,7 @@ def select_block(law: Law, blk: Block, key, *, k: int, pool: int, n_pool, seeds:
     length-squared seeds (the first ``n_seed`` of ``seeds`` draws), then the greedy for the
     block's values (or value-blind pivoting) on a candidate pool, the first ``n_pool`` (traced)
     of ``pool`` candidates."""
-    xt, mu, norms2, corr = block_operator(law, blk, ridge)
+    xt, priv, floor, norms2, corr, resp = block_operator(law, blk, ridge)
     ok = blk.ok
     gain = jnp.where(ok, jnp.sum(corr * corr, axis=1) / jnp.maximum(norms2, 1e-30), -1.0)
     k_seed, k_pool = jax.random.split(key)
@@ -325,30 +333,45 @@ def select_block(law: Law, blk: Block, key, *, k: int, pool: int, n_pool, seeds:
         jnp.zeros_like(ok)
     cand = candidate_pool(gain, norms2, seed & ok, ok, pool, k_pool)
     xc = xt[cand]
-    gram = _mm(xc, xc.T) + mu * jnp.eye(pool, dtype=xc.dtype)
+    g0 = _mm(xc, xc.T)
+    lost = priv[cand] * (1.0 - isolation(g0))  # probes that cannot isolate their atom
+    gram = g0 + jnp.diag(floor + priv[cand] - lost)
+    c_pool = corr[cand] - lost[:, None] * resp[cand]
     live = ok[cand] & (jnp.arange(pool) < n_pool)
-    order = gram_order(gram, corr[cand] if value_aware else None, k, seed[cand], live, m)
+    order = gram_order(gram, c_pool if value_aware else None, k, seed[cand], live, m)
     return cand[order]
 
 
-def fit_block(law: Law, blk: Block, order, act, *, scale, ridge, merged: bool, iters: int):
+def nearest_slot(blk: Block, order, act):
+    """For every atom of the block, the used slot (index into ``order``) whose key is nearest
+    to its own: a kept atom's own slot, a dropped atom's nearest kept key -- the slot its
+    isolating probe reads in the summary (and the group it joins when merged)."""
+    kout = blk.keys[order]
+    d2 = (jnp.sum(blk.keys ** 2, axis=1)[:, None] + jnp.sum(kout * kout, axis=1)[None, :]
+          - 2 * _mm(blk.keys, kout.T))
+    lab = jnp.argmin(jnp.where(act[None, :], d2, jnp.inf), axis=1)
+    return lab.at[order].set(jnp.where(act, jnp.arange(order.shape[0]), lab[order]))
+
+
+def fit_block(law: Law, blk: Block, order, act, lab, *, scale, ridge, merged: bool,
+              iters: int):
     r"""Step 5 for one block: keys, log-weights and values of its ``k`` slots (``order``: atom
-    indices into the block, ``act``: used slots). Mass:
-    :math:`\min_{c\ge0}\sum_iw_i(\sum_sc_sp_s(q_i)-\lambda_B(q_i))^2` (from c = 1);
-    values: :math:`\min\sum_iw_i\lambda_B^2\lVert\hat A_B-A_B\rVert^2
-    +\rho\lVert\hat v_s-v^0_s\rVert^2` with :math:`v^0` the atoms' own values (the group's
-    mean when ``merged``) and :math:`\rho` = ``ridge`` x the mean diagonal of the value
-    system."""
+    indices into the block, ``act``: used slots, ``lab``: :func:`nearest_slot`). With
+    :math:`\mu_j` the weight of atom j's isolating probe and :math:`\mu_s` the total over the
+    atoms whose probe reads slot s: mass,
+    :math:`\min_{c\ge0}\sum_iw_i(\sum_sc_sp_s(q_i)-\lambda_B(q_i))^2+\sum_s\mu_{j_s}(c_s-1)^2`
+    (a kept atom's probe sees it alone; from c = 1); values,
+    :math:`\min\sum_iw_i\lambda_B^2\lVert\hat A_B-A_B\rVert^2+\sum_j\mu_j\lVert\hat v_{s(j)}-v_j\rVert^2`
+    plus a floor ``ridge`` x the mean diagonal of the value system towards the same target.
+    ``merged``: every block atom joins its slot's group, whose key becomes the group's centroid
+    and whose log-weight the group's mass."""
     w = law.weights
+    k = order.shape[0]
     kout, bcol, prior = blk.keys[order], blk.logw[order], blk.values[order]
     pt = blk.attention[order] * act[:, None]  # [k, r]
-    if merged:  # every block atom joins its nearest kept key; that key -> the group's centroid
-        d2 = (jnp.sum(blk.keys ** 2, axis=1)[:, None] + jnp.sum(kout * kout, axis=1)[None, :]
-              - 2 * _mm(blk.keys, kout.T))
-        lab = jnp.argmin(jnp.where(act[None, :], d2, jnp.inf), axis=1)
+    if merged:
         bmax = jnp.max(blk.logw)
         wj = jnp.where(blk.ok & jnp.isfinite(blk.logw), jnp.exp(blk.logw - bmax), 0.0)
-        k = order.shape[0]
         mass = jax.ops.segment_sum(wj, lab, k)
         safe = jnp.where(mass > 0, mass, 1.0)[:, None]
         has = (mass > 0)[:, None]
@@ -358,9 +381,15 @@ def fit_block(law: Law, blk: Block, order, act, *, scale, ridge, merged: bool, i
         bcol = jnp.where(mass > 0, bmax + jnp.log(safe[:, 0]), -jnp.inf)
         pt = jnp.exp(scale * _mm(kout, law.queries.T) + bcol[:, None] - law.logz[None, :])
         pt = pt * act[:, None]
+    mu = jnp.where(blk.ok, blk.private, 0.0)
+    mu_s = jax.ops.segment_sum(mu, lab, k)  # the probes reading each slot
+    v0 = jnp.where((mu_s > 0)[:, None],
+                   jax.ops.segment_sum(mu[:, None] * blk.values, lab, k)
+                   / jnp.where(mu_s > 0, mu_s, 1.0)[:, None], prior)
+    own = jnp.where(act, blk.private[order], 0.0)  # a kept atom's probe: mass c_s against 1
     lam = jnp.sum(blk.attention, axis=0)  # the block's share of each query [r]
-    h = _mm(pt * w[None, :], pt.T)  # unused slots: zero rows, c stays 0
-    c = linalg.nnls_gram(h, _mm(pt, w * lam), iters, exact_up_to=0,
+    h = _mm(pt * w[None, :], pt.T) + jnp.diag(own)  # unused slots: zero rows, c stays 0
+    c = linalg.nnls_gram(h, _mm(pt, w * lam) + own, iters, exact_up_to=0,
                          x0=act.astype(h.dtype))
     c = jnp.where(act, c, 0.0)
     beta = jnp.where(c > 0, bcol + jnp.log(jnp.where(c > 0, c, 1.0)), -jnp.inf)
@@ -371,15 +400,25 @@ def fit_block(law: Law, blk: Block, order, act, *, scale, ridge, merged: bool, i
     target = _mm(blk.attention.T, blk.values) / safe_lam  # the block's output [r, dv]
     wq = w * lam * lam
     hv = _mm(phn * wq[None, :], phn.T)
-    rho = ridge * jnp.trace(hv) / jnp.maximum(act.sum(), 1) + 1e-30
-    reg = jnp.where(act, rho, 1.0)
+    floor = ridge * jnp.trace(hv) / jnp.maximum(act.sum(), 1) + 1e-30
+    reg = jnp.where(act, mu_s + floor, 1.0)
     vhat = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(hv + jnp.diag(reg)),
-                                      _mm(phn * wq[None, :], target) + reg[:, None] * prior)
+                                      _mm(phn * wq[None, :], target) + reg[:, None] * v0)
     return kout, beta, vhat
 
 
+def private_risk(blocks: Block, lab, active, slot_values):
+    r""":math:`\sum_j\mu_j\lVert\hat v_{s(j)}-v_j\rVert^2`: the risk of the exact isolating
+    probes, atom j's reading slot ``lab[j]`` of its block (``slot_values [nb, k, dv]``); a block
+    without a used slot is left out (its probes read other blocks, alike for every candidate)."""
+    got = jnp.take_along_axis(slot_values, lab[..., None], axis=1)  # [nb, B, dv]
+    err = jnp.sum((got - blocks.values) ** 2, axis=-1)
+    live = blocks.ok & jnp.take_along_axis(active, lab, axis=1)
+    return jnp.sum(jnp.where(live, blocks.private * err, 0.0))
+
+
 def law_risk(law: Law, cache: Cache, summary: Cache, scale):
-    """Risk of ``summary`` on the law's rows."""
+    """Risk of ``summary`` on the law's query rows (the private rows: :func:`private_risk`)."""
     exact = _mm(law.attention, cache.values)
     sh = scale * _mm(law.queries, summary.keys.T) + summary.logw[None, :]
     out = _mm(jax.nn.softmax(sh, axis=1), summary.values)
@@ -391,7 +430,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
             window_frac: float = 0.125, response: str = "mass", selection: str = "value",
             merge: bool = True, sampled: float = 0.125, pool: float = 1.5,
-            probes: int = 256, scale: float | None = None, iters: int = 100) -> Rule:
+            scale: float | None = None, iters: int = 100) -> Rule:
     """The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
 
     ``block=None`` treats everything between the sinks and the window as one block (one-shot
@@ -436,8 +475,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         cache = Cache(*(x.astype(dt) for x in cache))
         k_law, k_seed = jax.random.split(key)
         draws = min(max(128, n // 4), 256) if samples is None else samples
-        law = reference_law(cache, queries, k_law, draws=draws, probes=probes,
-                            horizon=horizon, theta=theta,
+        law = reference_law(cache, queries, k_law, draws=draws, horizon=horizon, theta=theta,
                             convention=convention, agnostic=agnostic, logit_std=logit_std,
                             scale=tau)
         size_b = n_mid if block is None else block
@@ -466,9 +504,9 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
                 kout, vout = cache.keys[cols], cache.values[cols]
                 beta = jnp.where(active, cache.logw[cols], -jnp.inf)
             else:
-                kout, beta, vout = jax.vmap(lambda bl, o, a: fit_block(
-                    law, bl, o, a, scale=tau, ridge=ridge, merged=kind == "merged",
-                    iters=iters))(blocks, order, active)
+                kout, beta, vout = jax.vmap(lambda bl, o, a, lb: fit_block(
+                    law, bl, o, a, lb, scale=tau, ridge=ridge, merged=kind == "merged",
+                    iters=iters))(blocks, order, active, lab)
                 beta = jnp.where(whole[:, None], jnp.where(active, cache.logw[cols], -jnp.inf),
                                  beta)
                 vout = jnp.where(whole[:, None, None], cache.values[cols], vout)
@@ -477,11 +515,12 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
                          jnp.concatenate([exact.values.astype(dt),
                                           vout.reshape(-1, cache.values.shape[1])[sel]]),
                          jnp.concatenate([exact.logw.astype(dt), beta.reshape(-1)[sel]]))
-            return Cache(*(x[position] for x in summ))
+            return Cache(*(x[position] for x in summ)), private_risk(blocks, lab, active, vout)
 
+        lab = jax.vmap(nearest_slot)(blocks, order, active)  # [nb, B]
         kinds = ("fit", "exact", "merged") if merge else ("fit", "exact")
-        cands = [assemble(kind) for kind in kinds]
-        risks = jnp.stack([law_risk(law, cache, c, tau) for c in cands])
+        cands, private = zip(*(assemble(kind) for kind in kinds))
+        risks = jnp.stack([law_risk(law, cache, c, tau) + pr for c, pr in zip(cands, private)])
         best = jnp.argmin(risks)
         summ = jax.tree.map(lambda *xs: jnp.stack(xs)[best], *cands)
         return Summary(summ, None if merge else kept[position])
@@ -503,13 +542,15 @@ def allocate(law: Law, blocks: Block, free: int, used, response: str):
         return jnp.full((1,), free if used is None else used)
     sw = jnp.sqrt(law.weights)[:, None]
 
-    def response_of(bl):
+    def response_of(bl):  # the query rows, then the private rows of the isolating probes
         pb = sw * bl.attention.T  # [r, B]
+        priv = jnp.sqrt(jnp.where(bl.ok, bl.private, 0.0))
         if response == "mass":
-            return pb
-        resp = pb[:, None, :] * jnp.concatenate(
-            [jnp.ones((1, blk), pb.dtype), bl.values.T], axis=0)[None]
-        return resp.reshape(-1, blk)
+            return jnp.concatenate([pb, jnp.diag(priv)])
+        resp_of = jnp.concatenate([jnp.ones((1, blk), pb.dtype), bl.values.T], axis=0)
+        rows = (pb[:, None, :] * resp_of[None]).reshape(-1, blk)
+        own = (priv[None, :] * resp_of)[None] * jnp.eye(blk, dtype=pb.dtype)[:, None, :]
+        return jnp.concatenate([rows, own.reshape(-1, blk)])
 
     eig = jax.vmap(lambda bl: _gram_eigenvalues(response_of(bl), blk))(blocks)
     nvalid = blocks.ok.sum(1)
