@@ -479,3 +479,37 @@ def test_V5_eigenvalue_allocation_is_optimal_for_block_separable_summaries(rng):
             best = min(width(a) for a in itertools.product(range(blk + 1), repeat=nb)
                        if sum(a) == m)
             assert width(got) <= best * (1 + 1e-9) + 1e-15
+
+
+def test_private_risk_is_the_risk_of_isolating_queries(rng):
+    """§9.2: the exact isolating probe of atom j (weight mu_j) costs ||v_hat_{s(j)} - v_j||^2,
+    s(j) the slot with the nearest key. Reference: explicit queries t k_j (unit keys, t = 1e5)
+    read by softmax attention in float64, which see k_j alone in the cache and its nearest
+    kept key in the summary."""
+    from minimaxkv.rules.minimax import Law, nearest_slot, private_risk, split_blocks
+
+    n, d, dv, k = 24, 6, 3, 7
+    keys = rng.normal(size=(n, d))
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    vals = rng.normal(size=(n, dv))
+    cache = mkv.Cache(jnp.asarray(keys), jnp.asarray(vals), jnp.zeros(n))
+    mu = rng.dirichlet(np.ones(n)) * 0.3
+    law = Law(jnp.zeros((1, d)), jnp.ones(1), jnp.full((1, n), 1.0 / n), jnp.zeros(1),
+              jnp.asarray(mu), 0.3, 0.0)
+    blocks = split_blocks(law, cache, 0, n, n)
+    order = jnp.asarray(rng.permutation(n)[:k])
+    act = jnp.ones(k, bool)
+    lab = nearest_slot(jax.tree.map(lambda x: x[0], blocks), order, act)
+    slot_values = rng.normal(size=(k, dv))
+    got = float(private_risk(blocks, lab[None], act[None], jnp.asarray(slot_values)[None]))
+
+    def attend(q, kk, vv):
+        s = 1e5 * q @ kk.T
+        p = np.exp(s - s.max(1, keepdims=True))
+        return (p / p.sum(1, keepdims=True)) @ vv
+
+    exact = attend(keys, keys, vals)
+    summ = attend(keys, keys[np.asarray(order)], slot_values)
+    ref = float(np.sum(mu * np.sum((summ - exact) ** 2, axis=1)))
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
+    assert got > 0.01  # the dropped atoms' probes cost something

@@ -113,12 +113,13 @@ def _model_draws(pre, key, n: int, num: int, horizon, theta, convention):
 
 
 def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta: float,
-                  convention: str, agnostic: bool, logit_std: float, scale: float) -> Law:
+                  convention: str, agnostic: bool, logit_std: float, scale: float,
+                  probes: float = 1.0) -> Law:
     r"""The reference law of step 2 (docs/theory.md V2, V4): O(draws) query rows and one exact
     isolating probe per atom.
 
-    :math:`\kappa` is the collision probability of the observed (else drawn) attention (V2), the
-    rate at which queries isolate an atom. Query-aware: the ``g * p`` observed queries, weight
+    :math:`\kappa` is ``probes`` x the collision probability of the observed (else drawn)
+    attention (V2), the rate at which queries isolate an atom (at most 1). Query-aware: the ``g * p`` observed queries, weight
     :math:`\alpha(1-\kappa)` in all, ``draws`` model draws (per head ``draws // g``),
     :math:`(1-\alpha)(1-\kappa)`, with :math:`\alpha` from an even/odd split of the observed
     tokens (V4; 1/2 with fewer than 4 of them). Query-agnostic (or no queries): ``draws``
@@ -162,7 +163,7 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
         w = jnp.concatenate([jnp.full((base.shape[0],), alpha / base.shape[0], dt),
                              jnp.full((fut.shape[0],), (1 - alpha) / fut.shape[0], dt)])
     pb = jax.nn.softmax(s_base, axis=1)
-    kappa = jnp.mean(jnp.sum(pb * pb, axis=1))
+    kappa = jnp.minimum(probes * jnp.mean(jnp.sum(pb * pb, axis=1)), 1.0)
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
     s = jnp.concatenate([s_base, logits(rows[base.shape[0]:])])  # the base rows' logits once
     return Law(rows, (1 - kappa) * w, jax.nn.softmax(s, axis=1), jax.nn.logsumexp(s, axis=1),
@@ -430,7 +431,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
             window_frac: float = 0.125, response: str = "mass", selection: str = "value",
             merge: bool = True, sampled: float = 0.125, pool: float = 1.5,
-            scale: float | None = None, iters: int = 100) -> Rule:
+            probes: float = 1.0, scale: float | None = None, iters: int = 100) -> Rule:
     """The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
 
     ``block=None`` treats everything between the sinks and the window as one block (one-shot
@@ -438,6 +439,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
     newly closed block compete for the budget as blocks. ``samples``: model draws of the law
     (default ``min(max(128, n / 4), 256)``); ``sampled``: share of each block's
     slots seeded by length-squared sampling (V3); ``pool``: candidates per slot of the greedy;
+    ``probes``: the isolating probes' share as a multiple of the collision probability
+    :math:`\kappa` (V2; 0 drops them: the fit then serves the observed queries alone);
     ``scale``: the attention temperature (default d^-1/2).
     """
     if response not in ("full", "mass"):
@@ -446,6 +449,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         raise ValueError(f"selection: expected 'value' or 'spectral', got {selection!r}")
     if (block is not None and block < 1) or (samples is not None and samples < 1):
         raise ValueError("block and samples must be positive")
+    if probes < 0:
+        raise ValueError(f"probes must be >= 0, got {probes}")
     if not 0.0 <= sampled <= 1.0 or pool < 1.0:
         raise ValueError(f"sampled must lie in [0, 1] and pool be >= 1, got {sampled}, {pool}")
 
@@ -477,7 +482,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         draws = min(max(128, n // 4), 256) if samples is None else samples
         law = reference_law(cache, queries, k_law, draws=draws, horizon=horizon, theta=theta,
                             convention=convention, agnostic=agnostic, logit_std=logit_std,
-                            scale=tau)
+                            scale=tau, probes=probes)
         size_b = n_mid if block is None else block
         blocks = split_blocks(law, cache, lo, hi, size_b)
         nb = blocks.ok.shape[0]
