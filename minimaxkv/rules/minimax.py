@@ -432,7 +432,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             window_frac: float = 0.125, response: str = "mass", selection: str = "value",
             merge: bool = True, sampled: float = 0.125, pool: float = 1.5,
             probes: float = 1.0, scale: float | None = None, iters: int = 100) -> Rule:
-    """The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
+    r"""The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
 
     ``block=None`` treats everything between the sinks and the window as one block (one-shot
     compression); in causal use pass the driver's block size, so the summary of the past and the
