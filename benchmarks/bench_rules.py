@@ -1,12 +1,12 @@
 """Compression time per head for every rule, vs the cache length n.
 
-One KV head of a synthetic ``recency`` cache (RoPE-rotated keys, d = dv = 64), budget n/8 up to 2,048 atoms (then fixed), the
-observed queries of a GQA group (3 query heads x 32 last tokens, as in SmolLM2), called the way
-the end-to-end evaluator calls a rule (one head at a time, through the rule's compiled function).
-For each rule and n: the first call (tracing + compilation + one run) and the steady state (best
-and median of the timed rounds), beside one dense attention pass of the same queries over the
-cache (``mkv.attend``) timed in the same run, so ``x attend`` reads "how many attention passes
-the rule costs". Rules that need no queries ignore them.
+One KV head of a synthetic ``recency`` cache (RoPE-rotated keys, d = dv = 64), budget n/8 up to
+2,048 atoms (then fixed), the observed queries of a GQA group (3 query heads x 32 last tokens, as in
+SmolLM2), called the way the end-to-end evaluator calls a rule (one head at a time, through the
+rule's compiled function). For each rule and n: the first call (tracing + compilation + one run) and
+the steady state (best and median of the timed rounds), beside one dense attention pass of the same
+queries over the cache (``mkv.attend``) timed in the same run, so ``x attend`` reads "how many
+attention passes the rule costs". Rules that need no queries ignore them.
 
     python -m benchmarks.bench_rules            # n = 512 ... 8192, every rule (+ two '+fit')
     python -m benchmarks.bench_rules --quick    # n = 512, 1024
@@ -72,7 +72,8 @@ def main(argv=None):
         return f"{x * 1e3:.2f}" if x < 1 else f"{x * 1e3:.0f}"
 
     lo, hi = sizes[0], sizes[-1]
-    print(f"\nSteady-state compression time per head (ms; best of {rep}), budget n/{RATIO} (at most {MAX_BUDGET}), "
+    print(f"\nSteady-state compression time per head (ms; best of {rep}), budget n/{RATIO} "
+          f"(at most {MAX_BUDGET}), "
           f"{G}x{P_OBS} observed queries; slope = log-log growth from n = {lo} to {hi}; "
           f"'x attend' = rule / one attention pass at n = {hi}")
     steady = common.table(

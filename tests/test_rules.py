@@ -445,7 +445,8 @@ def test_V4_mixture_weight_minimises_the_frobenius_gap(rng):
 
 def test_V5_eigenvalue_allocation_is_optimal_for_block_separable_summaries(rng):
     """V5: the Frobenius (random-values) width of block-separable value-linear summaries,
-    sum_B sum_{i>m_B} lambda_i(G_B) (G_B = X_B^T X_B + the probes' private diagonal), is minimised over allocations sum m_B = m by the
+    sum_B sum_{i>m_B} lambda_i(G_B) (G_B = X_B^T X_B + the probes' private diagonal), is
+    minimised over allocations sum m_B = m by the
     allocation `allocate` returns (the blocks' eigenvalues among the global top m): brute force
     over every allocation."""
     import itertools

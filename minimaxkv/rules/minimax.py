@@ -119,14 +119,16 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
     isolating probe per atom.
 
     :math:`\kappa` is ``probes`` x the collision probability of the observed (else drawn)
-    attention (V2), the rate at which queries isolate an atom (at most 1). Query-aware: the ``g * p`` observed queries, weight
-    :math:`\alpha(1-\kappa)` in all, ``draws`` model draws (per head ``draws // g``),
-    :math:`(1-\alpha)(1-\kappa)`, with :math:`\alpha` from an even/odd split of the observed
-    tokens (V4; 1/2 with fewer than 4 of them). Query-agnostic (or no queries): ``draws``
-    isotropic queries at logit scale ``logit_std``, weight :math:`1-\kappa`. The isolating
-    probes, total weight :math:`\kappa` spread over the atoms by their weights :math:`e^{b}`, are
-    exact: the probe of atom j sees j alone, so it enters every step as a private row
-    (a diagonal term, O(n)), never as a row of the attention matrix."""
+    attention (V2), the rate at which queries isolate an atom (at most 1).
+
+    Query-aware: the ``g * p`` observed queries, weight :math:`\alpha(1-\kappa)` in all, and
+    ``draws`` model draws (per head ``draws // g``), :math:`(1-\alpha)(1-\kappa)`, with
+    :math:`\alpha` from an even/odd split of the observed tokens (V4; 1/2 with fewer than 4).
+    Query-agnostic (or no queries): ``draws`` isotropic queries at logit scale ``logit_std``,
+    weight :math:`1-\kappa`. The isolating probes, total weight :math:`\kappa` spread over the
+    atoms by their weights :math:`e^{b}`, are exact: the probe of atom j sees j alone, so it
+    enters every step as a private row (a diagonal term, O(n)), never as a row of the attention
+    matrix."""
     n, d = cache.keys.shape
     keys = cache.keys
     logw = cache.logw
@@ -351,7 +353,8 @@ def nearest_slot(blk: Block, order, act):
     d2 = (jnp.sum(blk.keys ** 2, axis=1)[:, None] + jnp.sum(kout * kout, axis=1)[None, :]
           - 2 * _mm(blk.keys, kout.T))
     lab = jnp.argmin(jnp.where(act[None, :], d2, jnp.inf), axis=1)
-    return lab.at[order].set(jnp.where(act, jnp.arange(order.shape[0]), lab[order]))
+    kept = jnp.where(act, order, blk.keys.shape[0])  # unused slots scatter nowhere
+    return lab.at[kept].set(jnp.arange(order.shape[0]), mode="drop")
 
 
 def fit_block(law: Law, blk: Block, order, act, lab, *, scale, ridge, merged: bool,
@@ -362,8 +365,9 @@ def fit_block(law: Law, blk: Block, order, act, lab, *, scale, ridge, merged: bo
     atoms whose probe reads slot s: mass,
     :math:`\min_{c\ge0}\sum_iw_i(\sum_sc_sp_s(q_i)-\lambda_B(q_i))^2+\sum_s\mu_{j_s}(c_s-1)^2`
     (a kept atom's probe sees it alone; from c = 1); values,
-    :math:`\min\sum_iw_i\lambda_B^2\lVert\hat A_B-A_B\rVert^2+\sum_j\mu_j\lVert\hat v_{s(j)}-v_j\rVert^2`
-    plus a floor ``ridge`` x the mean diagonal of the value system towards the same target.
+    :math:`\min\sum_iw_i\lambda_B^2\lVert\hat A_B-A_B\rVert^2
+    +\sum_j\mu_j\lVert\hat v_{s(j)}-v_j\rVert^2` plus a floor ``ridge`` x the mean diagonal
+    of the value system towards the same target.
     ``merged``: every block atom joins its slot's group, whose key becomes the group's centroid
     and whose log-weight the group's mass."""
     w = law.weights
