@@ -149,3 +149,42 @@ def test_padded_equals_the_rule_at_its_budget_then_empty_atoms(name):
         rule.padded(c, N + 1, 2, q, key)
     with pytest.raises(ValueError, match="budget"):
         rule.padded(c, 3, 4, q, key)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_temperature_is_the_keys_scale(name):
+    """Every rule's softmax temperature enters only through scale * q.k: rule(scale=s) on a cache
+    equals the default rule (d^-1/2) on the cache with keys multiplied by s sqrt(d) -- the same
+    kept atoms, log-weights and values, keys rescaled back (a second computation of the same
+    logits, no shared code path for the temperature). Rules that never compute attention
+    (TEMPERATURE_FREE) pass because their output is equivariant under scaling the keys."""
+    c, q = instance(8)
+    s = 0.37
+    c_up = c._replace(keys=c.keys * (s * np.sqrt(D)))
+    key = jax.random.PRNGKey(3)
+    got = rules.get(name, scale=s)(c, M, q, key)
+    ref = rules.get(name)(c_up, M, q, key)
+    np.testing.assert_array_equal(np.asarray(got.kept), np.asarray(ref.kept))
+    live = np.isfinite(np.asarray(ref.cache.logw))
+    np.testing.assert_array_equal(np.isfinite(np.asarray(got.cache.logw)), live)
+    np.testing.assert_allclose(np.asarray(got.cache.keys)[live] * s * np.sqrt(D),
+                               np.asarray(ref.cache.keys)[live], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(got.cache.logw)[live], np.asarray(ref.cache.logw)[live],
+                               rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(got.cache.values)[live],
+                               np.asarray(ref.cache.values)[live], rtol=1e-7, atol=1e-9)
+    if name.split("+")[0] in rules.TEMPERATURE_FREE:
+        return
+    if name == "minimax_agnostic":  # its isotropic draws have logit std fixed, sigma ~ 1/scale:
+        hot = rules.get(name, scale=30 * s)(c, M, q, key)  # the temperature cancels exactly
+        np.testing.assert_allclose(np.asarray(hot.cache.values), np.asarray(got.cache.values),
+                                   rtol=1e-7, atol=1e-9)
+        return
+    # the temperature is not ignored: on a larger cache, temperatures 900-fold apart give
+    # different summaries
+    inst = mkv.synthetic.power_law(jax.random.PRNGKey(9), n=48, d=D, dv=DV, p=G * P,
+                                   dtype=jnp.float64)
+    big, qb = inst.cache, inst.queries.reshape(G, P, D)
+    outs = [rules.get(name, scale=t)(big, 8, qb, key) for t in (s / 30, s, 30 * s)]
+    assert len({(tuple(np.ravel(o.kept)), tuple(np.round(np.ravel(o.cache.values), 9)))
+                for o in outs}) > 1

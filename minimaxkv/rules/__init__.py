@@ -4,6 +4,10 @@
 ``rule(cache, budget, queries=None, key=None) -> Summary``; see :mod:`minimaxkv.rules.base` for
 the conventions (GQA groups, protected atoms, fixed shapes). Appending ``+fit`` to an eviction
 rule's name refits its support (mass-matching log-weights, least-squares values).
+
+Every rule takes the softmax temperature ``scale`` (default :math:`d^{-1/2}`, d the head
+dimension), the model's attention scale, as ``get(name, scale=tau)``; the rules that never compute
+attention (``TEMPERATURE_FREE``) accept and ignore it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ _FACTORIES = {
     "minimax": _minimax.minimax,
     "minimax_agnostic": lambda **kw: _minimax.minimax(agnostic=True, **kw),
 }
+# rules that never compute attention logits: the temperature ``scale`` is accepted and unused
+TEMPERATURE_FREE = ("random", "window", "streaming_llm", "knorm", "keydiff", "leverage",
+                    "kmeans_merge")
 EVICTION = ("random", "window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
             "expected_attention", "leverage")
 
@@ -60,11 +67,15 @@ def _build(name: str, hyper: dict) -> Rule:
     base_name = name[: -len("+fit")] if fit else name
     if base_name not in _FACTORIES or (fit and base_name not in EVICTION):
         raise ValueError(f"unknown rule {name!r}; available: {', '.join(available())}")
+    factory = _FACTORIES[base_name]
+    own = dict(hyper)
+    if "scale" in own and base_name in TEMPERATURE_FREE:
+        del own["scale"]  # the rule never computes attention: its output does not depend on it
     try:
-        rule = _FACTORIES[base_name](**hyper)
+        rule = factory(**own)
     except TypeError as err:
         raise ValueError(f"rule {base_name!r}: bad hyperparameters {hyper}: {err}") from None
-    return fitting.with_fit(rule) if fit else rule
+    return fitting.with_fit(rule, hyper.get("scale")) if fit else rule
 
 
 __all__ = ["Rule", "allocation", "available", "base", "eviction", "fitting", "get", "group_queries", "select"]

@@ -5,6 +5,8 @@ Each factory returns a :class:`~minimaxkv.rules.base.Rule`; scores are "higher =
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -32,18 +34,19 @@ def streaming_llm(sinks: int = 4) -> Rule:
                   sinks=sinks)
 
 
-def _h2o_score(cache, queries, key):
-    att = head_attention(cache, queries)  # [g, p, n]
+def _h2o_score(cache, queries, key, scale=None):
+    att = head_attention(cache, queries, scale)  # [g, p, n]
     p = queries.shape[1]
     seen = jnp.sum(jnp.arange(cache.n)[None, :] <= query_positions(cache.n, p)[:, None], axis=0)
     per_head = jnp.sum(att, axis=1) / jnp.maximum(seen, 1)
     return jnp.mean(per_head, axis=0)
 
 
-def h2o(sinks: int = 0, window: int = 0) -> Rule:
+def h2o(sinks: int = 0, window: int = 0, scale: float | None = None) -> Rule:
     """H2O (Zhang et al. 2023): accumulated causal attention of all observed queries, divided by
     the number of queries that see the atom, mean over the group."""
-    return scored("h2o", _h2o_score, sinks=sinks, window=window, needs_queries=True)
+    return scored("h2o", partial(_h2o_score, scale=scale), sinks=sinks, window=window,
+                  needs_queries=True)
 
 
 def avg_pool_same(x, kernel: int):
@@ -53,14 +56,14 @@ def avg_pool_same(x, kernel: int):
     return jnp.convolve(xp, jnp.ones((kernel,), x.dtype) / kernel, mode="valid")
 
 
-def snapkv(window: int = 64, kernel: int = 5) -> Rule:
+def snapkv(window: int = 64, kernel: int = 5, scale: float | None = None) -> Rule:
     """SnapKV (Li et al. 2024): attention of the last ``window`` observed queries to the earlier
     atoms, averaged over those queries, average-pooled (``kernel``), mean over the group; the
     window's own atoms are kept."""
 
     def score(cache, queries, key):
         w = min(window, queries.shape[1], cache.n)
-        att = head_attention(cache, queries)[:, -w:, :]  # [g, w, n]
+        att = head_attention(cache, queries, scale)[:, -w:, :]  # [g, w, n]
         mean = jnp.mean(att, axis=1)[:, : cache.n - w]  # prefix atoms only
         pooled = jax.vmap(lambda r: avg_pool_same(r, kernel))(mean)
         full = jnp.zeros((queries.shape[0], cache.n), pooled.dtype).at[:, : cache.n - w].set(pooled)
@@ -82,11 +85,11 @@ def snapkv(window: int = 64, kernel: int = 5) -> Rule:
     return Rule("snapkv", compress, True, kept_first, upto)
 
 
-def tova(sinks: int = 0) -> Rule:
+def tova(sinks: int = 0, scale: float | None = None) -> Rule:
     """TOVA (Oren et al. 2024): attention of the last observed query, averaged over the heads."""
 
     def score(cache, queries, key):
-        return jnp.mean(head_attention(cache, queries)[:, -1, :], axis=0)
+        return jnp.mean(head_attention(cache, queries, scale)[:, -1, :], axis=0)
 
     return scored("tova", score, sinks=sinks, needs_queries=True)
 
@@ -109,7 +112,7 @@ def keydiff() -> Rule:
 
 
 def expected_attention(horizon: int = 512, theta: float = 10000.0, convention: str = "half",
-                       sinks: int = 4, shrinkage: float = 1e-3) -> Rule:
+                       sinks: int = 4, shrinkage: float = 1e-3, scale: float | None = None) -> Rule:
     r"""Expected Attention (Devoto, Jeblick & Jégou 2025).
 
     Observed queries are un-rotated to pre-RoPE (they sit at positions ``n-p..n-1``), a Gaussian
@@ -125,7 +128,7 @@ def expected_attention(horizon: int = 512, theta: float = 10000.0, convention: s
     def score(cache, queries, key):
         g, p, d = queries.shape
         n = cache.n
-        tau = d ** -0.5
+        tau = d ** -0.5 if scale is None else scale
         pre = rope.apply(queries.astype(jnp.float32), -query_positions(n, p), theta, convention)
         k = cache.keys.astype(jnp.float32)
 
@@ -168,7 +171,8 @@ def leverage(sketch: int = 48) -> Rule:
     return scored("leverage", score)
 
 
-def gvote(samples: int = 16, nucleus: float = 0.95, shrinkage: float = 1e-3) -> Rule:
+def gvote(samples: int = 16, nucleus: float = 0.95, shrinkage: float = 1e-3,
+          scale: float | None = None) -> Rule:
     r"""GVote (Tang, Liu, Xu, Huang 2025): vote with sampled future queries.
 
     A Gaussian is fitted to each head's observed queries; ``samples`` draws and the real last
@@ -188,7 +192,8 @@ def gvote(samples: int = 16, nucleus: float = 0.95, shrinkage: float = 1e-3) -> 
             return jnp.concatenate([Q.sample(law, kh, samples), qh[-1:]])
 
         probe = jax.vmap(draws)(q, jax.random.split(key, g)).reshape(-1, d)
-        s = probe @ cache.keys.astype(jnp.float32).T / jnp.sqrt(d) + cache.logw
+        tau = d ** -0.5 if scale is None else scale
+        s = tau * (probe @ cache.keys.astype(jnp.float32).T) + cache.logw
         att = jax.nn.softmax(s, axis=1)
         srt = jnp.sort(att, axis=1)[:, ::-1]
         before = jnp.cumsum(srt, axis=1) - srt  # mass strictly above each sorted entry

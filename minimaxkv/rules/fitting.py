@@ -24,8 +24,8 @@ from ..linalg import matmul as _mm
 
 
 
-def _logits(queries, keys, logw):
-    tau = queries.shape[-1] ** -0.5
+def _logits(queries, keys, logw, scale=None):
+    tau = queries.shape[-1] ** -0.5 if scale is None else scale
     return tau * _mm(queries, keys.T) + logw[None, :]
 
 
@@ -76,7 +76,7 @@ def _kmeanspp(x, k, key):
 
 
 def fit_support(cache: Cache, kept, queries, bounds=(float(jnp.exp(-3.0)), float(jnp.exp(3.0))),
-                iters: int = 500, ridge: float = 1e-3) -> Summary:
+                iters: int = 500, ridge: float = 1e-3, scale: float | None = None) -> Summary:
     r"""Keep ``kept``; refit log-weights (bounded NNLS on max-stabilised masses) and values (LS).
 
     With :math:`M(q) = \max_j s_j(q)`, :math:`a_j(q) = e^{s_j(q)-M(q)}` and target
@@ -92,14 +92,14 @@ def fit_support(cache: Cache, kept, queries, bounds=(float(jnp.exp(-3.0)), float
                                                                           jnp.float32))
     dt = q.dtype
     keys, vals, b = (x.astype(dt) for x in cache)
-    s = _logits(q, keys, b)
+    s = _logits(q, keys, b, scale)
     mx = jnp.max(s, axis=1, keepdims=True)
     a = jnp.exp(s - mx)
     target = jnp.sum(a, axis=1)
     c = linalg.nnls(a[:, kept], target, iters, bounds[0], bounds[1])
     beta = b[kept] + jnp.log(c)
     out = _mm(a, vals) / target[:, None]
-    ph = jax.nn.softmax(_logits(q, keys[kept], beta), axis=1)
+    ph = jax.nn.softmax(_logits(q, keys[kept], beta, scale), axis=1)
     h = _mm(ph.T, ph)
     lam = ridge * jnp.trace(h) / h.shape[0] + 1e-30
     vhat = linalg.ridge_solve(ph, out, lam, vals[kept])
@@ -107,21 +107,22 @@ def fit_support(cache: Cache, kept, queries, bounds=(float(jnp.exp(-3.0)), float
 
 
 def attention_matching(selection: str = "rms", bounds=(float(jnp.exp(-3.0)),
-                                                       float(jnp.exp(3.0)))) -> Rule:
+                                                       float(jnp.exp(3.0))),
+                       scale: float | None = None) -> Rule:
     """Attention Matching: select keys by ``"rms"`` attention or ``"omp"``, then fit."""
     if selection not in ("rms", "omp"):
         raise ValueError(f"selection: expected 'rms' or 'omp', got {selection!r}")
 
     def compress(cache, budget, queries, key):
         q = queries.reshape(-1, queries.shape[-1]).astype(jnp.float32)
-        s = _logits(q, cache.keys.astype(jnp.float32), cache.logw.astype(jnp.float32))
+        s = _logits(q, cache.keys.astype(jnp.float32), cache.logw.astype(jnp.float32), scale)
         if selection == "rms":
             att = jax.nn.softmax(s, axis=1)
             kept = jnp.sort(lax.top_k(jnp.sqrt(jnp.mean(att * att, axis=0)), budget)[1])
         else:
             a = jnp.exp(s - jnp.max(s, axis=1, keepdims=True))
             kept = jnp.sort(omp(a, jnp.sum(a, axis=1), budget))
-        return fit_support(cache, kept, queries, bounds)
+        return fit_support(cache, kept, queries, bounds, scale=scale)
 
     return Rule(f"attention_matching_{selection}" if selection != "rms" else
                 "attention_matching", compress, True)
@@ -148,11 +149,12 @@ def omp(a, target, k: int, iters: int = 200):
     return idx
 
 
-def with_fit(rule: Rule) -> Rule:
-    """``rule`` selects the support; the Attention Matching fitting steps refit it."""
+def with_fit(rule: Rule, scale: float | None = None) -> Rule:
+    """``rule`` selects the support; the Attention Matching fitting steps refit it (softmax
+    temperature ``scale``, default :math:`d^{-1/2}`)."""
 
     def compress(cache, budget, queries, key):
         base = rule.compress(cache, budget, queries, key)
-        return fit_support(cache, base.kept, queries)
+        return fit_support(cache, base.kept, queries, scale=scale)
 
     return Rule(rule.name + "+fit", compress, True)
