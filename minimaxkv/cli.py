@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -178,10 +179,10 @@ def _prompt_ids(args, model):
     if args.text is not None:
         path = Path(args.text)
         if not path.is_file():
-            raise SystemExit(f"minimaxkv: error: --text {path}: no such file")
+            raise FileNotFoundError(f"--text {path}: no such file")
         text = path.read_text()
         if not text.strip():
-            raise SystemExit(f"minimaxkv: error: --text {path} is empty")
+            raise ValueError(f"--text {path} is empty")
         ids = model.tokenizer.encode(text)[: args.length] if args.length else model.tokenizer.encode(text)
         return ids, f"text:{path.name}"
     tok = model.tokenizer
@@ -213,20 +214,17 @@ def _analyze_rows(args):
     from . import analyze, capture, rules
 
     jax.config.update("jax_enable_x64", True)
-    try:
-        cap = capture.load(args.cachefile)
-        heads = None
-        if args.layers is not None:
-            bad = [i for i in args.layers if not 0 <= i < cap.layers]
-            if bad:
-                raise ValueError(f"--layers {bad}: the capture has layers 0..{cap.layers - 1}")
-            heads = [(i, h) for i in args.layers for h in range(cap.kv_heads)]
-        chosen = {name: rules.get(name) for name in args.rules or ANALYZE_RULES}
-        rows = analyze.analyze(cap, args.budgets, chosen, future=args.future,
-                               observed=args.observed, eps=getattr(args, "eps", 0.05), heads=heads,
-                               spectrum=bool(getattr(args, "plot", None)))
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"minimaxkv: error: {err}") from None
+    cap = capture.load(args.cachefile)
+    heads = None
+    if args.layers is not None:
+        bad = [i for i in args.layers if not 0 <= i < cap.layers]
+        if bad:
+            raise ValueError(f"--layers {bad}: the capture has layers 0..{cap.layers - 1}")
+        heads = [(i, h) for i in args.layers for h in range(cap.kv_heads)]
+    chosen = {name: rules.get(name) for name in args.rules or ANALYZE_RULES}
+    rows = analyze.analyze(cap, args.budgets, chosen, future=args.future,
+                           observed=args.observed, eps=getattr(args, "eps", 0.05), heads=heads,
+                           spectrum=bool(getattr(args, "plot", None)))
     return cap, rows
 
 
@@ -368,12 +366,9 @@ def figures_cmd(args) -> int:
     from paper_figures import common as figs
 
     names = args.only or list(common.EXPERIMENTS)
-    try:
-        for name in names:
-            common.check_name(name)
-        common.check_scale(args.scale)
-    except ValueError as err:
-        raise SystemExit(f"minimaxkv: error: {err}") from None
+    for name in names:
+        common.check_name(name)
+    common.check_scale(args.scale)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     # one persistent compilation cache for the experiments' processes: a program one of them
@@ -426,6 +421,12 @@ def rules_available():
     from . import rules
 
     return rules.available()
+
+
+def rules_get(name: str):
+    from . import rules
+
+    return rules.get(name)
 
 
 def main(argv=None) -> int:
@@ -549,6 +550,15 @@ def main(argv=None) -> int:
             except ValueError as err:
                 parser.error(f"--rules: {err}; available: {' '.join(rules_available())}, each "
                              "optionally as RULE@pyramid, RULE@adakv or RULE@spectral")
+    elif args.command in ("compare", "causal", "analyze") and args.rules:
+        for name in args.rules:
+            if "@" in name:
+                parser.error(f"--rules {name}: allocations across heads (RULE@...) apply to "
+                             "`evaluate` only; here each head is compressed alone")
+            try:
+                rules_get(name)
+            except ValueError as err:
+                parser.error(f"--rules: {err}")
     if getattr(args, "length", 1) < 1:
         parser.error("--length must be a positive integer")
     for name in ("n", "p", "d", "dv"):
@@ -557,11 +567,28 @@ def main(argv=None) -> int:
     oracle_n = getattr(args, "oracle_n", 0)
     if oracle_n and not 8 <= oracle_n <= bounds.MAX_ORACLE_N:
         parser.error(f"--oracle-n must be 0 or lie in [8, {bounds.MAX_ORACLE_N}]")
+    if args.command == "causal" and (args.budget < 1 or args.block < 1 or args.prefill < 1
+                                     or args.decode < 1):
+        parser.error("--budget, --block, --prefill and --decode must be positive integers")
+    if args.command == "causal" and args.budget >= args.prefill:
+        parser.error(f"--budget {args.budget} must be below --prefill {args.prefill}: a summary "
+                     "that keeps the whole prefill compresses nothing")
+    if args.command == "compare" and "clustered" in args.families and args.n < 8:
+        parser.error("--n must be at least 8 for the clustered family (8 clusters)")
     if getattr(args, "command", "") == "report" and args.n < 8:
         parser.error("--n must be at least 8 (the clustered family has 8 clusters)")
     if args.command != "evaluate" and any(not 0 < b <= 1 for b in getattr(args, "budgets", [])):
         parser.error("--budgets must be fractions in (0, 1]")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:  # the input checks: one line, no traceback
+        if os.environ.get("MINIMAXKV_TRACEBACK"):
+            raise
+        print(f"minimaxkv {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nminimaxkv {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

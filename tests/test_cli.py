@@ -45,3 +45,31 @@ def test_causal_command(capsys):
     assert set(rows) == {"window", "minimax"}
     for cells in rows.values():  # memory never exceeds budget + block atoms of (d + dv + 1) floats
         assert int(cells[2]) <= (16 + 16) * (8 + 4 + 1) * 4
+
+
+@pytest.mark.parametrize("argv", [
+    ["causal", "--rules", "nosuch", "--prefill", "64", "--decode", "8"],
+    ["causal", "--rules", "snapkv@adakv", "--prefill", "64", "--decode", "8"],
+    ["causal", "--budget", "0", "--prefill", "64", "--decode", "8"],
+    ["causal", "--block", "100", "--prefill", "64", "--decode", "32"],
+    ["compare", "--n", "4"],
+    ["compare", "--rules", "nosuch"],
+    ["analyze", "missing.safetensors", "--rules", "nosuch"],
+])
+def test_user_errors_are_one_line_without_traceback(argv, capsys):
+    """A bad argument is an argparse error (exit 2) naming the option, before any work."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err.splitlines()[-1]
+
+
+def test_library_input_errors_are_one_line(capsys, tmp_path):
+    """A ValueError from the library's input checks, raised while the command runs, is one
+    line on stderr with exit status 2 (MINIMAXKV_TRACEBACK=1 shows the traceback)."""
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    assert cli.main(["analyze", str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minimaxkv analyze: error:")
