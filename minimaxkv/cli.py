@@ -573,6 +573,14 @@ def main(argv=None) -> int:
     if args.command == "causal" and args.budget >= args.prefill:
         parser.error(f"--budget {args.budget} must be below --prefill {args.prefill}: a summary "
                      "that keeps the whole prefill compresses nothing")
+    if args.command == "compare":
+        synthetic_only = ("families", "n", "p", "d", "dv", "seed")
+        moved = [f"--{k}" for k in (synthetic_only if args.cache else ("future", "observed",
+                                                                          "layers"))
+                 if getattr(args, k) != cp.get_default(k)]
+        if moved:
+            parser.error(f"{' '.join(moved)}: apply only "
+                         f"{'to synthetic families, not with --cache' if args.cache else 'with --cache'}")
     if args.command == "compare" and "clustered" in args.families and args.n < 8:
         parser.error("--n must be at least 8 for the clustered family (8 clusters)")
     if getattr(args, "command", "") == "report" and args.n < 8:

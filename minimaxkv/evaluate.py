@@ -334,6 +334,9 @@ def budget_atoms(budget: float, n: int) -> int:
         return max(1, int(round(float(budget) * n)))
     if float(budget) != int(budget):
         raise ValueError(f"budget: a budget above 1 counts atoms and must be an integer, got {budget}")
+    if int(budget) > n:
+        raise ValueError(f"budget: {int(budget)} atoms, but the context has only {n} tokens "
+                         "(nothing would be compressed); give a fraction or fewer atoms")
     return int(budget)
 
 
@@ -370,6 +373,10 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
     for task in task_list:
         prep = prepare(model, task, query_aware)
         n = len(prep.prefix)
+        if observed > n:
+            raise ValueError(f"observed: {observed} queries, but the prompt {task.family} (seed "
+                             f"{task.seed}) has only {n} context tokens")
+        atoms = {float(b): budget_atoms(b, n) for b in budgets}  # bad budgets fail before work
         todo = [(name, b) for name in rules for b in budgets
                 if (task.family, task.seed, name, float(b)) not in have]
         bar.update(len(rules) * len(budgets) - len(todo))
@@ -380,7 +387,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
         full = read(model, prep, base, max_new)
         full_seconds = time.perf_counter() - t0
         for name, b in todo:
-            m = budget_atoms(b, n)
+            m = atoms[float(b)]
             t0 = time.perf_counter()
             state = (compress_state(base, rules[name], m) if block is None else
                      prefill(model, prep.prefix, rules[name], m, observed=observed, block=block))

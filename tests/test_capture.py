@@ -1,6 +1,8 @@
 """Captured caches and result files: round trip, validation of corrupt or truncated files."""
 
 import json
+import os
+import stat
 
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +89,24 @@ def test_inconsistent_capture_is_refused(tmp_path):
     io.save_tensors(tmp_path / "n.safetensors", {"keys": nan}, {})
     with pytest.raises(ValueError, match="NaN"):
         io.load_tensors(tmp_path / "n.safetensors")
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, mask):
+    """Results and captures get the mode of a plain open() under the user's umask (compared with
+    a file the operating system creates itself), not mkstemp's private 0600."""
+    old = os.umask(mask)
+    try:
+        ours = io.write_json(tmp_path / "r.json", {"a": 1})
+        theirs = tmp_path / "plain.txt"
+        theirs.write_text("x")
+        tensors = io.save_tensors(tmp_path / "t.safetensors", {"x": np.zeros(3)}, {})
+    finally:
+        os.umask(old)
+    want = stat.S_IMODE(theirs.stat().st_mode)
+    assert want == 0o666 & ~mask
+    assert stat.S_IMODE(ours.stat().st_mode) == want
+    assert stat.S_IMODE(tensors.stat().st_mode) == want
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

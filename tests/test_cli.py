@@ -55,6 +55,8 @@ def test_causal_command(capsys):
     ["compare", "--n", "4"],
     ["compare", "--rules", "nosuch"],
     ["analyze", "missing.safetensors", "--rules", "nosuch"],
+    ["compare", "--cache", "missing.safetensors", "--n", "64"],
+    ["compare", "--observed", "8"],
 ])
 def test_user_errors_are_one_line_without_traceback(argv, capsys):
     """A bad argument is an argparse error (exit 2) naming the option, before any work."""

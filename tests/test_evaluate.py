@@ -85,9 +85,25 @@ def test_sweep_table_and_resume(smollm2):
     assert [r["budget"] for r in table] == sorted(r["budget"] for r in table)
 
 
+def test_sweep_refuses_what_it_would_silently_ignore(smollm2):
+    """More observed queries than context tokens, or more atoms than the context holds, are
+    errors before any prefill (they used to be capped silently, the row claiming atoms it did not
+    keep)."""
+    task = _task(smollm2, "passkey", 120, 3)
+    n = len(E.prepare(smollm2, task).prefix)
+    rules = {"snapkv": mkv.rules.get("snapkv")}
+    with pytest.raises(ValueError, match=f"only {n} context tokens"):
+        E.sweep(smollm2, [task], rules, [0.25], observed=n + 1, progress=False)
+    with pytest.raises(ValueError, match=f"{n + 1} atoms, but the context has only {n} tokens"):
+        E.sweep(smollm2, [task], rules, [n + 1], progress=False)
+
+
 def test_budget_atoms():
     assert E.budget_atoms(0.1, 1000) == 100 and E.budget_atoms(64, 1000) == 64
     assert E.budget_atoms(1, 1000) == 1 and E.budget_atoms(1.0, 1000) == 1000
+    assert E.budget_atoms(235, 235) == 235
+    with pytest.raises(ValueError, match="5000 atoms, but the context has only 235 tokens"):
+        E.budget_atoms(5000, 235)
     for bad in (0, -3, 2.5, "x"):
         with pytest.raises(ValueError):
             E.budget_atoms(bad, 10)

@@ -293,3 +293,16 @@ def test_bfloat16_storage_stays_close(tiny):
     assert 0 < rel < 0.05, rel
     with pytest.raises(ValueError, match="dtype"):
         M.load(tiny["folder"] / "tiny.gguf", dtype=jnp.int8)
+
+
+def test_positions_beyond_the_context_are_refused(tiny):
+    """A prompt (or a continuation at ``start``) past the model's context length is a clear error
+    naming the limit, not logits at positions the model was never trained on."""
+    m = tiny["gguf"]
+    cfg = m.config._replace(context=12)
+    ids = jnp.asarray(_ids(13, cfg.vocab))
+    M.forward(m.params, cfg, ids[:12], all_logits=False)  # exactly the context: fine
+    with pytest.raises(ValueError, match="beyond the model's context of 12 tokens"):
+        M.forward(m.params, cfg, ids, all_logits=False)
+    with pytest.raises(ValueError, match=r"positions 8\.\.12"):
+        M.forward(m.params, cfg, ids[:5], start=8, all_logits=False)

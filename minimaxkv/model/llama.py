@@ -307,6 +307,9 @@ def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
         raise ValueError(f"length: expected 1..{ids.shape[0]} real tokens, got {length}")
     if not 0 <= n_queries <= length:
         raise ValueError(f"n_queries: expected 0..{length}, got {n_queries}")
+    if isinstance(start, (int, np.integer)) and int(start) + length > cfg.context:
+        raise ValueError(f"positions {int(start)}..{int(start) + length - 1}: beyond the model's "
+                         f"context of {cfg.context} tokens ({cfg.name})")
     if past is None:
         past = empty_past(cfg, params.embed.dtype if params.embed.dtype != jnp.bfloat16
                           else jnp.float32)
