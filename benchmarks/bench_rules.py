@@ -10,6 +10,8 @@ attention passes the rule costs". Rules that need no queries ignore them.
 
     python -m benchmarks.bench_rules            # n = 512 ... 8192, every rule (+ two '+fit')
     python -m benchmarks.bench_rules --quick    # n = 512, 1024
+    python -m benchmarks.bench_rules --sizes 4096,32768 --rules minimax --budget 512
+                                                # one rule, the budget fixed (the slope in n)
 """
 
 from __future__ import annotations
@@ -38,16 +40,37 @@ def rule_names() -> list[str]:
     return [r for r in rules.available() if "+fit" not in r] + list(FIT_SAMPLES)
 
 
+def compiled_bytes(rule, cache, budget: int, queries, key) -> int:
+    """Peak device buffers of one compiled call of ``rule`` (temporaries + arguments + outputs,
+    as XLA assigns them; no Python or runtime overhead)."""
+    import jax
+
+    ma = jax.jit(lambda c, q, k: rule.compress(c, budget, q, k)).lower(
+        cache, queries, key).compile().memory_analysis()
+    return int(ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes)
+
+
 def main(argv=None):
     import jax
 
     import minimaxkv as mkv
     from minimaxkv import rules
 
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--rules", nargs="+", default=None, help="only these rules (default: all)")
+    p.add_argument("--memory", action="store_true",
+                   help="also report each rule's compiled peak buffers per head (XLA's buffer "
+                   "assignment: temporaries + arguments + outputs)")
+    p.add_argument("--budget", type=int, default=None,
+                   help=f"atoms at every n (default n/{RATIO}, at most {MAX_BUDGET})")
+    args = p.parse_args(argv)
     rep = common.repeats(args)
     sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096, 8192])
-    names = rule_names()
+    names = args.rules or rule_names()
+    for name in names:
+        rules.get(name)  # an unknown name fails before any timing
+    if args.budget is not None and not 1 <= args.budget < min(sizes):
+        p.error(f"--budget must lie in [1, {min(sizes) - 1}]")
     mach = common.machine()
     print(common.machine_line(mach), flush=True)
     res = {name: {} for name in names}
@@ -55,7 +78,7 @@ def main(argv=None):
     key = jax.random.PRNGKey(1)
     for n in sizes:
         cache, q = instance(n)
-        budget = min(n // RATIO, MAX_BUDGET)
+        budget = min(n // RATIO, MAX_BUDGET) if args.budget is None else args.budget
         qflat = q.reshape(-1, D)
         t = common.timed({"attend": lambda: mkv.attend(qflat, cache)}, rep, pause=0.05)
         attend_s[n] = t["attend"]["best_s"]
@@ -65,6 +88,8 @@ def main(argv=None):
             r = t[name]
             res[name][n] = {"first_s": r["first_s"], "best_s": r["best_s"],
                             "median_s": r["median_s"], "budget": budget}
+            if args.memory:
+                res[name][n]["buffers_bytes"] = compiled_bytes(rule, cache, budget, q, key)
             print(f"n = {n:5d} {name:22s} first {r['first_s']:7.2f} s, steady "
                   f"{r['best_s'] * 1e3:9.2f} ms", flush=True)
 
@@ -72,8 +97,9 @@ def main(argv=None):
         return f"{x * 1e3:.2f}" if x < 1 else f"{x * 1e3:.0f}"
 
     lo, hi = sizes[0], sizes[-1]
-    print(f"\nSteady-state compression time per head (ms; best of {rep}), budget n/{RATIO} "
-          f"(at most {MAX_BUDGET}), "
+    what = (f"n/{RATIO} (at most {MAX_BUDGET})" if args.budget is None else
+            f"{args.budget} atoms at every n")
+    print(f"\nSteady-state compression time per head (ms; best of {rep}), budget {what}, "
           f"{G}x{P_OBS} observed queries; slope = log-log growth from n = {lo} to {hi}; "
           f"'x attend' = rule / one attention pass at n = {hi}")
     steady = common.table(
@@ -85,13 +111,21 @@ def main(argv=None):
         + [["(attend)"] + [ms(attend_s[n]) for n in sizes] + [
             f"{math.log(attend_s[hi] / attend_s[lo]) / math.log(hi / lo):.2f}" if hi > lo else "-",
             "1.0"]])
+    if args.memory:
+        print("\nCompiled peak buffers per head (MiB): temporaries + arguments + outputs")
+        common.table(["rule"] + [f"n={n}" for n in sizes],
+                     [[name] + [f"{res[name][n]['buffers_bytes'] / 2**20:.0f}" for n in sizes]
+                      for name in names])
     print("\nFirst call (trace + compile + run, s) and its ratio to the steady state at n = "
           f"{hi}")
     first = common.table(
         ["rule"] + [f"n={n}" for n in sizes] + ["first/steady"],
         [[name] + [f"{res[name][n]['first_s']:.2f}" for n in sizes]
          + [f"{res[name][hi]['first_s'] / res[name][hi]['best_s']:.0f}"] for name in names])
-    common.save("bench_rules", args, {"sizes": sizes, "budget_ratio": RATIO, "group": G,
+    tag = ("-" + "-".join(n.replace("+", "_") for n in args.rules) if args.rules else "") + (
+        f"-m{args.budget}" if args.budget is not None else "")  # a partial run keeps its own file
+    common.save("bench_rules" + tag, args, {"sizes": sizes, "budget_ratio": RATIO,
+                                      "fixed_budget": args.budget, "group": G,
                                       "observed": P_OBS, "d": D, "rules": res,
                                       "attend_s": attend_s, "tables": [steady, first]})
 
