@@ -188,3 +188,17 @@ def test_temperature_is_the_keys_scale(name):
     outs = [rules.get(name, scale=t)(big, 8, qb, key) for t in (s / 30, s, 30 * s)]
     assert len({(tuple(np.ravel(o.kept)), tuple(np.round(np.ravel(o.cache.values), 9)))
                 for o in outs}) > 1
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_summaries_keep_the_caches_dtype(name):
+    """A float16 cache gives a float16 summary (equal budget = equal bytes), whatever precision
+    the rule computes in, and its attention stays finite; the same through ``padded``."""
+    c, q = instance(10)
+    half = mkv.Cache(*(x.astype(jnp.float16) for x in c))
+    rule = rules.get(name)
+    for s in (rule(half, M, q.astype(jnp.float16)), rule.padded(half, M + 2, M, q)):
+        assert [x.dtype for x in s.cache] == [jnp.float16] * 3
+        out = mkv.attend(q.reshape(-1, D).astype(jnp.float32),
+                         mkv.Cache(*(x.astype(jnp.float32) for x in s.cache)))
+        assert np.all(np.isfinite(np.asarray(out)))

@@ -82,8 +82,15 @@ class Rule(NamedTuple):
 
 @lru_cache(maxsize=None)
 def _jitted(compress):
-    """One compiled version per rule function (and per shape, by jit's own cache)."""
-    return jax.jit(compress, static_argnums=1)
+    """One compiled version per rule function (and per shape, by jit's own cache). The summary
+    is stored at the cache's dtypes (a rule may compute in float32 or wider): equal atoms are
+    equal bytes."""
+
+    def stored(cache, size, *rest):
+        s = compress(cache, size, *rest)
+        return Summary(Cache(*(x.astype(c.dtype) for x, c in zip(s.cache, cache))), s.kept)
+
+    return jax.jit(stored, static_argnums=1)
 
 
 def pad(summary: Summary, capacity: int) -> Summary:
