@@ -84,6 +84,9 @@ def fit_gaussian(observed, shrinkage: float = 1e-3) -> Gaussian:
         raise ValueError(f"observed: need at least 2 queries to fit a covariance, got {q.shape[0]}")
     if not 0 <= shrinkage <= 1:
         raise ValueError(f"shrinkage: expected a value in [0, 1], got {shrinkage}")
+    if shrinkage == 0 and q.shape[0] <= q.shape[1]:
+        raise ValueError(f"observed: {q.shape[0]} queries in d = {q.shape[1]} dimensions have a "
+                         "singular covariance (rank < d) and no Cholesky factor; give shrinkage > 0")
     q = q.astype(_check.compute_dtype(q))
     mu = jnp.mean(q, axis=0)
     cov = jnp.cov(q, rowvar=False).reshape(q.shape[1], q.shape[1])

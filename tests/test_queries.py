@@ -25,6 +25,20 @@ def test_fit_gaussian_matches_numpy(rng):
     np.testing.assert_allclose(law.chol @ law.chol.T, np.cov(obs, rowvar=False), rtol=1e-10)
 
 
+def test_unshrunk_fit_of_too_few_queries_is_an_error(rng):
+    """p <= d queries have a singular sample covariance (rank <= p - 1): without shrinkage the
+    Cholesky factor is NaN, which made Expected Attention's scores NaN and its kept set arbitrary;
+    now a clear error, through the rule as well."""
+    obs = rng.normal(size=(8, 8))
+    assert np.linalg.matrix_rank(np.cov(obs, rowvar=False)) < 8  # the reason, checked
+    with pytest.raises(ValueError, match="singular covariance"):
+        Q.fit_gaussian(obs, shrinkage=0.0)
+    assert np.all(np.isfinite(np.asarray(Q.fit_gaussian(obs, shrinkage=1e-3).chol)))
+    c = mkv.Cache(jnp.asarray(rng.normal(size=(32, 8))), jnp.asarray(rng.normal(size=(32, 2))))
+    with pytest.raises(ValueError, match="singular covariance"):
+        mkv.rules.get("expected_attention", shrinkage=0.0)(c, 8, jnp.asarray(obs))
+
+
 def test_gaussian_sampling_moments():
     law = Q.Gaussian(jnp.array([1.0, -2.0]), jnp.array([[2.0, 0.0], [0.5, 0.3]]))
     x = np.asarray(Q.sample(law, jax.random.PRNGKey(0), 200_000))
