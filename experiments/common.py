@@ -174,7 +174,10 @@ def main(name: str, argv=None) -> int:
     ap.add_argument("--scale", default="quick", choices=SCALES)
     ap.add_argument("--force", action="store_true", help="recompute even if cached")
     args = ap.parse_args(argv)
-    record, computed = ensure(name, args.scale, force=args.force)
+    from minimaxkv import io
+
+    with io.sigterm_exits():  # a terminated run removes its temporary files
+        record, computed = ensure(name, args.scale, force=args.force)
     print(f"{name}-{args.scale}: {'computed' if computed else 'reused'} "
           f"{result_path(name, args.scale)} ({describe(record)})", flush=True)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import scipy.linalg
 from tqdm import tqdm
 
-from . import bounds, compressibility, synthetic
+from . import bounds, compressibility, io, synthetic
 from .attention import attention_weights
 
 
@@ -358,8 +359,6 @@ def figures_cmd(args) -> int:
     loses nothing the others stored. The processes share a persistent compilation cache in
     ``<results>/.xla-cache``. Every figure whose result exists is then drawn; the command
     exits non-zero if an experiment or a figure failed."""
-    import os
-    import subprocess
 
     root = _repo_root()
     from experiments import common
@@ -385,7 +384,7 @@ def figures_cmd(args) -> int:
                 print(f"{name}: reused {common.result_path(name, args.scale)}", flush=True)
                 continue
             cmd = [sys.executable, "-m", f"experiments.{name}", "--scale", args.scale]
-            code = subprocess.run(cmd + ["--force"] * args.force, env=env).returncode
+            code = run_child(cmd + ["--force"] * args.force, env)
             took = f"{time.perf_counter() - t1:.1f} s"
             if code != 0:
                 failed.append(name)
@@ -415,6 +414,23 @@ def figures_cmd(args) -> int:
         print(f"minimaxkv: error: failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_child(cmd: list[str], env=None, grace: float = 30.0) -> int:
+    """Run ``cmd`` and return its exit status; if this process is interrupted or terminated
+    meanwhile, the child is sent SIGTERM (its own cleanup runs: temporary files removed), given
+    ``grace`` seconds, then killed, and the interruption goes on."""
+    child = subprocess.Popen(cmd, env=env)
+    try:
+        return child.wait()
+    except BaseException:
+        child.terminate()
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
 
 
 def rules_available():
@@ -588,7 +604,8 @@ def main(argv=None) -> int:
     if args.command != "evaluate" and any(not 0 < b <= 1 for b in getattr(args, "budgets", [])):
         parser.error("--budgets must be fractions in (0, 1]")
     try:
-        return args.func(args)
+        with io.sigterm_exits():
+            return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # the input checks: one line, no traceback
         if os.environ.get("MINIMAXKV_TRACEBACK"):
             raise

@@ -9,16 +9,38 @@ the one recorded at write time, and float tensors hold no NaN/Inf; anything else
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 
 FORMAT = "minimaxkv/1"
 META_KEY = "minimaxkv"
+
+
+@contextlib.contextmanager
+def sigterm_exits():
+    """Within the block, SIGTERM raises ``SystemExit(143)`` in the main thread instead of ending
+    the process at once, so :func:`atomic_write` removes its temporary file and callers' cleanup
+    runs (the previous handler is restored on leaving; a no-op outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def atomic_write(path, write) -> Path:

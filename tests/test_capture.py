@@ -109,6 +109,51 @@ def test_written_files_follow_the_umask(tmp_path, mask):
     assert stat.S_IMODE(tensors.stat().st_mode) == want
 
 
+CHILD = """
+import sys, time
+from pathlib import Path
+from minimaxkv import io
+
+def slow(tmp):
+    tmp.write_text("half")
+    Path(sys.argv[2]).write_text("ready")
+    time.sleep(120)
+
+with io.sigterm_exits():
+    io.atomic_write(sys.argv[1], slow)
+"""
+PARENT = """
+import sys
+from minimaxkv import cli, io
+
+with io.sigterm_exits():
+    cli.run_child([sys.executable] + sys.argv[1:])
+"""
+
+
+def test_sigterm_removes_temporary_files_in_the_child_too(tmp_path):
+    """SIGTERM to a command (as `minimaxkv figures` runs experiments: a parent waiting on a child
+    process) ends both, the child's half-written temporary file removed and no result created."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "parent.py").write_text(PARENT)
+    out, ready = tmp_path / "out" / "r.json", tmp_path / "ready"
+    out.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "parent.py"),
+                             str(tmp_path / "child.py"), str(out), str(ready)])
+    t0 = time.time()
+    while not ready.exists() and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.1)
+    assert ready.exists(), "the child never started writing"
+    assert len(list(out.parent.iterdir())) == 1  # the temporary file, while it writes
+    proc.terminate()
+    assert proc.wait(timeout=60) == 143
+    assert list(out.parent.iterdir()) == []  # no temporary left, no half result
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     path = io.write_json(tmp_path / "r.json", {"a": 1})
 
