@@ -10,12 +10,15 @@ the one recorded at write time, and float tensors hold no NaN/Inf; anything else
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,19 +48,41 @@ def sigterm_exits():
 
 def atomic_write(path, write) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``; the file gets the
-    mode a plain ``open(path, "w")`` would (0666 less the umask), not mkstemp's private 0600."""
+    mode a plain ``open(path, "w")`` would (0666 less the umask), not mkstemp's private 0600.
+
+    The temporary file lives in a private folder ``.NAME.XXXX.tmp`` beside ``path`` (writers'
+    own temporaries, such as safetensors', land there too) that is removed whatever happens;
+    such folders older than an hour -- left by a killed run -- are removed by the next write of
+    the same name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    _remove_stale(path)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = folder / path.name
     try:
-        write(Path(tmp))
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return path
+
+
+STALE_SECONDS = 3600.0
+
+
+def _remove_stale(path: Path) -> None:
+    now = time.time()
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - old.lstat().st_mtime < STALE_SECONDS:
+                continue  # perhaps another process writing right now
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _umask() -> int:

@@ -3,6 +3,7 @@
 import json
 import os
 import stat
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -152,6 +153,28 @@ def test_sigterm_removes_temporary_files_in_the_child_too(tmp_path):
     proc.terminate()
     assert proc.wait(timeout=60) == 143
     assert list(out.parent.iterdir()) == []  # no temporary left, no half result
+
+
+def test_temporaries_of_killed_runs_are_removed_by_the_next_write(tmp_path):
+    """A killed run's private temporary folder (with a writer's own temporary inside, as
+    safetensors leaves) older than an hour goes on the next write of the same name; a recent one
+    (perhaps another process writing) and other names' stay; a safetensors write leaves nothing
+    but its file."""
+    old, young, other = (tmp_path / n for n in (".r.json.ab12.tmp", ".r.json.cd34.tmp",
+                                                ".q.json.ef56.tmp"))
+    for folder in (old, young, other):
+        folder.mkdir()
+        (folder / ".tmpXy12Zq").write_bytes(b"half")
+    stale = time.time() - 2 * io.STALE_SECONDS
+    for folder in (old, other):
+        os.utime(folder, (stale, stale))
+    io.write_json(tmp_path / "r.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".r.json.cd34.tmp", ".q.json.ef56.tmp", "r.json"])
+    io.save_tensors(tmp_path / "t.safetensors", {"x": np.zeros((256, 256))}, {"k": 1})
+    assert "t.safetensors" in {p.name for p in tmp_path.iterdir()}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".t.safetensors")
+                or (p.name.startswith(".tmp"))]
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
