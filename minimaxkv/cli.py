@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -439,12 +439,6 @@ def rules_available():
     return rules.available()
 
 
-def rules_get(name: str):
-    from . import rules
-
-    return rules.get(name)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="minimaxkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -572,7 +566,9 @@ def main(argv=None) -> int:
                 parser.error(f"--rules {name}: allocations across heads (RULE@...) apply to "
                              "`evaluate` only; here each head is compressed alone")
             try:
-                rules_get(name)
+                from . import rules
+
+                rules.get(name)
             except ValueError as err:
                 parser.error(f"--rules: {err}")
     if getattr(args, "length", 1) < 1:
@@ -590,13 +586,12 @@ def main(argv=None) -> int:
         parser.error(f"--budget {args.budget} must be below --prefill {args.prefill}: a summary "
                      "that keeps the whole prefill compresses nothing")
     if args.command == "compare":
-        synthetic_only = ("families", "n", "p", "d", "dv", "seed")
-        moved = [f"--{k}" for k in (synthetic_only if args.cache else ("future", "observed",
-                                                                          "layers"))
-                 if getattr(args, k) != cp.get_default(k)]
+        unused = (("families", "n", "p", "d", "dv", "seed") if args.cache else
+                  ("future", "observed", "layers"))
+        moved = [f"--{k}" for k in unused if getattr(args, k) != cp.get_default(k)]
         if moved:
-            parser.error(f"{' '.join(moved)}: apply only "
-                         f"{'to synthetic families, not with --cache' if args.cache else 'with --cache'}")
+            where = "to synthetic families, not with --cache" if args.cache else "with --cache"
+            parser.error(f"{' '.join(moved)}: apply only {where}")
     if args.command == "compare" and "clustered" in args.families and args.n < 8:
         parser.error("--n must be at least 8 for the clustered family (8 clusters)")
     if getattr(args, "command", "") == "report" and args.n < 8:

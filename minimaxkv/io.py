@@ -50,7 +50,7 @@ def atomic_write(path, write) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``; the file gets the
     mode a plain ``open(path, "w")`` would (0666 less the umask), not mkstemp's private 0600.
 
-    The temporary file lives in a private folder ``.NAME.XXXX.tmp`` beside ``path`` (writers'
+    The temporary file lives in a private folder ``.<name>.<random>.tmp`` beside ``path`` (writers'
     own temporaries, such as safetensors', land there too) that is removed whatever happens;
     such folders older than an hour -- left by a killed run -- are removed by the next write of
     the same name."""
