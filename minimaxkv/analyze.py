@@ -122,13 +122,18 @@ def _refit(probes, cache: Cache, support) -> Cache:
 
 
 def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed: int = 32,
-            eps: float = 0.05, heads=None, spectrum: bool = False,
-            progress: bool = True) -> list[dict]:
+            eps: float = 0.05, heads=None, spectrum: bool = False, done: list[dict] | None = None,
+            on_row=None, progress: bool = True) -> list[dict]:
     """:func:`analyze_head` for every ``(layer, kv_head)`` in ``heads`` (default: all).
 
     ``budgets`` are atoms (integers) or fractions of the context (see
     :func:`minimaxkv.evaluate.budget_atoms`). Rows carry ``layer``, ``kv_head`` and ``budgets``
-    (atoms) besides the fields of :func:`analyze_head`.
+    (atoms) besides the fields of :func:`analyze_head`, in the order of ``heads``.
+
+    Heads with a row in ``done`` (same ``layer`` and ``kv_head``) are not recomputed: that row is
+    returned. ``on_row(row)`` is called after every new head (e.g. to store it), so a long run
+    can be interrupted and resumed; each head's key is fixed by its position, so a resumed run
+    gives the rows of an uninterrupted one.
     """
     from tqdm import tqdm
 
@@ -136,12 +141,22 @@ def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed:
     atoms = [budget_atoms(b, n) for b in budgets]
     heads = [(i, h) for i in range(cap.layers) for h in range(cap.kv_heads)] if heads is None \
         else [tuple(x) for x in heads]
+    have = {(r["layer"], r["kv_head"]): r for r in done or ()}
     rows = []
-    for layer, h in tqdm(heads, desc="heads", disable=not progress, file=sys.stderr):
+    bar = tqdm(total=sum(x not in have for x in heads), desc="heads", disable=not progress,
+               file=sys.stderr)  # stored heads are not counted: the estimate is of what is left
+    for layer, h in heads:
+        if (layer, h) in have:
+            rows.append(have[layer, h])
+            continue
         case = head_case(cap, layer, h, future=future, observed=observed)
         row = analyze_head(case, atoms, rules, eps=eps, spectrum=spectrum,
                            key=jax.random.fold_in(jax.random.PRNGKey(layer), h))
         rows.append({"layer": layer, "kv_head": h, "budgets": atoms, **row})
+        if on_row is not None:
+            on_row(rows[-1])
+        bar.update(1)
+    bar.close()
     return rows
 
 

@@ -90,4 +90,29 @@ def load(path) -> Captured:
                          f"(expected [L, H, T, hd] with H a multiple of Hkv)")
     if pos.shape != (k.shape[2],):
         raise ValueError(f"{path}: positions {pos.shape}, expected ({k.shape[2]},)")
+    _check_meta(path, meta, k, v, q, pos)
     return Captured(k, v, q, pos, meta)
+
+
+def _check_meta(path, meta: dict, k, v, q, pos) -> None:
+    """The metadata fields a capture must carry, and the tensors' dtypes agreeing with them."""
+    want = {"model": str, "tokens": int, "rope": str, "dtype": str}
+    bad = [f for f, t in want.items() if not isinstance(meta.get(f), t) or isinstance(meta[f], bool)]
+    if bad:
+        raise ValueError(f"{path}: capture metadata lacks or mistypes {bad} (model, rope, dtype "
+                         "are strings, tokens an integer)")
+    if meta["rope"] != "half":
+        raise ValueError(f"{path}: RoPE layout {meta['rope']!r}; captures hold post-RoPE keys in "
+                         "the half-split layout ('half')")
+    if meta["tokens"] != k.shape[2]:
+        raise ValueError(f"{path}: the metadata records {meta['tokens']} tokens, the tensors "
+                         f"hold {k.shape[2]}")
+    dtypes = {name: str(a.dtype) for name, a in (("keys", k), ("values", v), ("queries", q))}
+    wrong = {name: dt for name, dt in dtypes.items() if dt != meta["dtype"]}
+    if wrong or not np.issubdtype(np.dtype(k.dtype), np.floating):
+        raise ValueError(f"{path}: keys, values and queries must be floats of the recorded dtype "
+                         f"{meta['dtype']!r}, got {dtypes}")
+    if not np.issubdtype(pos.dtype, np.integer):
+        raise ValueError(f"{path}: positions must be integers, got {pos.dtype}")
+    if pos.size and (pos[0] < 0 or np.any(np.diff(pos) <= 0)):
+        raise ValueError(f"{path}: positions must be non-negative and increasing")

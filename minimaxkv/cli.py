@@ -118,7 +118,7 @@ def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
 
 def compare(args) -> int:
     if args.cache:
-        args.cachefile, args.plot, args.out = args.cache, None, None
+        args.cachefile, args.plot = args.cache, None
         return compare_cache(args)
     jax.config.update("jax_enable_x64", True)
     t0 = time.perf_counter()
@@ -210,9 +210,14 @@ def capture_cmd(args) -> int:
 ANALYZE_RULES = ("minimax", "snapkv", "expected_attention", "streaming_llm")
 
 
+ANALYZE_IDENT = ("layer", "kv_head")
+
+
 def _analyze_rows(args):
-    """Rows of :func:`minimaxkv.analyze.analyze` for the command line's ``CACHEFILE`` options."""
-    from . import analyze, capture, rules
+    """Rows of :func:`minimaxkv.analyze.analyze` for the command line's ``CACHEFILE`` options,
+    each head stored as soon as it is done (in ``--out`` or the default store), so an
+    interrupted run resumes where it stopped."""
+    from . import analyze, capture, io, rules, store
 
     jax.config.update("jax_enable_x64", True)
     cap = capture.load(args.cachefile)
@@ -222,11 +227,55 @@ def _analyze_rows(args):
         if bad:
             raise ValueError(f"--layers {bad}: the capture has layers 0..{cap.layers - 1}")
         heads = [(i, h) for i in args.layers for h in range(cap.kv_heads)]
-    chosen = {name: rules.get(name) for name in args.rules or ANALYZE_RULES}
-    rows = analyze.analyze(cap, args.budgets, chosen, future=args.future,
-                           observed=args.observed, eps=getattr(args, "eps", 0.05), heads=heads,
-                           spectrum=bool(getattr(args, "plot", None)))
+    names = list(args.rules or ANALYZE_RULES)
+    chosen = {name: rules.get(name) for name in names}
+    spectrum = bool(getattr(args, "plot", None))
+    config = {"command": "analyze",
+              "capture": {k: cap.meta.get(k) for k in ("model", "tokens", "text_sha256")},
+              "budgets": [float(b) for b in args.budgets], "rules": names, "future": args.future,
+              "observed": args.observed, "eps": getattr(args, "eps", 0.05), "spectrum": spectrum}
+    path = _store_path(args)
+    done = _stored(path, config, args.force)
+    provenance = io.provenance()
+    rows = analyze.analyze(
+        cap, args.budgets, chosen, future=args.future, observed=args.observed,
+        eps=config["eps"], heads=heads, spectrum=spectrum, done=done,
+        on_row=lambda row: store.add(path, [store.keyed({**row, "provenance": provenance},
+                                                        config, ANALYZE_IDENT)]))
     return cap, rows
+
+
+def _resume_note(args) -> str:
+    """What an interrupted command saved and how to go on."""
+    if args.command == "evaluate" or args.command == "analyze" or (
+            args.command == "compare" and args.cache):
+        return (f"; every finished row is stored in {_store_path(args)}, the same command "
+                "resumes from them")
+    return ""
+
+
+def _store_path(args) -> Path:
+    """The results store of ``evaluate``/``analyze``/``compare --cache``: ``--out``, else
+    ``$MINIMAXKV_RESULTS/<command>.json`` (``compare --cache`` shares analyze's store)."""
+    from . import store
+
+    if getattr(args, "out", None):
+        return Path(args.out)
+    return store.results_dir() / ("evaluate.json" if args.command == "evaluate" else "analyze.json")
+
+
+def _stored(path: Path, config: dict, force: bool) -> list[dict]:
+    """The rows of ``config`` already in the store (none with ``force``, which also sets an
+    unreadable store aside instead of failing on it)."""
+    from . import store
+
+    if force:
+        moved = store.set_aside(path)
+        if moved is not None:
+            print(f"{path}: not a readable results store, set aside as {moved}", file=sys.stderr)
+        store.read(path)
+        return []
+    return store.of_config(store.read(path), config)
 
 
 def analyze_cmd(args) -> int:
@@ -255,10 +304,7 @@ def analyze_cmd(args) -> int:
             rho = analyze.rank_correlation(rows, name)
             print(f"  {name:20s}" + "  ".join(f"{p} " + "/".join(f"{v:.2f}" for v in vals)
                                               for p, vals in rho.items()))
-    if args.out:
-        io.write_json(args.out, {"source": str(args.cachefile), "meta": cap.meta, "rows": rows,
-                                 **io.provenance()})
-        print(f"rows: {args.out}")
+    print(f"\nrows: {_store_path(args)}")
     if args.plot:
         fig = plots.heads_figure(rows, eps=args.eps, model=cap.meta.get("model", "?"),
                                  probes=args.future * cap.group, subtitle=Path(args.cachefile).name)
@@ -293,8 +339,13 @@ def compare_cache(args) -> int:
     return 0
 
 
+EVALUATE_IDENT = ("family", "seed", "rule", "budget_spec")
+
+
 def evaluate_cmd(args) -> int:
-    from . import evaluate, io, model, tasks
+    """End to end on a real model; every row is stored as soon as it is done (see
+    :mod:`minimaxkv.store`), keyed by the run's configuration, sample, rule and budget."""
+    from . import evaluate, io, model, store, tasks
 
     t0 = time.perf_counter()
     m = model.load(args.model)
@@ -303,23 +354,20 @@ def evaluate_cmd(args) -> int:
                             chat=tok.chat) for i in range(args.samples)]
     names = args.rules or list(EVALUATE_RULES)
     chosen = {name: evaluate.resolve(name) for name in names}
-    config = {"model": m.config.name, "task": args.task, "length": args.length, "seed": args.seed,
-              "samples": args.samples, "query_aware": args.query_aware, "block": args.block,
+    config = {"command": "evaluate", "model": m.config.name, "task": args.task,
+              "length": args.length, "query_aware": args.query_aware, "block": args.block,
               "observed": args.observed, "max_new": args.max_new, "decode_block": args.decode_block}
-    out = Path(args.out) if args.out else Path("results") / f"evaluate-{io.config_hash(config)}.json"
-    done = []
-    if out.exists() and not args.force:
-        saved = io.read_json(out)
-        if saved.get("config") == config:
-            done = [r for r in saved["rows"] if r["rule"] in chosen and r["budget_spec"] in args.budgets]
-
-    def save(rows):
-        io.write_json(out, {"config": config, "rows": rows, **io.provenance()})
-
-    rows = evaluate.sweep(m, task_list, chosen, args.budgets, query_aware=args.query_aware,
-                          block=args.block, observed=args.observed, max_new=args.max_new,
-                          decode_block=args.decode_block, done=done, on_row=save)
-    save(rows)
+    out = _store_path(args)
+    seeds = {t.seed for t in task_list}
+    budgets = {float(b) for b in args.budgets}
+    done = [r for r in _stored(out, config, args.force)
+            if r["rule"] in chosen and r["budget_spec"] in budgets and r["seed"] in seeds]
+    provenance = io.provenance()
+    rows = evaluate.sweep(
+        m, task_list, chosen, args.budgets, query_aware=args.query_aware, block=args.block,
+        observed=args.observed, max_new=args.max_new, decode_block=args.decode_block, done=done,
+        on_row=lambda row: store.add(out, [store.keyed({**row, "provenance": provenance}, config,
+                                                       EVALUATE_IDENT)]))
     mode = "query-aware (compression sees the question)" if args.query_aware else \
         "query-agnostic (context compressed before the question)"
     n = rows[0]["prefix_tokens"] if rows else 0
@@ -460,6 +508,8 @@ def main(argv=None) -> int:
                        help="context tokens whose queries query-aware rules see (default 32)")
         p.add_argument("--layers", type=int, nargs="+", default=None,
                        help="only these layers (default: all)")
+        p.add_argument("--force", action="store_true",
+                       help="recompute heads already stored (an unreadable store is set aside)")
 
     cp = sub.add_parser("compare", help="risk vs budget of every rule on synthetic families")
     cp.add_argument("--families", nargs="+", default=["clustered", "power_law", "lookup"],
@@ -485,7 +535,9 @@ def main(argv=None) -> int:
                      help=f"default: {' '.join(ANALYZE_RULES)}")
     np_.add_argument("--eps", type=float, default=0.05, help="eps of the eps-rank (default 0.05)")
     np_.add_argument("--plot", default=None, help="write the figure here (.png or .pdf)")
-    np_.add_argument("--out", default=None, help="write the per-head rows here (JSON)")
+    np_.add_argument("--out", default=None, help="results store of the per-head rows, shared by "
+                     "runs and merged (default $MINIMAXKV_RESULTS/analyze.json, else "
+                     "results/analyze.json; compare --cache uses the default)")
     analysis_args(np_)
     np_.set_defaults(func=analyze_cmd)
     kp = sub.add_parser("causal", help="causal prefill + decoding risk and memory of the rules")
@@ -532,8 +584,11 @@ def main(argv=None) -> int:
     ep.add_argument("--observed", type=int, default=32,
                     help="observed queries per head for query-aware rules (default 32)")
     ep.add_argument("--max-new", type=int, default=16, help="greedy answer tokens (default 16)")
-    ep.add_argument("--out", default=None, help="results file (default results/evaluate-HASH.json)")
-    ep.add_argument("--force", action="store_true", help="recompute rows already in --out")
+    ep.add_argument("--out", default=None, help="results store, shared by runs and merged "
+                    "(default $MINIMAXKV_RESULTS/evaluate.json, else results/evaluate.json)")
+    ep.add_argument("--force", action="store_true",
+                    help="recompute this run's rows already stored (an unreadable store is set "
+                    "aside, not deleted)")
     ep.set_defaults(func=evaluate_cmd)
     fp = sub.add_parser("figures", help="compute missing or stale experiment results, draw figures")
     fp.add_argument("--scale", default="quick", choices=("tiny", "quick", "full"),
@@ -587,7 +642,7 @@ def main(argv=None) -> int:
                      "that keeps the whole prefill compresses nothing")
     if args.command == "compare":
         unused = (("families", "n", "p", "d", "dv", "seed") if args.cache else
-                  ("future", "observed", "layers"))
+                  ("future", "observed", "layers", "force"))
         moved = [f"--{k}" for k in unused if getattr(args, k) != cp.get_default(k)]
         if moved:
             where = "to synthetic families, not with --cache" if args.cache else "with --cache"
@@ -607,7 +662,7 @@ def main(argv=None) -> int:
         print(f"minimaxkv {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nminimaxkv {args.command}: interrupted", file=sys.stderr)
+        print(f"\nminimaxkv {args.command}: interrupted{_resume_note(args)}", file=sys.stderr)
         return 130
 
 

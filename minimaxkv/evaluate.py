@@ -350,7 +350,8 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
     back to the budget whenever ``decode_block`` new tokens have accumulated.
 
     Rows already in ``done`` (same task seed/family, rule and budget) are kept and not recomputed;
-    ``on_row(rows)`` is called after every new row (e.g. to save the partial table).
+    ``on_row(row)`` is called after every new row (e.g. to store it: an interrupted sweep
+    resumes from the rows stored so far, see :mod:`minimaxkv.store`).
 
     Compiled programs stay bounded (:mod:`minimaxkv.programs`): the model's programs are shared
     by every prompt and budget of a bucket (:func:`read`), a per-head allocation compiles one
@@ -405,7 +406,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
                    **metrics(prep, full, got, state.past, state.seconds)}
             rows.append(row)
             if on_row is not None:
-                on_row(rows)
+                on_row(row)
             programs.relieve()
             bar.update(1)
     bar.close()

@@ -2,9 +2,9 @@
 
 A file is written to a temporary name in the target folder and renamed into place, so an
 interrupted run leaves either the previous file or none, never half of one. Reading validates:
-the header parses, every tensor is present with the recorded shape and dtype, its SHA-256 matches
-the one recorded at write time, and float tensors hold no NaN/Inf; anything else raises
-``ValueError`` naming the file and the problem.
+the header parses, the metadata record matches its own SHA-256, every tensor is present with the
+recorded shape and dtype, its SHA-256 matches the one recorded at write time, and float tensors
+hold no NaN/Inf; anything else raises ``ValueError`` naming the file and the problem.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = "minimaxkv/1"
+FORMAT = "minimaxkv/2"
 META_KEY = "minimaxkv"
 
 
@@ -121,20 +121,40 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
+def _record_digest(record: dict) -> str:
+    """SHA-256 of a file's metadata record (everything but the digest itself), canonical JSON."""
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
 def save_tensors(path, tensors: dict[str, np.ndarray], meta: dict) -> Path:
-    """Write ``tensors`` and JSON ``meta`` to a safetensors file, atomically, with checksums."""
+    """Write ``tensors`` and JSON ``meta`` to a safetensors file, atomically, with checksums of
+    every tensor and of the metadata record itself."""
     from safetensors.numpy import save_file
 
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}
-    record = {"format": FORMAT, "meta": meta,
+    record = {"format": FORMAT, "meta": json.loads(json.dumps(meta, default=_json_default)),
               "tensors": {k: {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": _digest(a)}
                           for k, a in arrays.items()}}
+    record["sha256"] = _record_digest(record)
     header = {META_KEY: json.dumps(record, default=_json_default)}
     return atomic_write(path, lambda tmp: save_file(arrays, str(tmp), metadata=header))
 
 
+def _tensor_entry(info) -> bool:
+    return (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+            and isinstance(info.get("sha256"), str) and isinstance(info.get("shape"), list)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                    for s in info["shape"]))
+
+
 def load_tensors(path, required: tuple[str, ...] = ()) -> tuple[dict[str, np.ndarray], dict]:
-    """Read and validate a file written by :func:`save_tensors`; returns ``(tensors, meta)``."""
+    """Read and validate a file written by :func:`save_tensors`; returns ``(tensors, meta)``.
+
+    Every failure is a ``ValueError`` naming the file: an unreadable safetensors header, a
+    metadata record that is not valid JSON, of another format or failing its own checksum (a
+    changed byte anywhere in the metadata), tensors missing, unrecorded or of another shape or
+    dtype than recorded, a tensor failing its checksum, NaN/Inf in a float tensor."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -155,12 +175,25 @@ def load_tensors(path, required: tuple[str, ...] = ()) -> tuple[dict[str, np.nda
         record = json.loads(header[META_KEY])
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: corrupt metadata ({err})") from err
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: corrupt metadata (not a JSON object)")
+    if record.get("format") == "minimaxkv/1":
+        raise ValueError(f"{path}: written by an older minimaxkv (format minimaxkv/1, whose "
+                         "metadata has no checksum); capture it again")
     if record.get("format") != FORMAT:
         raise ValueError(f"{path}: format {record.get('format')!r}, expected {FORMAT!r}")
-    listed = record.get("tensors", {})
+    if record.get("sha256") != _record_digest(record):
+        raise ValueError(f"{path}: the metadata fails its checksum, the file is corrupt")
+    listed = record.get("tensors")
+    if not isinstance(record.get("meta"), dict) or not isinstance(listed, dict) or not all(
+            _tensor_entry(info) for info in listed.values()):
+        raise ValueError(f"{path}: malformed metadata (meta and per-tensor shape/dtype/sha256)")
     missing = [k for k in set(listed) | set(required) if k not in tensors]
     if missing:
         raise ValueError(f"{path}: tensors {sorted(missing)} are missing")
+    extra = sorted(set(tensors) - set(listed))
+    if extra:
+        raise ValueError(f"{path}: tensors {extra} are not recorded in the metadata")
     for k, info in listed.items():
         a = tensors[k]
         if list(a.shape) != info["shape"] or str(a.dtype) != info["dtype"]:

@@ -7,6 +7,16 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def results_elsewhere(tmp_path_factory):
+    """Commands that store results by default (evaluate, analyze) write to a temporary folder,
+    never into the working tree; a test that needs its own folder sets MINIMAXKV_RESULTS."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINIMAXKV_RESULTS", str(tmp_path_factory.mktemp("results")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261123)

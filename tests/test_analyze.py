@@ -149,11 +149,8 @@ def test_per_head_budgets_pad_with_empty_atoms(tmp_path):
 
 
 def test_cli_analyze_and_compare_cache(tmp_path, capsys):
-    tokens, _, _ = tiny_llama.vocabulary()
-    cfg = tiny_llama.config(len(tokens))
-    tiny_llama.write_gguf(tmp_path / "tiny.gguf", cfg, tiny_llama.weights(cfg, 3))
-    m = mkv.model.load(tmp_path / "tiny.gguf")
-    ids = np.random.default_rng(0).integers(0, cfg["vocab"], 56)
+    m = mkv.model.load(tiny_llama.gguf_file(tmp_path, seed=3))
+    ids = np.random.default_rng(0).integers(0, m.config.vocab, 56)
     path = capture.save(tmp_path / "c.safetensors", capture.capture(m, ids))
     out, plot = tmp_path / "rows.json", tmp_path / "heads.png"
     assert main(["analyze", str(path), "--budgets", "0.25", "--rules", "snapkv", "minimax",

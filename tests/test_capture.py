@@ -92,6 +92,79 @@ def test_inconsistent_capture_is_refused(tmp_path):
         io.load_tensors(tmp_path / "n.safetensors")
 
 
+def _small_capture(dtype=np.float32, positions=None):
+    r = np.random.default_rng(5)
+    k, v = (r.standard_normal((1, 1, 3, 2)).astype(dtype) for _ in range(2))
+    q = r.standard_normal((1, 2, 3, 2)).astype(dtype)
+    meta = {"model": "tiny-llama", "config": {"dim": 32, "layers": 1, "theta": 10000.0},
+            "tokens": 3, "text_sha256": "0123456789abcdef", "source": "task:passkey:0",
+            "rope": "half", "dtype": str(np.dtype(dtype)), "minimaxkv": "0.1.0"}
+    pos = np.arange(3, dtype=np.int32) if positions is None else positions
+    return capture.Captured(k, v, q, pos, meta)
+
+
+def test_every_header_byte_flipped_is_refused_or_changes_nothing(tmp_path):
+    """Flip each byte of the file's header (the 8-byte length and the JSON header holding the
+    tensor table and the minimaxkv metadata) with four masks: every load either raises a
+    ValueError or returns exactly the original tensors and metadata."""
+    cap = _small_capture()
+    raw = capture.save(tmp_path / "c.safetensors", cap).read_bytes()
+    end = 8 + int.from_bytes(raw[:8], "little")
+    bad = tmp_path / "b.safetensors"
+    refused = unchanged = 0
+    for i in range(end):
+        for mask in (0x01, 0x04, 0x20, 0xFF):
+            flipped = bytearray(raw)
+            flipped[i] ^= mask
+            bad.write_bytes(bytes(flipped))
+            try:
+                back = capture.load(bad)
+            except ValueError:
+                refused += 1
+                continue
+            assert back.meta == cap.meta, (i, mask)
+            for a, b in zip(cap[:4], back[:4]):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
+            unchanged += 1
+    assert refused + unchanged == 4 * end and refused > 0.9 * 4 * end, (refused, unchanged)
+
+
+def test_capture_metadata_and_dtypes_are_checked(tmp_path):
+    path = tmp_path / "c.safetensors"
+    cases = [(lambda c: c._replace(keys=c.keys.astype(np.int32)), "floats of the recorded dtype"),
+             (lambda c: c._replace(queries=c.queries.astype(np.float16)), "recorded dtype"),
+             (lambda c: c._replace(positions=c.positions.astype(np.float32)), "integers"),
+             (lambda c: c._replace(positions=np.array([0, 2, 1], np.int32)), "increasing"),
+             (lambda c: c._replace(meta={**c.meta, "tokens": 4}), "records 4 tokens"),
+             (lambda c: c._replace(meta={**c.meta, "rope": "interleaved"}), "RoPE layout"),
+             (lambda c: c._replace(meta={k: v for k, v in c.meta.items() if k != "model"}),
+              "lacks or mistypes \\['model'\\]"),
+             (lambda c: c._replace(meta={**c.meta, "tokens": "3"}), "mistypes \\['tokens'\\]")]
+    for change, message in cases:
+        capture.save(path, change(_small_capture()))
+        with pytest.raises(ValueError, match=message):
+            capture.load(path)
+    capture.save(path, _small_capture(np.float16))  # another float dtype, recorded: fine
+    assert capture.load(path).keys.dtype == np.float16
+
+
+def test_metadata_edited_in_place_fails_its_checksum(tmp_path):
+    """The same model name written over the header (same length, valid JSON): refused."""
+    path = capture.save(tmp_path / "c.safetensors", _small_capture())
+    raw = path.read_bytes()
+    assert raw.count(b"tiny-llama") == 1
+    path.write_bytes(raw.replace(b"tiny-llama", b"tiny-lamma"))
+    with pytest.raises(ValueError, match="metadata fails its checksum"):
+        capture.load(path)
+    from safetensors.numpy import save_file  # a file of the first format: no record checksum
+
+    record = {"format": "minimaxkv/1", "meta": {}, "tensors": {}}
+    save_file({}, str(tmp_path / "old.safetensors"), metadata={io.META_KEY: json.dumps(record)})
+    with pytest.raises(ValueError, match="older minimaxkv .* capture it again"):
+        capture.load(tmp_path / "old.safetensors")
+
+
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
 def test_written_files_follow_the_umask(tmp_path, mask):
     """Results and captures get the mode of a plain open() under the user's umask (compared with

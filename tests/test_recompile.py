@@ -83,11 +83,7 @@ def test_risk_does_not_recompile():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_recompile")
-    tokens, _, _ = tiny_llama.vocabulary()
-    cfg = tiny_llama.config(len(tokens))
-    tiny_llama.write_gguf(folder / "tiny.gguf", cfg, tiny_llama.weights(cfg, 5))
-    return M.load(folder / "tiny.gguf")
+    return M.load(tiny_llama.gguf_file(tmp_path_factory.mktemp("tiny_recompile"), seed=5))
 
 
 def _prompt(m, seed, T=40):

@@ -75,6 +75,14 @@ def permute(w, heads):
     return w.reshape(heads, 2, hd // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def gguf_file(folder: Path, seed: int = 0) -> Path:
+    """``folder/tiny.gguf``: the tiny model with the test vocabulary and random weights."""
+    tokens, _, _ = vocabulary()
+    cfg = config(len(tokens))
+    write_gguf(Path(folder) / "tiny.gguf", cfg, weights(cfg, seed))
+    return Path(folder) / "tiny.gguf"
+
+
 def write_gguf(path: Path, cfg: dict, w: dict, *, quantize: bool = True) -> dict:
     """Write ``w`` as a llama.cpp GGUF; returns the weights as stored (dequantized)."""
     import gguf
