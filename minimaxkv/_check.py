@@ -12,6 +12,7 @@ Two kinds of problems (STYLE.md, habit 4):
 from __future__ import annotations
 
 import numbers
+import re
 
 import jax
 import jax.numpy as jnp
@@ -125,3 +126,73 @@ def positions(pos, length: int, name: str):
 
 def _fmt(shape) -> str:
     return "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+
+
+def _leaves(tree):
+    """``(name, leaf)`` of every floating-point array in ``tree``; names like ``[0].keys``."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+            out.append((jax.tree_util.keystr(path), leaf))
+    return out
+
+
+def _finite(name: str, x):
+    """Entries allowed: finite, and ``-inf`` in log-weights (a zero-weight atom)."""
+    ok = jnp.isfinite(x)
+    return ok | (x == -jnp.inf) if name.endswith(".logw") else ok
+
+
+def finite_outputs(tree, what: str):
+    """Raise ``ValueError`` if a concrete result holds NaN or Inf (``-inf`` allowed in log-weights):
+    a compiled computation that produced non-numbers from checked inputs is reported, never
+    passed on as if it were a result. Tracers (inside ``jit``/``vmap``) are returned unchecked."""
+    for name, x in _leaves(tree):
+        if is_concrete(x) and x.size and not bool(jnp.all(_finite(name, x))):
+            raise ValueError(f"{what}{name} holds NaN or Inf although the inputs were finite "
+                             "(an overflow or a singular system inside the computation)")
+    return tree
+
+
+def checked(fn, **jit_kwargs):
+    """``jax.jit(fn)`` that reports NaN/Inf instead of computing with them.
+
+    Inside a compiled function the data-dependent checks of the public functions cannot look at
+    the numbers (a NaN key would silently give an attention output or a risk that looks like a
+    number). ``checked(fn)`` compiles ``fn`` with a check of every floating-point argument and
+    result (``jax.experimental.checkify``; ``-inf`` allowed in log-weights ``.logw``) and raises
+    ``ValueError`` naming the first offending array.
+
+    Example:
+        >>> import jax.numpy as jnp, minimaxkv as mkv
+        >>> attend = mkv.checked(mkv.attend)
+        >>> k = jnp.ones((4, 2)).at[1, 0].set(jnp.nan)
+        >>> attend(jnp.ones((1, 2)), mkv.Cache(k, jnp.ones((4, 2))))
+        Traceback (most recent call last):
+        ValueError: argument 1.keys holds NaN or Inf
+    """
+    from jax.experimental import checkify
+
+    def body(*args, **kwargs):
+        for name, x in _leaves((args, kwargs)):
+            label = re.sub(r"^\[(\d+)\]", r"\1", name[3:]) if name.startswith("[0]") \
+                else "keyword " + name[3:]
+            checkify.check(jnp.all(_finite(name, x)), f"argument {label} holds NaN or Inf")
+        out = fn(*args, **kwargs)
+        for name, x in _leaves(out):
+            checkify.check(jnp.all(_finite(name, x)),
+                           f"result{name} holds NaN or Inf although the arguments are finite")
+        return out
+
+    compiled = jax.jit(checkify.checkify(body), **jit_kwargs)
+
+    def run(*args, **kwargs):
+        err, out = compiled(*args, **kwargs)
+        message = err.get()
+        if message:
+            raise ValueError(message.splitlines()[0].replace(" (`check` failed)", ""))
+        return out
+
+    run.__wrapped__ = fn
+    run.__doc__ = fn.__doc__
+    return run

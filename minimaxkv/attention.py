@@ -233,7 +233,8 @@ def attend_and_mass(
         no atom gets output 0 and log-mass ``-inf``.
     """
     q, c, scale, qpos, kpos = prepare(queries, cache, scale, query_pos, key_pos)
-    return _attend_core(q, c.keys, c.values, c.logw, scale, qpos, kpos, _chunk_for(c.n, chunk))
+    out, lz = _attend_core(q, c.keys, c.values, c.logw, scale, qpos, kpos, _chunk_for(c.n, chunk))
+    return _check.finite_outputs(out, "attend: the attention output"), lz
 
 
 def attend(queries, cache, scale=None, **kw) -> Float[Array, "p dv"]:

@@ -50,8 +50,11 @@ def _pair(queries, cache, summary, scale, query_pos, key_pos, summary_pos, chunk
     q, c, sc, qpos, kpos = prepare(queries, cache, scale, query_pos, key_pos, checked=True)
     qh, s, _, _, spos = prepare(q, summary, sc, query_pos, summary_pos, name="summary",
                                 checked=True)
-    return _pair_core(q, c, qh, s, sc, qpos, kpos, spos, _chunk_for(c.n, chunk),
-                      _chunk_for(s.n, chunk))
+    a, lz, ah, lzh = _pair_core(q, c, qh, s, sc, qpos, kpos, spos, _chunk_for(c.n, chunk),
+                                _chunk_for(s.n, chunk))
+    _check.finite_outputs(a, "risk: the cache's attention output")
+    _check.finite_outputs(ah, "risk: the summary's attention output")
+    return a, lz, ah, lzh
 
 
 @partial(jax.jit, static_argnames=("chunk", "chunk_s"))

@@ -126,3 +126,51 @@ def test_oracle_too_large():
 def test_nbytes_counts_all_three_arrays():
     c = mkv.Cache(jnp.ones((5, 4), jnp.float32), jnp.ones((5, 3), jnp.float16))
     assert c.nbytes == 5 * 4 * 4 + 5 * 3 * 2 + 5 * 4
+
+
+def test_checked_reports_nan_under_jit_where_plain_jit_returns_numbers():
+    """Under a plain jax.jit a NaN key gives an attention output and a risk that look like
+    numbers; mkv.checked reports the argument instead, allows -inf log-weights, and otherwise
+    returns exactly what jax.jit returns."""
+    import jax
+
+    q = jnp.ones((2, 4))
+    bad = mkv.Cache(jnp.ones((8, 4)).at[2, 1].set(jnp.nan), jnp.ones((8, 3)))
+    summary = mkv.Cache(jnp.ones((2, 4)), jnp.ones((2, 3)))
+    plain = jax.jit(lambda q, c: mkv.risk(q, c, summary))(q, bad)
+    assert np.isfinite(plain)  # the silent case
+    with pytest.raises(ValueError, match=r"argument 1\.keys holds NaN or Inf"):
+        mkv.checked(lambda q, c: mkv.risk(q, c, summary))(q, bad)
+    with pytest.raises(ValueError, match=r"argument 1\.values"):
+        mkv.checked(mkv.attend)(q, bad._replace(keys=jnp.ones((8, 4)),
+                                                values=jnp.ones((8, 3)).at[0, 0].set(jnp.inf)))
+    with pytest.raises(ValueError, match=r"keyword \['scale'\]"):
+        mkv.checked(mkv.attend)(q, summary, scale=jnp.asarray(jnp.nan))
+    padded = mkv.Cache(jax.random.normal(jax.random.PRNGKey(0), (8, 4)), jnp.arange(24.0).reshape(8, 3),
+                       jnp.zeros(8).at[3].set(-jnp.inf))
+    np.testing.assert_array_equal(mkv.checked(mkv.attend)(q, padded), jax.jit(mkv.attend)(q, padded))
+    with pytest.raises(ValueError, match="argument 1.logw"):
+        mkv.checked(mkv.attend)(q, padded._replace(logw=padded.logw.at[0].set(jnp.inf)))
+    with pytest.raises(ValueError, match="result holds NaN or Inf although the arguments"):
+        mkv.checked(jnp.log)(-jnp.ones(3))
+
+
+def test_non_numbers_from_finite_inputs_are_reported():
+    """Overflow inside attention (float32 logits of 1e40) and a rule whose compiled function
+    returns NaN: concrete calls raise instead of returning NaN outputs or summaries."""
+    big = mkv.Cache(jnp.full((8, 4), 1e30, jnp.float32), jnp.ones((8, 3), jnp.float32))
+    q = jnp.full((2, 4), 1e10, jnp.float32)
+    small = mkv.Cache(jnp.ones((2, 4), jnp.float32), jnp.ones((2, 3), jnp.float32))
+    with pytest.raises(ValueError, match="attend: the attention output holds NaN or Inf"):
+        mkv.attend(q, big)
+    with pytest.raises(ValueError, match="risk: the cache's attention output holds NaN"):
+        mkv.risk(q, big, small)
+
+    def compress(cache, budget, queries, key):
+        c = mkv.Cache(cache.keys[:budget], cache.values[:budget] * jnp.nan, cache.logw[:budget])
+        return mkv.Summary(c, jnp.arange(budget))
+
+    rule = mkv.rules.Rule("nan_rule", compress)
+    cache = mkv.Cache(jnp.ones((8, 4)), jnp.ones((8, 3)))
+    with pytest.raises(ValueError, match=r"rule 'nan_rule': summary\.cache\.values holds NaN"):
+        rule(cache, 4)

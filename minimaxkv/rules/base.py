@@ -64,7 +64,8 @@ class Rule(NamedTuple):
             raise ValueError(f"rule {self.name!r} is query-aware: pass the observed queries= "
                              "([p, d] or [g, p, d] for a GQA group)")
         key = jax.random.PRNGKey(0) if key is None else key
-        return _jitted(self.upto)(cache, capacity, jnp.asarray(budget, jnp.int32), q, key)
+        out = _jitted(self.upto)(cache, capacity, jnp.asarray(budget, jnp.int32), q, key)
+        return _check.finite_outputs(out, f"rule {self.name!r}: summary")
 
     def __call__(self, cache, budget, queries=None, key=None) -> Summary:
         cache = validate(cache)
@@ -77,7 +78,8 @@ class Rule(NamedTuple):
         if budget == cache.n:  # nothing to compress: the exact cache
             kept = jnp.arange(cache.n, dtype=jnp.int32)
             return Summary(cache, kept)
-        return _jitted(self.compress)(cache, budget, q, key)
+        out = _jitted(self.compress)(cache, budget, q, key)
+        return _check.finite_outputs(out, f"rule {self.name!r}: summary")
 
 
 @lru_cache(maxsize=None)
