@@ -481,14 +481,74 @@ def run_child(cmd: list[str], env=None, grace: float = 30.0) -> int:
         raise
 
 
-def rules_available():
-    from . import rules
+def _check_args(args, fail, compare_default) -> None:
+    """Refuse bad option values before any work: ``fail(message)`` ends the command with one
+    line naming it (exit status 2)."""
+    if args.command == "evaluate":
+        if args.samples < 1 or args.observed < 1 or args.max_new < 1:
+            fail("--samples, --observed and --max-new must be positive")
+        if (args.block is not None and args.block < 1) or (
+                args.decode_block is not None and args.decode_block < 1):
+            fail("--block and --decode-block must be positive")
+        if any(b <= 0 or (b > 1 and b != int(b)) for b in args.budgets):
+            fail("--budgets: atoms (integers >= 1) or fractions in (0, 1]")
+        from .evaluate import resolve
 
-    return rules.available()
+        for name in args.rules or []:
+            try:
+                resolve(name)
+            except ValueError as err:
+                fail(f"--rules: {err}, each optionally as RULE@pyramid, RULE@adakv or "
+                     "RULE@spectral")
+    elif args.command in ("compare", "causal", "analyze") and args.rules:
+        for name in args.rules:
+            if "@" in name:
+                fail(f"--rules {name}: allocations across heads (RULE@...) apply to "
+                     "`evaluate` only; here each head is compressed alone")
+            try:
+                from . import rules
+
+                rules.get(name)
+            except ValueError as err:
+                fail(f"--rules: {err}")
+    if getattr(args, "length", 1) < 1:
+        fail("--length must be a positive integer")
+    for name in ("n", "p", "d", "dv"):
+        if getattr(args, name, 1) < 1:
+            fail(f"--{name} must be a positive integer")
+    oracle_n = getattr(args, "oracle_n", 0)
+    if oracle_n and not 8 <= oracle_n <= bounds.MAX_ORACLE_N:
+        fail(f"--oracle-n must be 0 or lie in [8, {bounds.MAX_ORACLE_N}]")
+    if args.command == "causal" and (args.budget < 1 or args.block < 1 or args.prefill < 1
+                                     or args.decode < 1):
+        fail("--budget, --block, --prefill and --decode must be positive integers")
+    if args.command == "causal" and args.budget >= args.prefill:
+        fail(f"--budget {args.budget} must be below --prefill {args.prefill}: a summary "
+             "that keeps the whole prefill compresses nothing")
+    if args.command == "compare":
+        unused = (("families", "n", "p", "d", "dv", "seed") if args.cache else
+                  ("future", "observed", "layers", "force"))
+        moved = [f"--{k}" for k in unused if getattr(args, k) != compare_default(k)]
+        if moved:
+            where = "to synthetic families, not with --cache" if args.cache else "with --cache"
+            fail(f"{' '.join(moved)}: apply only {where}")
+    if args.command == "compare" and "clustered" in args.families and args.n < 8:
+        fail("--n must be at least 8 for the clustered family (8 clusters)")
+    if getattr(args, "command", "") == "report" and args.n < 8:
+        fail("--n must be at least 8 (the clustered family has 8 clusters)")
+    if args.command != "evaluate" and any(not 0 < b <= 1 for b in getattr(args, "budgets", [])):
+        fail("--budgets must be fractions in (0, 1]")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line on stderr and exit status 2 (``--help`` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="minimaxkv", description=__doc__)
+    parser = _Parser(prog="minimaxkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("report", help="compressibility and bounds on the synthetic families")
     rp.add_argument("--n", type=int, default=256, help="atoms per cache (default 256)")
@@ -599,60 +659,7 @@ def main(argv=None) -> int:
     fp.add_argument("--force", action="store_true", help="recompute even if a cached result matches")
     fp.set_defaults(func=figures_cmd)
     args = parser.parse_args(argv)
-    if args.command == "evaluate":
-        if args.samples < 1 or args.observed < 1 or args.max_new < 1:
-            parser.error("--samples, --observed and --max-new must be positive")
-        if (args.block is not None and args.block < 1) or (
-                args.decode_block is not None and args.decode_block < 1):
-            parser.error("--block and --decode-block must be positive")
-        if any(b <= 0 or (b > 1 and b != int(b)) for b in args.budgets):
-            parser.error("--budgets: atoms (integers >= 1) or fractions in (0, 1]")
-        from .evaluate import resolve
-
-        for name in args.rules or []:
-            try:
-                resolve(name)
-            except ValueError as err:
-                parser.error(f"--rules: {err}; available: {' '.join(rules_available())}, each "
-                             "optionally as RULE@pyramid, RULE@adakv or RULE@spectral")
-    elif args.command in ("compare", "causal", "analyze") and args.rules:
-        for name in args.rules:
-            if "@" in name:
-                parser.error(f"--rules {name}: allocations across heads (RULE@...) apply to "
-                             "`evaluate` only; here each head is compressed alone")
-            try:
-                from . import rules
-
-                rules.get(name)
-            except ValueError as err:
-                parser.error(f"--rules: {err}")
-    if getattr(args, "length", 1) < 1:
-        parser.error("--length must be a positive integer")
-    for name in ("n", "p", "d", "dv"):
-        if getattr(args, name, 1) < 1:
-            parser.error(f"--{name} must be a positive integer")
-    oracle_n = getattr(args, "oracle_n", 0)
-    if oracle_n and not 8 <= oracle_n <= bounds.MAX_ORACLE_N:
-        parser.error(f"--oracle-n must be 0 or lie in [8, {bounds.MAX_ORACLE_N}]")
-    if args.command == "causal" and (args.budget < 1 or args.block < 1 or args.prefill < 1
-                                     or args.decode < 1):
-        parser.error("--budget, --block, --prefill and --decode must be positive integers")
-    if args.command == "causal" and args.budget >= args.prefill:
-        parser.error(f"--budget {args.budget} must be below --prefill {args.prefill}: a summary "
-                     "that keeps the whole prefill compresses nothing")
-    if args.command == "compare":
-        unused = (("families", "n", "p", "d", "dv", "seed") if args.cache else
-                  ("future", "observed", "layers", "force"))
-        moved = [f"--{k}" for k in unused if getattr(args, k) != cp.get_default(k)]
-        if moved:
-            where = "to synthetic families, not with --cache" if args.cache else "with --cache"
-            parser.error(f"{' '.join(moved)}: apply only {where}")
-    if args.command == "compare" and "clustered" in args.families and args.n < 8:
-        parser.error("--n must be at least 8 for the clustered family (8 clusters)")
-    if getattr(args, "command", "") == "report" and args.n < 8:
-        parser.error("--n must be at least 8 (the clustered family has 8 clusters)")
-    if args.command != "evaluate" and any(not 0 < b <= 1 for b in getattr(args, "budgets", [])):
-        parser.error("--budgets must be fractions in (0, 1]")
+    _check_args(args, sub.choices[args.command].error, cp.get_default)
     try:
         with io.sigterm_exits():
             return args.func(args)

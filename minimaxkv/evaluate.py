@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _check
 from . import tasks as tasks_mod
 from .cache import Cache
 from .model import (Model, bucket, buffer, concat, decode, empty_past, forward, generate,
@@ -310,6 +311,8 @@ def _log_softmax(x):
 
 def metrics(prep: Prepared, full: Reading, got: Reading, past: Cache, seconds: float) -> dict:
     """KL, top-1, answer perplexity and score of a compressed reading against the full one."""
+    _check.finite_outputs(full.logits, "evaluate: the model's logits with the full cache")
+    _check.finite_outputs(got.logits, "evaluate: the model's logits with the compressed cache")
     lp, lq = _log_softmax(full.logits), _log_softmax(got.logits)
     kl = np.sum(np.exp(lp) * (lp - lq), -1)
     top1 = np.argmax(lp, -1) == np.argmax(lq, -1)
@@ -338,6 +341,17 @@ def budget_atoms(budget: float, n: int) -> int:
         raise ValueError(f"budget: {int(budget)} atoms, but the context has only {n} tokens "
                          "(nothing would be compressed); give a fraction or fewer atoms")
     return int(budget)
+
+
+def _compressed_reading(model, prep, base, rule, m, observed, block, decode_block, max_new):
+    """The reading of ``prep`` with ``rule`` at ``m`` atoms: compressed once from the full
+    prefill ``base``, or causally every ``block`` prefill (and ``decode_block`` new) tokens."""
+    state = (compress_state(base, rule, m) if block is None else
+             prefill(model, prep.prefix, rule, m, observed=observed, block=block))
+    if not decode_block:
+        return read(model, prep, state, max_new), state
+    got, past, extra = _read_running(model, prep, state, rule, m, decode_block, observed, max_new)
+    return got, State(past, state.last, state.seconds + extra)
 
 
 def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule], budgets, *,
@@ -369,47 +383,43 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
                          "(no block or decode_block)")
     rows = list(done or [])
     have = {(r["family"], r["seed"], r["rule"], r["budget_spec"]) for r in rows}
-    total = len(task_list) * len(rules) * len(budgets)
-    bar = tqdm(total=total, desc="evaluate", disable=not progress, file=sys.stderr)
-    for task in task_list:
+    preps = []
+    for task in task_list:  # bad budgets or too many observed queries fail before any work
         prep = prepare(model, task, query_aware)
         n = len(prep.prefix)
         if observed > n:
             raise ValueError(f"observed: {observed} queries, but the prompt {task.family} (seed "
                              f"{task.seed}) has only {n} context tokens")
-        atoms = {float(b): budget_atoms(b, n) for b in budgets}  # bad budgets fail before work
-        todo = [(name, b) for name in rules for b in budgets
-                if (task.family, task.seed, name, float(b)) not in have]
-        bar.update(len(rules) * len(budgets) - len(todo))
-        if not todo:
-            continue
-        t0 = time.perf_counter()
-        base = prefill(model, prep.prefix, observed=observed)
-        full = read(model, prep, base, max_new)
-        full_seconds = time.perf_counter() - t0
-        for name, b in todo:
-            m = atoms[float(b)]
+        preps.append((task, prep, {float(b): budget_atoms(b, n) for b in budgets}))
+    total = len(task_list) * len(rules) * len(budgets)
+    with tqdm(total=total, desc="evaluate", disable=not progress, file=sys.stderr) as bar:
+        for task, prep, atoms in preps:
+            n = len(prep.prefix)
+            todo = [(name, b) for name in rules for b in budgets
+                    if (task.family, task.seed, name, float(b)) not in have]
+            bar.update(len(rules) * len(budgets) - len(todo))
+            if not todo:
+                continue
             t0 = time.perf_counter()
-            state = (compress_state(base, rules[name], m) if block is None else
-                     prefill(model, prep.prefix, rules[name], m, observed=observed, block=block))
-            if decode_block:
-                got, past, extra = _read_running(model, prep, state, rules[name], m, decode_block,
-                                                 observed, max_new)
-                state = State(past, state.last, state.seconds + extra)
-            else:
-                got = read(model, prep, state, max_new)
-            row = {"family": task.family, "seed": task.seed, "rule": name, "budget_spec": float(b),
-                   "budget": m, "prefix_tokens": n, "query_aware": query_aware, "block": block,
-                   "decode_block": decode_block,
-                   "full_bytes": n * model.config.cache_bytes(1), "full_seconds": full_seconds,
-                   "seconds": time.perf_counter() - t0,
-                   **metrics(prep, full, got, state.past, state.seconds)}
-            rows.append(row)
-            if on_row is not None:
-                on_row(row)
-            programs.relieve()
-            bar.update(1)
-    bar.close()
+            base = prefill(model, prep.prefix, observed=observed)
+            full = read(model, prep, base, max_new)
+            full_seconds = time.perf_counter() - t0
+            for name, b in todo:
+                m = atoms[float(b)]
+                t0 = time.perf_counter()
+                got, state = _compressed_reading(model, prep, base, rules[name], m, observed,
+                                                 block, decode_block, max_new)
+                row = {"family": task.family, "seed": task.seed, "rule": name,
+                       "budget_spec": float(b), "budget": m, "prefix_tokens": n,
+                       "query_aware": query_aware, "block": block, "decode_block": decode_block,
+                       "full_bytes": n * model.config.cache_bytes(1), "full_seconds": full_seconds,
+                       "seconds": time.perf_counter() - t0,
+                       **metrics(prep, full, got, state.past, state.seconds)}
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+                programs.relieve()
+                bar.update(1)
     return rows
 
 

@@ -54,6 +54,18 @@ def test_window_rule_equals_a_hand_built_recent_cache(smollm2, passkey):
     assert E.metrics(prep, full, got, state.past, 0.0)["kl"] > 0
 
 
+def test_metrics_refuse_non_number_logits(smollm2, passkey):
+    """A compressed cache that made the compiled model produce NaN is reported, not scored."""
+    prep, full = passkey
+    state = E.prefill(smollm2, prep.prefix, mkv.rules.get("window"), 40)
+    got = E.read(smollm2, prep, state, max_new=2)
+    bad = got._replace(logits=got.logits.copy())
+    bad.logits[1, 7] = np.nan
+    with pytest.raises(ValueError, match="logits with the compressed cache holds NaN"):
+        E.metrics(prep, full, bad, state.past, 0.0)
+    assert np.isfinite(E.metrics(prep, full, got, state.past, 0.0)["kl"])
+
+
 def test_kl_grows_as_the_budget_shrinks(smollm2, passkey):
     prep, full = passkey
     kls = []

@@ -194,3 +194,23 @@ def test_analyze_interrupted_then_resumed_equals_an_uninterrupted_run(tiny_model
     assert resumed == _by_key(whole)
     rows = json.loads(Path(whole).read_text())["rows"]
     assert {(r["layer"], r["kv_head"]) for r in rows} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
+def test_evaluate_without_out_stores_under_minimaxkv_results(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIMAXKV_RESULTS", str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(tmp_path)
+    argv = _evaluate(tiny_model, "x", ["window"], [8])
+    argv = argv[:argv.index("--out")] + argv[argv.index("--out") + 2:]
+    assert main(argv) == 0
+    rows = store.read(tmp_path / "elsewhere" / "evaluate.json")
+    assert [(r["rule"], r["budget_spec"]) for r in rows] == [("window", 8.0)]
+    assert not (tmp_path / "results").exists()
+
+
+def test_capture_beyond_the_context_is_refused_before_any_work(tiny_model, tmp_path, capsys):
+    """The tiny model's context is 512 tokens: 600 is one line naming the limit, no file."""
+    out = tmp_path / "c.safetensors"
+    assert main(["capture", "--model", str(tiny_model), "--length", "600", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "context of 512 tokens" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not out.exists()
