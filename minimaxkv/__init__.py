@@ -12,7 +12,7 @@ from . import (bounds, capture, causal, compressibility, evaluate, fit, io, lina
 from ._check import checked
 from .attention import attend, attend_and_mass, attention_weights, combine, log_mass
 from .cache import Cache, Summary, validate
-from .risk import errors, mass_error, mc_interval, relative_risk, risk
+from .risk import bootstrap_interval, errors, mass_error, mc_interval, relative_risk, risk
 
 __all__ = [
     "Cache",
@@ -20,6 +20,7 @@ __all__ = [
     "attend",
     "attend_and_mass",
     "attention_weights",
+    "bootstrap_interval",
     "bounds",
     "capture",
     "causal",

@@ -424,20 +424,28 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
 
 
 def summarize_rows(rows: list[dict]) -> list[dict]:
-    """Mean metrics per (rule, budget) over tasks, sorted by budget then KL."""
+    """Mean metrics per (rule, budget) over prompts, sorted by budget then KL; with two prompts
+    or more, the task score and the KL carry percentile-bootstrap 95 % intervals over prompts
+    (``score_low``/``score_high``, ``kl_low``/``kl_high``; NaN with one prompt)."""
+    from .risk import bootstrap_interval
+
+    def interval(xs):
+        if len(xs) < 2:
+            return float("nan"), float("nan")
+        iv = bootstrap_interval(xs)
+        return iv.low, iv.high
+
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["rule"], r["budget_spec"]), []).append(r)
     out = []
     for (rule, spec), rs in groups.items():
+        mean = {k: float(np.mean([r[k] for r in rs])) for k in
+                ("kl", "top1", "ppl", "ppl_full", "score", "score_full")}
+        (s_lo, s_hi), (k_lo, k_hi) = (interval([r[k] for r in rs]) for k in ("score", "kl"))
         out.append({"rule": rule, "budget": spec, "atoms": float(np.mean([r["budget"] for r in rs])),
-                    "KiB": float(np.mean([r["bytes"] for r in rs])) / 1024,
-                    "kl": float(np.mean([r["kl"] for r in rs])),
-                    "top1": float(np.mean([r["top1"] for r in rs])),
-                    "ppl": float(np.mean([r["ppl"] for r in rs])),
-                    "ppl_full": float(np.mean([r["ppl_full"] for r in rs])),
-                    "score": float(np.mean([r["score"] for r in rs])),
-                    "score_full": float(np.mean([r["score_full"] for r in rs])),
+                    "KiB": float(np.mean([r["bytes"] for r in rs])) / 1024, **mean,
+                    "score_low": s_lo, "score_high": s_hi, "kl_low": k_lo, "kl_high": k_hi,
                     "compress_s": float(np.mean([r["compress_seconds"] for r in rs])),
                     "tasks": len(rs)})
     return sorted(out, key=lambda r: (r["budget"], r["kl"]))

@@ -147,3 +147,22 @@ def test_one_full_prefill_serves_every_rule(smollm2, passkey):
     for x, y in zip(a.past, b.past):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(a.last, b.last)
+
+
+def test_summary_table_intervals_over_prompts():
+    """Scores and KL are averaged per (rule, budget) over prompts, with bootstrap intervals that
+    stay inside the scores' range (all 16 right: [1, 1]) and NaN for a single prompt."""
+    def row(rule, seed, score, kl):
+        return {"rule": rule, "budget_spec": 0.25, "budget": 10, "bytes": 2048, "kl": kl,
+                "top1": 1.0, "ppl": 1.0, "ppl_full": 1.0, "score": score, "score_full": 1.0,
+                "compress_seconds": 0.0, "seed": seed}
+
+    rows = [row("a", s, 1.0, 0.01 * s) for s in range(16)] + \
+        [row("b", s, float(s % 4 == 0), 0.5) for s in range(16)] + [row("c", 0, 1.0, 0.1)]
+    table = {r["rule"]: r for r in E.summarize_rows(rows)}
+    assert table["a"]["score"] == 1.0 and (table["a"]["score_low"], table["a"]["score_high"]) == (1, 1)
+    assert table["a"]["kl"] == pytest.approx(0.075) and table["a"]["tasks"] == 16
+    assert table["a"]["kl_low"] < 0.075 < table["a"]["kl_high"]
+    b = table["b"]  # 4 of 16: the interval of a bootstrap Binomial(16, 1/4) / 16 mean
+    assert b["score"] == 0.25 and 0 <= b["score_low"] < 0.25 < b["score_high"] <= 0.5
+    assert np.isnan(table["c"]["score_low"]) and table["c"]["tasks"] == 1

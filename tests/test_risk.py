@@ -68,6 +68,29 @@ def test_mc_interval_coverage():
     assert abs(hits / 2000 - 0.95) < 0.02
 
 
+@pytest.mark.parametrize("k", [0, 3, 11, 20])
+def test_bootstrap_interval_matches_the_exact_binomial_quantiles(k):
+    """For 0/1 scores with k successes of n, a bootstrap mean is Binomial(n, k/n)/n exactly:
+    the interval's ends are that law's quantiles up to Monte-Carlo error of one grid step."""
+    from scipy import stats
+
+    n = 20
+    x = np.r_[np.ones(k), np.zeros(n - k)]
+    iv = mkv.bootstrap_interval(x, reps=20_000, seed=1)
+    law = stats.binom(n, k / n)
+    assert iv.mean == k / n and iv.n == n
+    assert abs(iv.low - law.ppf(0.025) / n) <= 1 / n + 1e-12
+    assert abs(iv.high - law.ppf(0.975) / n) <= 1 / n + 1e-12
+    assert 0 <= iv.low <= iv.mean <= iv.high <= 1
+
+
+def test_bootstrap_interval_bad_input():
+    with pytest.raises(ValueError, match="at least 2"):
+        mkv.bootstrap_interval([1.0])
+    with pytest.raises(ValueError, match="NaN"):
+        mkv.bootstrap_interval([1.0, np.inf])
+
+
 def test_mc_interval_bad_input():
     with pytest.raises(ValueError, match="at least 2"):
         mkv.mc_interval([1.0])
