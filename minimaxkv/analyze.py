@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import bounds, compressibility
+from . import bounds, compressibility, fit
 from .cache import Cache
 from .capture import Captured
 from .evaluate import budget_atoms
@@ -100,7 +100,7 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
         out["lower"].append(float(bounds.width_lower(probes, c, m)))
         up, support = bounds.width_upper(probes, c, m)
         out["upper"].append(float(up))
-        refit = _refit(probes, c, support)
+        refit = fit.refit(probes, c, jnp.sort(jnp.asarray(support)))  # U4's summary
         out["refit"].append(float(risk(probes, c, refit)))
         out["refit_relative"].append(float(relative_risk(probes, c, refit)))
         for name, rule in rules.items():
@@ -108,17 +108,6 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
             out["risk"][name].append(float(risk(probes, c, s)))
             out["relative"][name].append(float(relative_risk(probes, c, s)))
     return out
-
-
-def _refit(probes, cache: Cache, support) -> Cache:
-    """The mass-matched support refit by least squares on the probes (U4's summary)."""
-    from .fit import fit_values, mass_match
-
-    s = jnp.asarray(np.sort(np.asarray(support)))
-    logw = mass_match(probes, cache, s)
-    keys = cache.keys[s]
-    values = fit_values(probes, cache, keys, logw)
-    return Cache(keys, values, logw)
 
 
 def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed: int = 32,

@@ -26,11 +26,11 @@ import numpy as np
 import scipy.linalg
 from jax import lax
 
-from . import _check, linalg
-from .fit import mass_match
+from . import _check
 from .attention import attend, attention_weights, logits, prepare
 from .cache import Cache, Summary
 from .compressibility import diameter
+from .fit import fitted_values, mass_coefficients, mass_match
 from .linalg import matmul as _mm
 
 MAX_ORACLE_N = 16
@@ -333,10 +333,8 @@ def _masked_softmax(x, mask):
 def _ls_risk(delta, s_sub, mask, a, w):
     """Risk with LS values for logits ``s_sub + delta``; returns (risk, values)."""
     ph = _masked_softmax(s_sub + delta[None, :], mask[None, :])
-    sw = jnp.sqrt(w)[:, None]
-    h = _mm((sw * ph).T, sw * ph)
-    ridge = 1e-13 * (jnp.trace(h) + 1e-300)
-    vals = linalg.ridge_solve(sw * ph, sw * a, ridge)
+    ridge = 1e-13 * (jnp.sum(w[:, None] * ph * ph) + 1e-300)  # 1e-13 x trace(ph^T W ph)
+    vals = fitted_values(ph, a, w, ridge=ridge)
     err = _mm(ph, vals) - a
     return jnp.sum(w * jnp.sum(err * err, axis=1)), vals
 
@@ -348,9 +346,8 @@ def _oracle_one(s, pmat, a, values, w, idx, mask, *, steps, lr, nnls_iters):
     ev_err = _mm(ph, values[idx]) - a
     ev_risk = jnp.sum(w * jnp.sum(ev_err * ev_err, axis=1))
     # 2. mass matching start
-    sw = jnp.sqrt(w)
-    msub = jnp.where(mask[None, :], pmat[:, idx], 0.0) * sw[:, None]
-    c = linalg.nnls(msub, sw, nnls_iters)
+    msub = jnp.where(mask[None, :], pmat[:, idx], 0.0)
+    c = mass_coefficients(msub, jnp.ones_like(w), w, iters=nnls_iters)
     start_mm = jnp.where(mask, jnp.log(jnp.maximum(c, 1e-30)), 0.0)
 
     def obj(delta):

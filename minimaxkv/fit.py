@@ -9,18 +9,66 @@ For a support :math:`S` (indices into the cache) and reference queries with weig
 * **least-squares values**: given the summary's keys and log-weights (hence its weights
   :math:`\hat p_j(q)`), :math:`\hat V = \arg\min_{\hat V}\sum_i w_i\lVert \hat P(q_i)\hat V - A(q_i)\rVert^2`.
 
-These are the fitting steps of Attention Matching (Zweiger et al. 2026) and of THEORY.md U4; any
-selection rule can reuse them.
+These are the fitting steps of Attention Matching (Zweiger et al. 2026) and of docs/theory.md U4;
+any selection rule can reuse them. Every fit in the package (these, the rules' fits, the minimax
+rule's per-block fit and the brute-force oracle of :mod:`minimaxkv.bounds`) solves its two
+problems with the same two kernels, :func:`mass_coefficients` and :func:`fitted_values`; they
+differ only in the masses, targets, weights and regularisers they pass.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import _check, linalg
 from .attention import attend, attention_weights, prepare
 from .cache import Cache, validate
+
+
+def mass_coefficients(cols, target, weights=None, *, pull=None, start=None,
+                      bounds=(0.0, jnp.inf), iters: int = 2000, exact_up_to: int = 512):
+    r"""The mass-matching kernel: box-constrained weighted least squares with a pull to 1,
+
+    .. math:: c = \arg\min_{l\le c\le u}\ \sum_i w_i\Big(\sum_s c_s M_{is} - t_i\Big)^2
+              + \sum_s \pi_s (c_s - 1)^2,
+
+    ``cols`` :math:`M` ``[r, k]`` (each kept atom's mass under each reference query, in any
+    per-query unit shared with ``target`` :math:`t` ``[r]``), ``weights`` :math:`w` ``[r]``
+    (default 1), ``pull`` :math:`\pi` ``[k]`` (default 0; a kept atom's private isolating probe,
+    docs/theory.md section 9.2). Solved in Gram form by :func:`minimaxkv.linalg.nnls_gram` from
+    ``start`` (default 0) with ``iters`` FISTA steps. Pure and traceable; no input checks.
+    """
+    mw = cols if weights is None else cols * weights[:, None]
+    h, g = linalg.matmul(mw.T, cols), linalg.matmul(mw.T, target)
+    if pull is not None:
+        h, g = h + jnp.diag(pull), g + pull
+    return linalg.nnls_gram(h, g, iters, bounds[0], bounds[1], exact_up_to=exact_up_to, x0=start)
+
+
+def fitted_values(attn, target, weights=None, *, ridge=None, prior=None):
+    r"""The value kernel: weighted least squares with a ridge towards prior values,
+
+    .. math:: \hat V = \arg\min_{\hat V}\ \sum_i w_i\lVert \hat p_i^T\hat V - A_i\rVert^2
+              + \sum_s \lambda_s\lVert \hat v_s - v^0_s\rVert^2,
+
+    ``attn`` :math:`\hat P` ``[r, k]`` (the summary's attention weights under each reference
+    query), ``target`` :math:`A` ``[r, dv]``, ``weights`` :math:`w` ``[r]`` (default 1),
+    ``ridge`` :math:`\lambda` (a scalar or ``[k]``, > 0; Cholesky) and ``prior`` :math:`V^0`
+    ``[k, dv]`` (default 0). ``ridge=None``: the minimum-norm least-squares solution (SVD).
+    Pure and traceable; no input checks.
+    """
+    if ridge is None:
+        sw = 1.0 if weights is None else jnp.sqrt(weights)[:, None]
+        return jnp.linalg.lstsq(sw * attn, sw * target)[0]
+    aw = attn if weights is None else attn * weights[:, None]
+    lam = jnp.broadcast_to(jnp.asarray(ridge, attn.dtype), (attn.shape[1],))
+    rhs = linalg.matmul(aw.T, target)
+    if prior is not None:
+        rhs = rhs + lam[:, None] * prior
+    h = linalg.matmul(aw.T, attn) + jnp.diag(lam)
+    return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(h), rhs)
 
 
 def _support(kept, n):
@@ -37,10 +85,9 @@ def _support(kept, n):
     return kept
 
 
-def _sqrt_weights(weights, p, dtype):
+def _weights(weights, p, dtype):
     w = _check.weights(weights, p)
-    w = jnp.full((p,), 1.0 / p, dtype) if w is None else w.astype(dtype)
-    return jnp.sqrt(w)
+    return jnp.full((p,), 1.0 / p, dtype) if w is None else w.astype(dtype)
 
 
 def mass_match(queries, cache: Cache, kept, *, weights=None, scale=None, iters: int = 2000,
@@ -53,8 +100,8 @@ def mass_match(queries, cache: Cache, kept, *, weights=None, scale=None, iters: 
     q, cache, scale, _, _ = prepare(queries, cache, scale)
     kept = _support(kept, cache.n)
     pmat = attention_weights(q, cache, scale)[:, kept]
-    sw = _sqrt_weights(weights, q.shape[0], pmat.dtype)
-    c = linalg.nnls(sw[:, None] * pmat, sw, iters, bounds[0], bounds[1])
+    w = _weights(weights, q.shape[0], pmat.dtype)
+    c = mass_coefficients(pmat, jnp.ones(q.shape[0], pmat.dtype), w, bounds=bounds, iters=iters)
     return cache.logw[kept] + jnp.log(c)
 
 
@@ -70,9 +117,7 @@ def fit_values(queries, cache: Cache, keys, logw, *, weights=None, scale=None):
     target = attend(q, cache, scale)
     dummy = Cache(keys.astype(q.dtype), jnp.zeros((keys.shape[0], 1), q.dtype), logw.astype(q.dtype))
     phat = attention_weights(q, dummy, scale)
-    sw = _sqrt_weights(weights, q.shape[0], phat.dtype)
-    vals, *_ = jnp.linalg.lstsq(sw[:, None] * phat, sw[:, None] * target)
-    return vals
+    return fitted_values(phat, target, _weights(weights, q.shape[0], phat.dtype))
 
 
 def refit(queries, cache: Cache, kept, *, weights=None, scale=None, iters: int = 2000,

@@ -2,8 +2,7 @@ r"""Small linear-algebra kernels used by fitting, bounds and compressibility; al
 
 * :func:`nnls` -- non-negative least squares :math:`\min_{c\ge0}\lVert Mc-y\rVert^2` by
   accelerated projected gradient (FISTA, Beck & Teboulle 2009) on the normal equations
-  (:func:`nnls_gram`, which takes them directly);
-* :func:`ridge_solve` -- :math:`\min_X \lVert AX - B\rVert_F^2 + \lambda\lVert X\rVert_F^2`;
+  (:func:`nnls_gram`, which takes them directly; the fits of :mod:`minimaxkv.fit` call it);
 * :func:`randomized_eigh` -- top eigenpairs of a PSD operator given by products with blocks of
   vectors (randomized subspace iteration + Rayleigh-Ritz, Halko, Martinsson & Tropp 2011,
   Alg. 4.4/5.3), with residual norms that bound the distance of each Ritz value to the spectrum;
@@ -80,17 +79,6 @@ def largest_eigenvalue(h, exact_up_to: int = 512, steps: int = 60):
 
     v = lax.fori_loop(0, steps, step, jnp.ones((h.shape[0],), h.dtype) / h.shape[0] ** 0.5)
     return 1.1 * jnp.dot(v, _mm(h, v))
-
-
-def ridge_solve(a, b, ridge, prior=None):
-    r""":math:`X = \arg\min\lVert AX-B\rVert_F^2 + \lambda\lVert X - X_0\rVert_F^2
-    = (A^TA + \lambda I)^{-1}(A^TB + \lambda X_0)` by Cholesky (``ridge > 0``; ``prior`` X_0
-    defaults to 0)."""
-    h = _mm(a.T, a)
-    h = h + ridge * jnp.eye(h.shape[0], dtype=h.dtype)
-    chol = jax.scipy.linalg.cho_factor(h)
-    rhs = _mm(a.T, b) if prior is None else _mm(a.T, b) + ridge * prior
-    return jax.scipy.linalg.cho_solve(chol, rhs)
 
 
 class Ritz(NamedTuple):

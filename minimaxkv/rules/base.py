@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _check
-from ..attention import HIGHEST
+from ..attention import HIGHEST, default_scale
 from ..cache import Cache, Summary, validate
 
 
@@ -203,7 +203,7 @@ def head_attention(cache: Cache, queries, scale=None):
     g, p, d = queries.shape
     n = cache.n
     dt = _check.compute_dtype(queries, cache.keys)
-    scale = d ** -0.5 if scale is None else scale
+    scale = default_scale(d) if scale is None else scale
     s = scale * jnp.einsum("gpd,nd->gpn", queries.astype(dt), cache.keys.astype(dt),
                            precision=HIGHEST) + cache.logw.astype(dt)
     visible = jnp.arange(n)[None, :] <= query_positions(n, p)[:, None]

@@ -13,7 +13,7 @@ from jax import lax
 
 from .. import queries as Q
 from .. import rope
-from ..attention import HIGHEST
+from ..attention import HIGHEST, default_scale
 from .base import Rule, evict, head_attention, query_positions, scored
 
 
@@ -128,7 +128,7 @@ def expected_attention(horizon: int = 512, theta: float = 10000.0, convention: s
     def score(cache, queries, key):
         g, p, d = queries.shape
         n = cache.n
-        tau = d ** -0.5 if scale is None else scale
+        tau = default_scale(d) if scale is None else scale
         pre = rope.apply(queries.astype(jnp.float32), -query_positions(n, p), theta, convention)
         k = cache.keys.astype(jnp.float32)
 
@@ -192,7 +192,7 @@ def gvote(samples: int = 16, nucleus: float = 0.95, shrinkage: float = 1e-3,
             return jnp.concatenate([Q.sample(law, kh, samples), qh[-1:]])
 
         probe = jax.vmap(draws)(q, jax.random.split(key, g)).reshape(-1, d)
-        tau = d ** -0.5 if scale is None else scale
+        tau = default_scale(d) if scale is None else scale
         s = tau * (probe @ cache.keys.astype(jnp.float32).T) + cache.logw
         att = jax.nn.softmax(s, axis=1)
         srt = jnp.sort(att, axis=1)[:, ::-1]

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .. import linalg
+from ..attention import default_scale
 from ..cache import Cache, Summary
+from ..fit import fitted_values, mass_coefficients
 from ..summarize import merge
 from .base import Rule
 from ..linalg import matmul as _mm
@@ -25,7 +26,7 @@ from ..linalg import matmul as _mm
 
 
 def _logits(queries, keys, logw, scale=None):
-    tau = queries.shape[-1] ** -0.5 if scale is None else scale
+    tau = default_scale(queries.shape[-1]) if scale is None else scale
     return tau * _mm(queries, keys.T) + logw[None, :]
 
 
@@ -96,13 +97,12 @@ def fit_support(cache: Cache, kept, queries, bounds=(float(jnp.exp(-3.0)), float
     mx = jnp.max(s, axis=1, keepdims=True)
     a = jnp.exp(s - mx)
     target = jnp.sum(a, axis=1)
-    c = linalg.nnls(a[:, kept], target, iters, bounds[0], bounds[1])
+    c = mass_coefficients(a[:, kept], target, bounds=bounds, iters=iters)
     beta = b[kept] + jnp.log(c)
     out = _mm(a, vals) / target[:, None]
     ph = jax.nn.softmax(_logits(q, keys[kept], beta, scale), axis=1)
-    h = _mm(ph.T, ph)
-    lam = ridge * jnp.trace(h) / h.shape[0] + 1e-30
-    vhat = linalg.ridge_solve(ph, out, lam, vals[kept])
+    lam = ridge * jnp.sum(ph * ph) / ph.shape[1] + 1e-30  # x the mean diagonal of ph^T ph
+    vhat = fitted_values(ph, out, ridge=lam, prior=vals[kept])
     return Summary(Cache(keys[kept], vhat, beta), kept)
 
 
@@ -141,7 +141,7 @@ def omp(a, target, k: int, iters: int = 200):
         idx = idx.at[t].set(j.astype(jnp.int32))
         cols = jnp.where(jnp.arange(k) <= t, idx, idx[0])
         sub = a[:, cols] * (jnp.arange(k) <= t)[None, :]
-        c = linalg.nnls(sub, target, iters)
+        c = mass_coefficients(sub, target, iters=iters)
         return chosen, idx, target - _mm(sub, c)
 
     init = (jnp.zeros((n,), bool), jnp.zeros((k,), jnp.int32), target)

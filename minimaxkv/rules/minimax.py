@@ -37,9 +37,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .. import linalg, rope
+from .. import rope
 from .. import queries as Q
+from ..attention import default_scale
 from ..cache import Cache, Summary
+from ..fit import fitted_values, mass_coefficients
 from ..linalg import matmul as _mm
 from .base import Rule, protected_split, query_positions
 from .eviction import _fit
@@ -393,9 +395,8 @@ def fit_block(law: Law, blk: Block, order, act, lab, *, scale, ridge, merged: bo
                    / jnp.where(mu_s > 0, mu_s, 1.0)[:, None], prior)
     own = jnp.where(act, blk.private[order], 0.0)  # a kept atom's probe: mass c_s against 1
     lam = jnp.sum(blk.attention, axis=0)  # the block's share of each query [r]
-    h = _mm(pt * w[None, :], pt.T) + jnp.diag(own)  # unused slots: zero rows, c stays 0
-    c = linalg.nnls_gram(h, _mm(pt, w * lam) + own, iters, exact_up_to=0,
-                         x0=act.astype(h.dtype))
+    c = mass_coefficients(pt.T, lam, w, pull=own, start=act.astype(pt.dtype), iters=iters,
+                          exact_up_to=0)  # unused slots: zero columns, c stays 0
     c = jnp.where(act, c, 0.0)
     beta = jnp.where(c > 0, bcol + jnp.log(jnp.where(c > 0, c, 1.0)), -jnp.inf)
     ph = pt * c[:, None]
@@ -404,12 +405,9 @@ def fit_block(law: Law, blk: Block, order, act, lab, *, scale, ridge, merged: bo
     safe_lam = jnp.where(lam > 0, lam, 1.0)[:, None]
     target = _mm(blk.attention.T, blk.values) / safe_lam  # the block's output [r, dv]
     wq = w * lam * lam
-    hv = _mm(phn * wq[None, :], phn.T)
-    floor = ridge * jnp.trace(hv) / jnp.maximum(act.sum(), 1) + 1e-30
-    reg = jnp.where(act, mu_s + floor, 1.0)
-    vhat = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(hv + jnp.diag(reg)),
-                                      _mm(phn * wq[None, :], target) + reg[:, None] * v0)
-    return kout, beta, vhat
+    floor = ridge * jnp.sum(phn * phn * wq[None, :]) / jnp.maximum(act.sum(), 1) + 1e-30
+    reg = jnp.where(act, mu_s + floor, 1.0)  # floor x the mean diagonal of the value system
+    return kout, beta, fitted_values(phn.T, target, wq, ridge=reg, prior=v0)
 
 
 def private_risk(blocks: Block, lab, active, slot_values):
@@ -468,7 +466,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         """The summary of ``budget`` atoms; with ``used`` (traced, no sinks, window or blocks)
         only its first ``used`` free slots are filled, the rest are empty."""
         n, d = cache.keys.shape
-        tau = d ** -0.5 if scale is None else scale
+        tau = default_scale(d) if scale is None else scale
         win = min(window, int(window_frac * max(0, budget - min(sinks, budget))))
         sink_idx, win_idx, free = protected_split(n, budget, sinks, win)
         prot = jnp.asarray(sink_idx + win_idx, jnp.int32)
