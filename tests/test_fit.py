@@ -32,6 +32,41 @@ def test_box_constrained_nnls(rng):
     np.testing.assert_allclose(got, ref, atol=1e-6)
 
 
+def test_mass_kernel_matches_augmented_lsq_linear(rng):
+    """fit.mass_coefficients (weights, pull to 1, box) against SciPy's bounded least squares
+    on the stacked rows [sqrt(w) M; sqrt(pi) I] with targets [sqrt(w) t; sqrt(pi)]."""
+    from scipy.optimize import lsq_linear
+
+    for lo, hi in ((0.0, np.inf), (np.exp(-3), np.exp(3))):
+        m, t = rng.uniform(size=(30, 6)), rng.uniform(0.5, 2.0, size=30)
+        w, pull = rng.uniform(0.1, 1.0, size=30), np.r_[0.0, 0.0, rng.uniform(0.1, 2.0, size=4)]
+        stacked = np.vstack([np.sqrt(w)[:, None] * m, np.diag(np.sqrt(pull))])
+        ref = lsq_linear(stacked, np.r_[np.sqrt(w) * t, np.sqrt(pull)], bounds=(lo, hi),
+                         tol=1e-14).x
+        got = fit.mass_coefficients(jnp.asarray(m), jnp.asarray(t), jnp.asarray(w),
+                                    pull=jnp.asarray(pull), bounds=(lo, hi), iters=20000)
+        np.testing.assert_allclose(np.asarray(got), ref, atol=1e-6)
+
+
+def test_value_kernel_matches_augmented_lstsq(rng):
+    """fit.fitted_values (weights, per-slot ridge, prior) against NumPy's least squares on
+    [sqrt(w) P; sqrt(lam) I] and [sqrt(w) A; sqrt(lam) V0]; without a ridge, the minimum-norm
+    solution of a rank-deficient system."""
+    p, a, w = rng.uniform(size=(25, 5)), rng.normal(size=(25, 3)), rng.uniform(0.1, 1, size=25)
+    lam, v0 = rng.uniform(0.01, 1.0, size=5), rng.normal(size=(5, 3))
+    ref = np.linalg.lstsq(np.vstack([np.sqrt(w)[:, None] * p, np.diag(np.sqrt(lam))]),
+                          np.vstack([np.sqrt(w)[:, None] * a, np.sqrt(lam)[:, None] * v0]),
+                          rcond=None)[0]
+    got = fit.fitted_values(jnp.asarray(p), jnp.asarray(a), jnp.asarray(w),
+                            ridge=jnp.asarray(lam), prior=jnp.asarray(v0))
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-10, atol=1e-12)
+    deficient = np.c_[p, p[:, :1]]  # a repeated column: many solutions, one of minimum norm
+    ref = np.linalg.lstsq(np.sqrt(w)[:, None] * deficient, np.sqrt(w)[:, None] * a,
+                          rcond=None)[0]
+    got = fit.fitted_values(jnp.asarray(deficient), jnp.asarray(a), jnp.asarray(w))
+    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-8, atol=1e-10)
+
+
 def test_fit_values_matches_numpy_lstsq(rng):
     c = mkv.Cache(rng.normal(size=(12, 3)), rng.normal(size=(12, 2)))
     q = rng.normal(size=(20, 3))
