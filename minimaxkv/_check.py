@@ -1,6 +1,6 @@
 """Input validation shared by every public function.
 
-Two kinds of problems (STYLE.md, habit 4):
+Two kinds of problems:
 
 * static ones -- wrong rank, mismatched axes, a non-float dtype, an impossible budget -- raise
   ``ValueError`` at call or trace time, saying what was expected and what was given;

@@ -11,7 +11,7 @@ For every layer and KV head (the probe law of a KV head pools the queries of its
 :func:`analyze_head` reports
 
 * **predictors**, computed before any rule runs: the ε-rank of the response covariance :math:`G`
-  on the probes (THEORY.md §4), its relative spectral tail :math:`\sum_{i>m}\lambda_i/\sum_i\lambda_i`
+  on the probes (docs/theory.md §3), its relative spectral tail :math:`\sum_{i>m}\lambda_i/\sum_i\lambda_i`
   at each budget, the value-class width :math:`\sigma_{m+1}(W^{1/2}P)^2` (L2) and the attention
   entropy;
 * **references**: the achievable worst case U4 of the pivoted, mass-matched, least-squares-refit

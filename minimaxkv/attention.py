@@ -1,6 +1,6 @@
 r"""Softmax attention over a weighted cache: outputs, log-masses and weights.
 
-For a query :math:`q` and a cache :math:`(K, V, b)` (THEORY.md §1)
+For a query :math:`q` and a cache :math:`(K, V, b)` (docs/theory.md §1.1)
 
 .. math::
     s_j(q) = \tau \langle q, k_j\rangle + b_j,\qquad Z(q) = \sum_j e^{s_j(q)},\qquad

@@ -1,4 +1,4 @@
-r"""Exact identities, upper bounds and lower bounds on compression risk (THEORY.md §3, §5).
+r"""Exact identities, upper bounds and lower bounds on compression risk (docs/theory.md §2, §4, §5).
 
 Every function here is a statement of ``docs/theory.md`` made computable; the docstring names it.
 

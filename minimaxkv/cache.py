@@ -11,7 +11,7 @@ Axis glossary used in every signature of the package:
 =======  =========================================================
 
 A cache :math:`C = (K, V, b)` stands for the measure
-:math:`\mu_C = \sum_j e^{b_j}\,\delta_{(k_j, v_j)}` (THEORY.md §1). A raw cache has
+:math:`\mu_C = \sum_j e^{b_j}\,\delta_{(k_j, v_j)}` (docs/theory.md §1.1). A raw cache has
 :math:`b = 0`; summaries carry log-weights. An atom with :math:`b_j = -\infty` has zero weight:
 it is padding, which lets rules return summaries of a fixed shape.
 """

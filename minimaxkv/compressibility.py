@@ -1,4 +1,4 @@
-r"""Intrinsic compressibility of a cache under a query law (THEORY.md §4).
+r"""Intrinsic compressibility of a cache under a query law (docs/theory.md §3).
 
 With normalised responses :math:`\tilde\psi_j(q) = p_j(q)\,(1, v_j)` and value-centred responses
 :math:`\phi_j(q) = p_j(q)(v_j - A(q))`, for a weighted query set :math:`(q_i, w_i)`:

@@ -60,7 +60,7 @@ ALLOCATIONS = ("pyramid", "adakv", "spectral")
 
 
 class Allocated(NamedTuple):
-    """A rule with per-head budgets of the same total (BASELINES.md): ``alloc`` is ``"pyramid"``
+    """A rule with per-head budgets of the same total: ``alloc`` is ``"pyramid"``
     (PyramidKV's linear layer budgets), ``"adakv"`` (AdaKV: heads of a layer compete with the
     rule's own scores; scored rules only) or ``"spectral"`` (ours: every head's response-covariance
     eigenvalues on its observed queries compete for the total,

@@ -1,4 +1,4 @@
-r"""Query laws: how future queries may probe a cache (THEORY.md §1).
+r"""Query laws: how future queries may probe a cache (docs/theory.md §1.2, §1.4).
 
 A law is one of
 

@@ -1,4 +1,4 @@
-r"""Risk of a summary: how far its attention output is from the cache's (THEORY.md §2).
+r"""Risk of a summary: how far its attention output is from the cache's (docs/theory.md §1.2).
 
 Pointwise error :math:`e(q) = \lVert A_C(q) - A_{\hat C}(q)\rVert_2`; for a query law given as a
 finite weighted set :math:`\{(q_i, w_i)\}` with :math:`\sum_i w_i = 1`

@@ -1,4 +1,4 @@
-r"""Primitive summaries of a cache: eviction, reweighting, merging (THEORY.md §1).
+r"""Primitive summaries of a cache: eviction, reweighting, merging (docs/theory.md §1.1, §1.3).
 
 * :func:`evict` keeps a subset: :math:`(K_S, V_S, b_S)`;
 * :func:`reweight` keeps a subset with new log-weights :math:`\beta`;

@@ -2,6 +2,7 @@
 adversarial (gradient-ascent) instances; tight where the theory says so."""
 
 import itertools
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +95,7 @@ def test_no_violation_10000_instances(family):
     if family == "heavy":
         kw.update(sinks=1, hitters=2)
     make = lambda k: synthetic.make(family, k, **kw)  # noqa: E731
-    keys = jax.random.split(jax.random.PRNGKey(hash(family) % 2**31), 1500)
+    keys = jax.random.split(jax.random.PRNGKey(zlib.crc32(family.encode())), 1500)
     f = jax.jit(jax.vmap(lambda k: _violations(make(k), jax.random.fold_in(k, 1))))
     slack = np.asarray(f(keys))
     assert np.isfinite(slack).all()

@@ -100,7 +100,7 @@ def test_chunk_over_past_equals_full_forward(tiny):
 
 
 def test_past_log_weights_act_as_multiplicities(tiny):
-    """An atom with log-weight log 2 counts as the same atom present twice (THEORY.md §1)."""
+    """An atom with log-weight log 2 counts as the same atom present twice (docs/theory.md §1.1)."""
     m = tiny["gguf"]
     ids = jnp.asarray(_ids(12, m.config.vocab, 7))
     out = M.forward(m.params, m.config, ids[:8])

@@ -94,7 +94,7 @@ def test_oracle_below_eviction_on_every_subset_rules_support(name, oracles):
 
 
 def test_nested_eviction_is_not_monotone_in_budget():
-    """STYLE.md asks for 'error non-increasing in budget where the rule is nested'; that is false
+    """'Error non-increasing in budget where the rule is nested' is a natural expectation, false
     for eviction (I2: evicting atoms whose values average to A costs nothing). Counterexample:
     equal-mass atoms with values +1, -1, 0 and a query that sees them alike; the nested 'window'
     rule keeps {0} (exact) at budget 1 and {-1, 0} (error 1/4) at budget 2."""

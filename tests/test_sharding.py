@@ -43,7 +43,7 @@ CHILD = textwrap.dedent("""
 
 
 def _spectrum_f64(q, k, v):
-    """Eigenvalues of G = P^T W P o (1 1^T + V V^T) (THEORY.md §4), uniform weights 1/p and
+    """Eigenvalues of G = P^T W P o (1 1^T + V V^T) (docs/theory.md §3), uniform weights 1/p and
     scale 1/sqrt(d), in float64, descending."""
     s = q @ k.T / np.sqrt(k.shape[1])
     a = np.exp(s - s.max(1, keepdims=True))

@@ -13,7 +13,7 @@ with grouped-query attention (``heads / kv_heads`` query heads share a key/value
 
 The attention of a chunk of new tokens reads a **past cache** per layer and KV head -- keys
 ``[L, Hkv, S, hd]`` (post-RoPE), values and log-weights ``[L, Hkv, S]`` -- with the log-weights added
-to the logits (THEORY.md §1), so a compressed summary (or a buffer whose empty slots carry
+to the logits (docs/theory.md §1.1), so a compressed summary (or a buffer whose empty slots carry
 ``-inf``) plugs in directly; every past atom is visible to every new token. Within the chunk the
 attention is causal and computed block by block over queries, each block reading the keys up to
 its own end tile by tile (an online softmax): fully masked tiles are skipped, not computed and

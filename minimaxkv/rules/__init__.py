@@ -47,7 +47,8 @@ def available() -> list[str]:
 
 
 def get(name: str, **hyper) -> Rule:
-    """Build the rule ``name`` with hyperparameters ``hyper`` (defaults as in BASELINES.md).
+    """Build the rule ``name`` with hyperparameters ``hyper`` (defaults as the rule's paper gives
+    them; see its docstring).
 
     The same name and hyperparameters give the same rule object, so its compiled code is reused.
     """

@@ -1,4 +1,4 @@
-r"""Budgets across heads and layers (BASELINES.md): AdaKV, PyramidKV and the spectral ``adaptive``.
+r"""Budgets across heads and layers: AdaKV, PyramidKV and the spectral allocation.
 
 Each function returns integer budgets; :func:`compress_heads` applies a rule head by head with
 them. Budgets are per KV head; a layer's total is ``heads * m``.

@@ -1,4 +1,4 @@
-r"""Eviction rules: a score per atom, protected atoms, top-k (definitions in BASELINES.md).
+r"""Eviction rules: a score per atom, protected atoms, top-k (each rule's published definition in its docstring).
 
 Each factory returns a :class:`~minimaxkv.rules.base.Rule`; scores are "higher = kept".
 """
