@@ -377,12 +377,13 @@ def evaluate_cmd(args) -> int:
     print(f"full cache: {n} atoms per head = {n * m.config.cache_bytes(1) / 1024:.0f} KiB, "
           f"task score {np.mean([r['score_full'] for r in rows]):.2f}")
     cols = ("rule", "atoms", "KiB", "kl", "top1", "ppl", "score", "95% CI", "compress_s")
-    print("rule".ljust(20) + "".join(c.rjust(12) for c in cols[1:]) + "   (ppl of the gold answer; full: "
+    print("rule".ljust(20) + "".join(c.rjust(14 if c == "95% CI" else 12) for c in cols[1:])
+          + "   (ppl of the gold answer; full: "
           f"{np.mean([r['ppl_full'] for r in rows]):.3g}; CI: bootstrap over prompts)")
     for r in evaluate.summarize_rows(rows):
         ci = "" if r["tasks"] < 2 else f"[{r['score_low']:.2f}, {r['score_high']:.2f}]"
         print(r["rule"].ljust(20) + f"{r['atoms']:12.0f}{r['KiB']:12.0f}{r['kl']:12.4f}"
-              f"{r['top1']:12.3f}{r['ppl']:12.3g}{r['score']:12.2f}{ci:>12}{r['compress_s']:12.2f}")
+              f"{r['top1']:12.3f}{r['ppl']:12.3g}{r['score']:12.2f}{ci:>14}{r['compress_s']:12.2f}")
     print(f"results: {out}; done in {time.perf_counter() - t0:.1f} s")
     return 0
 
