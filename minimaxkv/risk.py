@@ -148,6 +148,18 @@ class Interval(NamedTuple):
     level: float
 
 
+def _samples(samples, level: float) -> np.ndarray:
+    """i.i.d. samples as a float64 vector: at least 2, finite, and a level in (0, 1)."""
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    if x.size < 2:
+        raise ValueError(f"samples: need at least 2 samples, got {x.size}")
+    if not np.isfinite(x).all():
+        raise ValueError("samples: contain NaN or Inf")
+    if not 0 < level < 1:
+        raise ValueError(f"level: expected a probability in (0, 1), got {level}")
+    return x
+
+
 def mc_interval(samples, level: float = 0.95) -> Interval:
     r"""Confidence interval for :math:`\mathbb E[X]` from i.i.d. samples (normal approximation).
 
@@ -156,13 +168,7 @@ def mc_interval(samples, level: float = 0.95) -> Interval:
     with :math:`s` the sample standard deviation (CLT; coverage tends to ``level`` as N grows).
     Use it on per-query squared errors ``risk(..., reduce="none")`` of sampled queries.
     """
-    x = np.asarray(samples, dtype=np.float64).ravel()
-    if x.size < 2:
-        raise ValueError(f"samples: need at least 2 Monte-Carlo samples, got {x.size}")
-    if not np.isfinite(x).all():
-        raise ValueError("samples: contain NaN or Inf")
-    if not 0 < level < 1:
-        raise ValueError(f"level: expected a probability in (0, 1), got {level}")
+    x = _samples(samples, level)
     mean = float(x.mean())
     se = float(x.std(ddof=1) / np.sqrt(x.size))
     z = float(stats.norm.ppf(0.5 + level / 2))
@@ -178,13 +184,7 @@ def bootstrap_interval(samples, level: float = 0.95, reps: int = 10_000, seed: i
     :func:`mc_interval` it stays inside the samples' range, so a task score of 16/16 gets
     [1, 1], not an interval past 1: use it for per-prompt scores. ``seed`` fixes the resamples.
     """
-    x = np.asarray(samples, dtype=np.float64).ravel()
-    if x.size < 2:
-        raise ValueError(f"samples: need at least 2 samples, got {x.size}")
-    if not np.isfinite(x).all():
-        raise ValueError("samples: contain NaN or Inf")
-    if not 0 < level < 1:
-        raise ValueError(f"level: expected a probability in (0, 1), got {level}")
+    x = _samples(samples, level)
     means = np.random.default_rng(seed).choice(x, (reps, x.size)).mean(axis=1)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     se = float(x.std(ddof=1) / np.sqrt(x.size))
