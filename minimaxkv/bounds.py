@@ -7,7 +7,8 @@ Upper bounds (a summary of the named kind never exceeds them):
     :func:`refit_worst_case` / :func:`width_upper` (U4), :func:`composition_bound` (C1).
 Lower bounds and optima:
     :func:`oracle` (L1, brute force, n <= 16), :func:`width_lower` (L2, value class, worst case),
-    :func:`width_average_lower` (L2', value class, random values), :func:`lookup_tail` (L3).
+    :func:`width_average_lower` (L2', value class, random values), :func:`lookup_tail` (L3),
+    :func:`value_aware_lower` (L4, supports chosen for the values).
 Identities:
     :func:`reweighted_error` (I2); I1 is :func:`minimaxkv.attention.combine`, I3 is
     :func:`minimaxkv.summarize.merge`.
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
+import scipy.special
 from jax import lax
 
 from . import _check
@@ -193,6 +195,59 @@ def width_average_lower(queries, cache: Cache, budget: int, *, weights=None, sca
     m = _check.budget(budget, cache.n)
     s = jnp.linalg.svd(x, compute_uv=False)
     return jnp.sum(s[m:] ** 2)
+
+
+class ValueAwareLower(NamedTuple):
+    r"""L4's bound ``bound`` :math:`=(1-t)\sigma_k^2`, attained at rank ``rank`` (k) with the
+    share ``share`` (t); ``log_subspaces``: log of the count N of candidate output spaces."""
+
+    bound: float
+    rank: int
+    share: float
+    log_subspaces: float
+
+
+def _projection_share(k: int, m: int, log_count: float, delta: float) -> float:
+    r"""L4's :math:`t_k`: a share with :math:`N\,\Pr[\lVert P_Fc\rVert^2\ge t]\le\delta` for a
+    fixed m-dimensional F and c uniform on the unit sphere of :math:`\mathbb R^k`, N =
+    ``exp(log_count)``: the exact Beta(m/2, (k-m)/2) quantile where it is representable, else
+    the Dasgupta-Gupta (2003) tail :math:`\exp(\frac m2(1-\beta+\ln\beta))` at
+    :math:`t=\beta m/k`. 1 (no bound) when neither is below 1."""
+    tail = math.log(delta) - log_count  # log of the admissible tail per subspace
+    if tail > math.log(1e-300):
+        return float(scipy.special.betainccinv(m / 2, (k - m) / 2, math.exp(tail)))
+    need = -2 * tail / m  # beta - 1 - log beta >= need, beta > 1 (increasing there)
+    lo, hi = 1.0, 2.0 + 2 * need
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mid - 1 - math.log(mid) < need else (lo, mid)
+    return min(1.0, hi * m / k)
+
+
+def value_aware_lower(queries, cache: Cache, budget: int, *, menu: int = 1, weights=None,
+                      scale=None, delta: float = 0.5) -> ValueAwareLower:
+    r"""L4: a worst-case lower bound for rules that choose their support *knowing the values*.
+
+    Class: summaries of at most m atoms of the cache, the support chosen for the values, with
+    keys and log-weights given by one of ``menu`` maps of the support that do not look at V
+    (eviction's own weights, mass matching on a value-blind law, merging into the nearest kept
+    key; ``minimax`` has 3: fit, exact, merged), and any values. With
+    :math:`X=W^{1/2}P` and :math:`N=\mathrm{menu}\sum_{j\le m}\binom nj` candidate output spaces,
+    every such rule has
+    :math:`\sup_{\lVert v\rVert=1}\sum_iw_ie(q_i)^2\ge\max_{k>m}(1-t_k)\sigma_k(X)^2`; a unit v
+    drawn uniformly from the top-k right singular space of X attains it for every rule of the
+    class at once with probability at least 1 - ``delta``."""
+    x, cache = _attention_operator(queries, cache, weights, scale)
+    m = _check.budget(budget, cache.n)
+    n = cache.n
+    sig2 = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False) ** 2
+    log_count = math.log(menu) + math.log(sum(math.comb(n, j) for j in range(1, m + 1)))
+    best = ValueAwareLower(0.0, m, 1.0, log_count)
+    for k in range(m + 1, sig2.shape[0] + 1):
+        t = _projection_share(k, m, log_count, delta)
+        if (1 - t) * sig2[k - 1] > best.bound:
+            best = best._replace(bound=float((1 - t) * sig2[k - 1]), rank=k, share=t)
+    return best
 
 
 def lookup_tail(n: int, m: int, gap: float):

@@ -67,6 +67,18 @@ class Cache(_CacheFields):
         return int(sum(np.dtype(a.dtype).itemsize * int(np.prod(a.shape)) for a in self))
 
 
+def live_atoms(cache: Cache) -> int:
+    """Atoms that count (finite log-weight; ``-inf`` padding costs nothing), over every head."""
+    return int(np.isfinite(np.asarray(cache.logw)).sum())
+
+
+def live_bytes(cache: Cache, itemsize: int | None = None) -> int:
+    """Bytes of the atoms that count: a key (d), a value (d_v) and a log-weight each, at
+    ``itemsize`` bytes per number (default: the keys' dtype)."""
+    size = np.dtype(cache.keys.dtype).itemsize if itemsize is None else itemsize
+    return live_atoms(cache) * (cache.keys.shape[-1] + cache.values.shape[-1] + 1) * size
+
+
 class Summary(NamedTuple):
     """What a compression rule returns: the summary cache and, for subset rules, the kept indices.
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import _check
 from .attention import attend_and_mass
-from .cache import Cache
+from .cache import Cache, live_bytes
 from .rules.base import Rule
 
 
@@ -39,12 +39,6 @@ class CausalResult(NamedTuple):
     decode_risk: float
     compress_seconds: float
     compressions: int
-
-
-def _bytes(cache: Cache, itemsize: int) -> int:
-    atoms = int(np.isfinite(np.asarray(cache.logw)).sum())
-    d, dv = cache.keys.shape[1], cache.values.shape[1]
-    return atoms * (d + dv + 1) * itemsize
 
 
 def run(rule: Rule, keys, values, queries, budget: int, *, prefill: int, block: int = 64,
@@ -85,7 +79,7 @@ def run(rule: Rule, keys, values, queries, budget: int, *, prefill: int, block: 
         kpos = jnp.concatenate([jnp.full((summary.keys.shape[0],), -1), pos])
         out, _ = attend_and_mass(q[start:stop], state, query_pos=pos, key_pos=kpos)
         err[start:stop] = np.asarray(jnp.sum((out - exact[start:stop]) ** 2, axis=1))
-        base = _bytes(summary, itemsize)
+        base = live_bytes(summary, itemsize)
         nbytes[start:stop] = base + (np.arange(1, stop - start + 1)) * (d + v.shape[1] + 1) * itemsize
         if state.keys.shape[0] > budget and stop < T:
             t0 = time.perf_counter()

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _check
 from . import tasks as tasks_mod
-from .cache import Cache
+from .cache import Cache, live_atoms, live_bytes
 from .model import (Model, bucket, buffer, concat, decode, empty_past, forward, generate,
                     pad_tokens)
 from .rules.base import Rule, pad
@@ -319,8 +319,7 @@ def metrics(prep: Prepared, full: Reading, got: Reading, past: Cache, seconds: f
     idx = np.arange(len(prep.cont))
     ans = idx[-prep.answer:]
     nll_full, nll = -lp[ans, prep.cont[ans]], -lq[ans, prep.cont[ans]]
-    atoms = int(np.isfinite(np.asarray(past.logw)).sum())  # padding (-inf) costs nothing
-    nbytes = atoms * (2 * past.keys.shape[-1] + 1) * np.dtype(past.keys.dtype).itemsize
+    atoms, nbytes = live_atoms(past), live_bytes(past)  # padding (-inf) costs nothing
     return {"kl": float(kl.mean()), "top1": float(top1.mean()),
             "ppl_full": float(np.exp(nll_full.mean())), "ppl": float(np.exp(nll.mean())),
             "score_full": full.score, "score": got.score, "generated": got.generated,

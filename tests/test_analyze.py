@@ -1,4 +1,4 @@
-"""Per-head analysis of captured caches, per-head budget allocations, `analyze` / `compare --cache`.
+"""Per-head analysis of captured caches, `analyze` / `compare --cache`.
 
 References: float64 NumPy recomputations of the response covariance, the attention operator and
 the risk; scipy's Spearman; the U4 inequality of docs/theory.md for the probe-fitted refit.
@@ -7,14 +7,13 @@ the risk; scipy's Spearman; the U4 inequality of docs/theory.md for the probe-fi
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
 import tiny_llama
 
 import minimaxkv as mkv
-from minimaxkv import analyze, capture, evaluate, rules
+from minimaxkv import analyze, capture, rules
 from minimaxkv.cli import main
 
 
@@ -99,53 +98,6 @@ def test_analyze_rows_spearman_and_errors():
         analyze.analyze_head(analyze.head_case(cap, 0, 0, future=16, observed=4), [32], chosen)
     with pytest.raises(ValueError, match="out of range"):
         analyze.analyze(cap, [0.25], chosen, future=16, observed=4, heads=[(5, 0)])
-
-
-def test_quantized_budgets_keep_the_total():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        n, H = 100, int(rng.integers(2, 20))
-        m = int(rng.integers(1, n))
-        exact = rules.allocation.spectral_budgets(rng.random((H, n)) ** 4, H * m)
-        unit = max(1, m // 4)
-        q = evaluate._quantize(exact, H * m, n, unit)
-        assert q.sum() <= H * m and q.min() >= 1 and q.max() <= n
-        assert np.all((q % unit == 0) | (q == n) | (q < unit))
-        assert q.sum() > H * m - H * unit  # at most one unit per head is lost
-
-
-def test_per_head_budgets_pad_with_empty_atoms(tmp_path):
-    """An allocated rule compresses each head with its own budget; the padding atoms (up to the
-    bucket of the largest budget) have log-weight -inf, and attention over the padded summary equals attention over the unpadded one."""
-    cap = _capture(2, L=3, K=2, T=40)
-    past = mkv.Cache(jnp.asarray(cap.keys), jnp.asarray(cap.values))
-    past = mkv.Cache(past.keys, past.values, jnp.zeros(past.keys.shape[:3], jnp.float32))
-    queries = jnp.asarray(cap.queries[:, :, -8:])
-    for alloc in ("pyramid", "adakv", "spectral"):
-        rule = evaluate.resolve(f"snapkv@{alloc}")
-        sizes = evaluate.head_budgets(rule, past, queries, 10)
-        assert sizes.shape == (3, 2) and sizes.sum() <= 60
-        if alloc == "pyramid":
-            assert np.all(sizes[:, 0] == sizes[:, 1]) and sizes[0, 0] > sizes[-1, 0]
-        out = evaluate.compress(rule, past, 10, queries)
-        # padded to one capacity: the bucket of the largest head budget (at most n = 40)
-        assert out.keys.shape[2] == min(mkv.model.bucket(int(sizes.max())), 40)
-        for i in range(3):
-            for h in range(2):
-                finite = np.isfinite(np.asarray(out.logw[i, h]))
-                assert finite.sum() == sizes[i, h]
-                ref = rules.get("snapkv")(mkv.Cache(past.keys[i, h], past.values[i, h]),
-                                          int(sizes[i, h]), queries[i, 2 * h:2 * h + 2])
-                np.testing.assert_array_equal(out.keys[i, h][finite], ref.cache.keys)
-                q = jnp.asarray(cap.queries[i, 2 * h], jnp.float64)
-                f64 = lambda c: mkv.Cache(*(jnp.asarray(a, jnp.float64) for a in c))  # noqa: E731
-                np.testing.assert_allclose(
-                    mkv.attend(q, f64((out.keys[i, h], out.values[i, h], out.logw[i, h]))),
-                    mkv.attend(q, f64(ref.cache)), rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="scored rule"):
-        evaluate.resolve("minimax@adakv")
-    with pytest.raises(ValueError, match="unknown allocation"):
-        evaluate.resolve("snapkv@magic")
 
 
 def test_cli_analyze_and_compare_cache(tmp_path, capsys):

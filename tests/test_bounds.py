@@ -486,3 +486,57 @@ def test_gradient_ascent_adversarial():
         assert worst_ratio <= 1 + ROUND, (name, worst_ratio)
         # the search is effective: U1-U3 and C1 are approached to within 1% (they are tight)
         assert worst_ratio >= (0.99 if name != "L2" else 0.5), (name, worst_ratio)
+
+
+def test_L4_value_aware_supports_lower_bound(rng):
+    """L4: with v drawn uniformly from the top-k right singular space of X, every summary of at
+    most m atoms whose keys and log-weights are one of J value-blind maps of its support errs by
+    at least (1 - t_k) sigma_k^2, with probability >= 1 - delta: every support and map enumerated
+    (float64 least squares), Monte Carlo over v (4 s.e.); and the ``minimax`` rule itself (J = 3),
+    which picks its support knowing v."""
+    n, d, m, delta = 12, 8, 2, 0.5
+    keys = 2.5 * rng.normal(size=(n, d))
+    logw = 0.5 * rng.normal(size=n)
+    q = np.repeat(keys, 3, axis=0) + 0.3 * rng.normal(size=(3 * n, d))  # lookups: a flat spectrum
+    c = mkv.Cache(keys, np.zeros((n, 1)), logw)
+    x = x_operator(q, c)
+    maps = [lambda s: logw[s], lambda s: np.zeros(len(s))]  # eviction's weights; uniform weights
+    bases = []
+    for size in range(1, m + 1):
+        for s in itertools.combinations(range(n), size):
+            s = np.asarray(s)
+            for beta in maps:
+                bases.append(col_basis(x_operator(q, (keys[s], np.zeros((size, 1)), beta(s)))))
+    lower = bounds.value_aware_lower(q, c, m, menu=len(maps), delta=delta)
+    assert len(bases) == round(np.exp(lower.log_subspaces))
+    _, sig, rt = np.linalg.svd(x)
+    k = lower.rank
+    np.testing.assert_allclose(lower.bound, (1 - lower.share) * sig[k - 1] ** 2, rtol=1e-12)
+    assert lower.bound > 0.2 * sig[m] ** 2  # informative here: a fifth of the value-blind L2
+    draws = 400
+    coef = rng.normal(size=(draws, k))
+    vs = (coef / np.linalg.norm(coef, axis=1, keepdims=True)) @ rt[:k]  # [draws, n] unit values
+    xv = vs @ x.T  # [draws, p]
+    best = np.min([np.sum(xv ** 2, 1) - np.sum((xv @ b) ** 2, 1) for b in bases], axis=0)
+    # a second computation of one support's error: least squares on the summary's attention
+    s = np.asarray([0, 5])
+    fs = x_operator(q, (keys[s], np.zeros((2, 1)), logw[s]))
+    sol = np.linalg.lstsq(fs, xv[0], rcond=None)[0]
+    assert best[0] <= np.sum((fs @ sol - xv[0]) ** 2) * (1 + ROUND)
+    ok = np.mean(best >= lower.bound)
+    assert ok >= 1 - delta - 4 * np.sqrt(delta * (1 - delta) / draws), ok
+    # the rule: support chosen knowing v, its three candidates value-blind maps of the support
+    rule_lower = bounds.value_aware_lower(q, c, m, menu=3, delta=delta)
+    assert rule_lower.bound > 0
+    kr = rule_lower.rank
+    coef = rng.normal(size=(60, kr))
+    vs = (coef / np.linalg.norm(coef, axis=1, keepdims=True)) @ rt[:kr]
+    observed = jnp.asarray(keys[None, :, :] + 0.3 * rng.normal(size=(1, n, d)))
+    compress = jax.jit(mkv.rules.get("minimax").compress, static_argnums=1)
+    risks = []
+    for v in vs:
+        cv = mkv.Cache(keys, v[:, None], logw)
+        summ = compress(cv, m, observed, jax.random.PRNGKey(0))
+        risks.append(float(mkv.risk(q, cv, summ.cache)))
+    ok = np.mean(np.asarray(risks) >= rule_lower.bound)
+    assert ok >= 1 - delta - 4 * np.sqrt(delta * (1 - delta) / len(risks)), ok

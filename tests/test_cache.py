@@ -174,3 +174,17 @@ def test_non_numbers_from_finite_inputs_are_reported():
     cache = mkv.Cache(jnp.ones((8, 4)), jnp.ones((8, 3)))
     with pytest.raises(ValueError, match=r"rule 'nan_rule': summary\.cache\.values holds NaN"):
         rule(cache, 4)
+
+
+def test_live_bytes_count_keys_values_and_weights_of_real_atoms():
+    """Bytes of a summary: (d + d_v + 1) numbers per atom of finite log-weight, over every head
+    (d_v != d here; -inf padding costs nothing); by hand."""
+    from minimaxkv.cache import live_atoms, live_bytes
+
+    logw = np.zeros((2, 3, 5), np.float32)
+    logw[0, 1, 3:] = -np.inf
+    logw[1, 2, 0] = -np.inf
+    c = mkv.Cache(np.zeros((2, 3, 5, 8), np.float32), np.zeros((2, 3, 5, 6), np.float32), logw)
+    assert live_atoms(c) == 30 - 3
+    assert live_bytes(c) == 27 * (8 + 6 + 1) * 4
+    assert live_bytes(c, itemsize=2) == 27 * 15 * 2

@@ -166,3 +166,53 @@ def test_summary_table_intervals_over_prompts():
     b = table["b"]  # 4 of 16: the interval of a bootstrap Binomial(16, 1/4) / 16 mean
     assert b["score"] == 0.25 and 0 <= b["score_low"] < 0.25 < b["score_high"] <= 0.5
     assert np.isnan(table["c"]["score_low"]) and table["c"]["tasks"] == 1
+
+
+def test_quantized_budgets_keep_the_total():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n, H = 100, int(rng.integers(2, 20))
+        m = int(rng.integers(1, n))
+        exact = mkv.rules.allocation.spectral_budgets(rng.random((H, n)) ** 4, H * m)
+        unit = max(1, m // 4)
+        q = E._quantize(exact, H * m, n, unit)
+        assert q.sum() <= H * m and q.min() >= 1 and q.max() <= n
+        assert np.all((q % unit == 0) | (q == n) | (q < unit))
+        assert q.sum() > H * m - H * unit  # at most one unit per head is lost
+
+
+def test_per_head_budgets_pad_with_empty_atoms(tmp_path):
+    """An allocated rule compresses each head with its own budget; the padding atoms (up to the
+    bucket of the largest budget) have log-weight -inf, and attention over the padded summary equals attention over the unpadded one."""
+    r = np.random.default_rng(2)
+    L, K, g, T, hd = 3, 2, 2, 40, 8
+    past = mkv.Cache(jnp.asarray(r.standard_normal((L, K, T, hd)), jnp.float32),
+                     jnp.asarray(r.standard_normal((L, K, T, hd)), jnp.float32),
+                     jnp.zeros((L, K, T), jnp.float32))
+    all_queries = (1.5 * r.standard_normal((L, K * g, T, hd))).astype(np.float32)
+    queries = jnp.asarray(all_queries[:, :, -8:])
+    for alloc in ("pyramid", "adakv", "spectral"):
+        rule = E.resolve(f"snapkv@{alloc}")
+        sizes = E.head_budgets(rule, past, queries, 10)
+        assert sizes.shape == (3, 2) and sizes.sum() <= 60
+        if alloc == "pyramid":
+            assert np.all(sizes[:, 0] == sizes[:, 1]) and sizes[0, 0] > sizes[-1, 0]
+        out = E.compress(rule, past, 10, queries)
+        # padded to one capacity: the bucket of the largest head budget (at most n = 40)
+        assert out.keys.shape[2] == min(mkv.model.bucket(int(sizes.max())), 40)
+        for i in range(3):
+            for h in range(2):
+                finite = np.isfinite(np.asarray(out.logw[i, h]))
+                assert finite.sum() == sizes[i, h]
+                ref = mkv.rules.get("snapkv")(mkv.Cache(past.keys[i, h], past.values[i, h]),
+                                          int(sizes[i, h]), queries[i, 2 * h:2 * h + 2])
+                np.testing.assert_array_equal(out.keys[i, h][finite], ref.cache.keys)
+                q = jnp.asarray(all_queries[i, 2 * h], jnp.float64)
+                f64 = lambda c: mkv.Cache(*(jnp.asarray(a, jnp.float64) for a in c))  # noqa: E731
+                np.testing.assert_allclose(
+                    mkv.attend(q, f64((out.keys[i, h], out.values[i, h], out.logw[i, h]))),
+                    mkv.attend(q, f64(ref.cache)), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="scored rule"):
+        E.resolve("minimax@adakv")
+    with pytest.raises(ValueError, match="unknown allocation"):
+        E.resolve("snapkv@magic")

@@ -11,21 +11,24 @@ One head, one call; every step is a named pure function below.
    isolating probe per atom (a query that sees that atom alone), :math:`\kappa` in all, with
    :math:`\kappa` the collision probability of the observed attention (V2). A probe is a private
    row of the value-class operator: a diagonal term of every Gram matrix, O(n).
-3. **Allocate** the free slots to blocks by the eigenvalues of their response covariance (V5;
-   one block in one-shot use, which gets every slot).
-4. **Select** within each block (:func:`select_block`): ``sampled`` of its slots go to atoms
-   drawn by length-squared sampling of the value-class operator (the draws behind the bound V3),
-   the others greedily for the block's values (V1: simultaneous orthogonal matching pursuit on
-   the Gram matrix, :func:`gram_order`) among a candidate pool of ``pool`` x slots atoms (at least
-   256): the best by first greedy gain or by mass, and a draw by mass. Cost O(r n d) for the
-   law's attention, O(r L^2) for the pool's Gram matrix and O(m L (m + d_v)) for the greedy.
+3. **Allocate** (:func:`split_blocks`, :func:`allocate`) the free slots to blocks by the
+   eigenvalues of their response covariance (V5; one block in one-shot use, which gets every
+   slot).
+4. **Select** within each block (:func:`select_supports`, :func:`select_block`): ``sampled`` of
+   its slots go to atoms drawn by length-squared sampling of the value-class operator (the draws
+   behind the bound V3), the others greedily for the block's values (V1: simultaneous
+   orthogonal matching pursuit on the Gram matrix, :func:`gram_order`) among a candidate pool of
+   ``pool`` x slots atoms (at least 256): the best by first greedy gain or by mass, and a draw by
+   mass. Cost O(r n d) for the law's attention, O(r L^2) for the pool's Gram matrix and
+   O(m L (m + d_v)) for the greedy.
 5. **Fit** (:func:`fit_block`): mass matching by NNLS and values by least squares on the law;
    the probes pull each kept atom's factor towards 1 and its value towards the values of the
    atoms whose probes read it.
-6. **Choose** among the candidates on the same support -- the fit, the atoms kept exactly
-   (eviction), and, with ``merge=True``, every block atom merged into its nearest kept key (I3,
-   U3) and refitted -- the one with the smallest risk on the law (an in-sample choice). With
-   ``merge=True`` the summary may hold new keys, so ``kept`` is ``None``.
+6. **Choose** (:func:`block_candidate`, :func:`join_summary`, :func:`least_risk`) among the
+   candidates on the same support -- the fit, the atoms kept exactly (eviction), and, with
+   ``merge=True``, every block atom merged into its nearest kept key (I3, U3) and refitted --
+   the one with the smallest risk on the law (an in-sample choice). With ``merge=True`` the
+   summary may hold new keys, so ``kept`` is ``None``.
 """
 
 from __future__ import annotations
@@ -428,6 +431,60 @@ def law_risk(law: Law, cache: Cache, summary: Cache, scale):
     return jnp.sum(law.weights * jnp.sum((out - exact) ** 2, axis=1))
 
 
+def select_supports(law: Law, blocks: Block, m_b, key, *, slots: int, pool: float,
+                    sampled: float, value_aware: bool, ridge: float):
+    """Step 4 for every block: ``order [nb, slots]``, atom indices into each block, the first
+    ``m_b`` of them used; a pool of ``max(256, ceil(pool x m_b))`` candidates (at most the
+    block) and ``floor(sampled x m_b)`` length-squared seeds per block."""
+    nb, size_b = blocks.ok.shape
+    size = min(size_b, max(slots, math.ceil(pool * slots), 256))
+    seeds = size_b if sampled > 0 else 0  # draws made: independent of the budget
+    n_seed = jnp.floor(sampled * m_b).astype(jnp.int32)
+    n_pool = jnp.minimum(jnp.maximum(jnp.ceil(pool * m_b).astype(jnp.int32), 256), size)
+    return jax.vmap(lambda bl, m, ns, npool, kb: select_block(
+        law, bl, kb, k=slots, pool=size, n_pool=npool, seeds=seeds, m=m, n_seed=ns,
+        value_aware=value_aware, ridge=ridge))(blocks, m_b, n_seed, n_pool,
+                                               jax.random.split(key, nb))
+
+
+def block_candidate(kind: str, law: Law, cache: Cache, blocks: Block, cols, order, active, lab,
+                    *, scale, ridge: float, iters: int):
+    """Step 6's candidate ``kind`` on the selected supports, per block: keys ``[nb, k, d]``,
+    log-weights ``[nb, k]`` and values ``[nb, k, dv]``. ``"exact"``: the atoms ``cols`` kept as
+    they are; ``"fit"``: step 5 (:func:`fit_block`); ``"merged"``: step 5 after merging every
+    atom into its nearest kept key. A block given all its atoms stays exact in every
+    candidate. Unused slots have log-weight ``-inf``."""
+    keys, values = cache.keys[cols], cache.values[cols]
+    logw = jnp.where(active, cache.logw[cols], -jnp.inf)
+    if kind == "exact":
+        return keys, logw, values
+    kout, beta, vout = jax.vmap(lambda bl, o, a, lb: fit_block(
+        law, bl, o, a, lb, scale=scale, ridge=ridge, merged=kind == "merged",
+        iters=iters))(blocks, order, active, lab)
+    whole = active.sum(1) >= blocks.ok.sum(1)
+    return (jnp.where(whole[:, None, None], keys, kout), jnp.where(whole[:, None], logw, beta),
+            jnp.where(whole[:, None, None], values, vout))
+
+
+def join_summary(cache: Cache, prot, part, sel, position) -> Cache:
+    """The summary: the protected atoms ``prot`` of ``cache``, then the used slots ``sel`` of
+    the blocks' candidate ``part`` (:func:`block_candidate`), in the order ``position``."""
+    keys, logw, values = part
+    summ = Cache(jnp.concatenate([cache.keys[prot], keys.reshape(-1, keys.shape[-1])[sel]]),
+                 jnp.concatenate([cache.values[prot],
+                                  values.reshape(-1, values.shape[-1])[sel]]),
+                 jnp.concatenate([cache.logw[prot], logw.reshape(-1)[sel]]))
+    return Cache(*(x[position] for x in summ))
+
+
+def least_risk(law: Law, cache: Cache, summaries, private, scale) -> Cache:
+    """Step 6's in-sample choice: the summary with the smallest risk on the law, its query
+    rows (:func:`law_risk`) plus its probes (``private``, :func:`private_risk`)."""
+    risks = jnp.stack([law_risk(law, cache, s, scale) + pr for s, pr in zip(summaries, private)])
+    best = jnp.argmin(risks)
+    return jax.tree.map(lambda *xs: jnp.stack(xs)[best], *summaries)
+
+
 def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: int | None = None,
             horizon: int = 512, theta: float = 10000.0, convention: str = "half",
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
@@ -485,52 +542,27 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         law = reference_law(cache, queries, k_law, draws=draws, horizon=horizon, theta=theta,
                             convention=convention, agnostic=agnostic, logit_std=logit_std,
                             scale=tau, probes=probes)
-        size_b = n_mid if block is None else block
-        blocks = split_blocks(law, cache, lo, hi, size_b)
-        nb = blocks.ok.shape[0]
+        blocks = split_blocks(law, cache, lo, hi, n_mid if block is None else block)
         m_b = allocate(law, blocks, free, used, response)
-        kk = min(size_b, free)  # no block gets more slots: every per-block array has kk slots
-        size = min(size_b, max(kk, math.ceil(pool * kk), 256))
-        seeds = size_b if sampled > 0 else 0  # draws made: independent of the budget
-        n_seed = jnp.floor(sampled * m_b).astype(jnp.int32)
-        n_pool = jnp.minimum(jnp.maximum(jnp.ceil(pool * m_b).astype(jnp.int32), 256), size)
-        order = jax.vmap(lambda bl, m, ns, npool, kb: select_block(
-            law, bl, kb, k=kk, pool=size, n_pool=npool, seeds=seeds, m=m, n_seed=ns,
-            value_aware=selection == "value", ridge=ridge))(blocks, m_b, n_seed, n_pool,
-                                               jax.random.split(k_seed, nb))
-        active = jnp.arange(kk)[None, :] < m_b[:, None]
-        cols = lo + size_b * jnp.arange(nb)[:, None] + order  # [nb, kk] atom indices
-        whole = m_b >= blocks.ok.sum(1)  # a block that gets all its atoms is kept exact
-        sel = jnp.arange(free) if nb == 1 else jnp.nonzero(active.reshape(-1), size=free)[0]
+        slots = min(blocks.ok.shape[1], free)  # no block gets more: every block has this many
+        order = select_supports(law, blocks, m_b, k_seed, slots=slots, pool=pool,
+                                sampled=sampled, value_aware=selection == "value", ridge=ridge)
+        active = jnp.arange(slots)[None, :] < m_b[:, None]
+        lab = jax.vmap(nearest_slot)(blocks, order, active)  # [nb, B]
+        cols = lo + blocks.ok.shape[1] * jnp.arange(m_b.shape[0])[:, None] + order  # [nb, k]
+        # the used slots of every block, in block order, after the protected atoms
+        sel = jnp.arange(free) if m_b.shape[0] == 1 else \
+            jnp.nonzero(active.reshape(-1), size=free)[0]
         kept = jnp.concatenate([prot, cols.reshape(-1)[sel]])
         slot = jnp.arange(budget)  # unused slots (only with ``used``) go last
         position = jnp.argsort(kept if used is None else jnp.where(slot < used, kept, n + slot))
-
-        def assemble(kind):
-            if kind == "exact":
-                kout, vout = cache.keys[cols], cache.values[cols]
-                beta = jnp.where(active, cache.logw[cols], -jnp.inf)
-            else:
-                kout, beta, vout = jax.vmap(lambda bl, o, a, lb: fit_block(
-                    law, bl, o, a, lb, scale=tau, ridge=ridge, merged=kind == "merged",
-                    iters=iters))(blocks, order, active, lab)
-                beta = jnp.where(whole[:, None], jnp.where(active, cache.logw[cols], -jnp.inf),
-                                 beta)
-                vout = jnp.where(whole[:, None, None], cache.values[cols], vout)
-                kout = jnp.where(whole[:, None, None], cache.keys[cols], kout)
-            summ = Cache(jnp.concatenate([exact.keys.astype(dt), kout.reshape(-1, d)[sel]]),
-                         jnp.concatenate([exact.values.astype(dt),
-                                          vout.reshape(-1, cache.values.shape[1])[sel]]),
-                         jnp.concatenate([exact.logw.astype(dt), beta.reshape(-1)[sel]]))
-            return Cache(*(x[position] for x in summ)), private_risk(blocks, lab, active, vout)
-
-        lab = jax.vmap(nearest_slot)(blocks, order, active)  # [nb, B]
         kinds = ("fit", "exact", "merged") if merge else ("fit", "exact")
-        cands, private = zip(*(assemble(kind) for kind in kinds))
-        risks = jnp.stack([law_risk(law, cache, c, tau) + pr for c, pr in zip(cands, private)])
-        best = jnp.argmin(risks)
-        summ = jax.tree.map(lambda *xs: jnp.stack(xs)[best], *cands)
-        return Summary(summ, None if merge else kept[position])
+        parts = [block_candidate(kind, law, cache, blocks, cols, order, active, lab, scale=tau,
+                                 ridge=ridge, iters=iters) for kind in kinds]
+        summaries = [join_summary(cache, prot, part, sel, position) for part in parts]
+        private = [private_risk(blocks, lab, active, part[2]) for part in parts]
+        best = least_risk(law, cache, summaries, private, tau)
+        return Summary(best, None if merge else kept[position])
 
     name = "minimax_agnostic" if agnostic else "minimax"
     # a traced budget needs the protected atoms and the blocks' shares independent of it
