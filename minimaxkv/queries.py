@@ -18,6 +18,7 @@ continuous ones); risks and compressibility measures take that set.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -150,6 +151,35 @@ def sample(law, key, num: int):
         t = jax.random.choice(kt, law.positions, (num,))
         return rope.apply(law.mean + z @ law.chol.T, t, law.theta, law.convention)
     raise ValueError(f"law: expected QuerySet, Gaussian or RopeGaussian, got {type(law).__name__}")
+
+
+def uniforms(key, shapes, dtype):
+    """Arrays of the given ``shapes`` of i.i.d. U(0, 1) numbers in ``[tiny, 1)``, from one draw
+    of the key: a compiled program pays for each random-number call site (about half a second
+    of XLA:CPU compilation each), so a step that needs several kinds of noise draws it once."""
+    sizes = [math.prod(s) for s in shapes]
+    u = jax.random.uniform(key, (sum(sizes),), dtype, minval=jnp.finfo(dtype).tiny, maxval=1.0)
+    cuts = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
+    return [part.reshape(s) for part, s in zip(jnp.split(u, cuts), shapes)]
+
+
+def standard_normal(u):
+    r"""Standard normals from uniforms ``u`` in (0, 1) by the inverse CDF
+    :math:`\sqrt2\,\mathrm{erf}^{-1}(2u-1)` (clipped one ulp inside (-1, 1), as
+    ``jax.random.normal`` does, so every draw is finite)."""
+    one = 1.0 - jnp.finfo(u.dtype).eps
+    return jnp.sqrt(2.0).astype(u.dtype) * jax.lax.erf_inv(jnp.clip(2 * u - 1, -one, one))
+
+
+def rope_draws(law: RopeGaussian, u):
+    """Draws of the RoPE mixture from uniforms ``u [num, d + 1]``: the first d columns give the
+    pre-RoPE Gaussian, the last a position uniform over ``law.positions`` -- the law of
+    :func:`sample`, from noise the caller drew (:func:`uniforms`)."""
+    d = law.mean.shape[0]
+    h = law.positions.shape[0]
+    t = law.positions[jnp.minimum((u[:, d] * h).astype(jnp.int32), h - 1)]
+    return rope.apply(law.mean + standard_normal(u[:, :d]) @ law.chol.T, t, law.theta,
+                      law.convention)
 
 
 def to_query_set(law, key=None, num: int | None = None) -> QuerySet:

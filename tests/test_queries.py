@@ -117,3 +117,31 @@ def test_monte_carlo_risk_interval_covers_large_sample_value():
     big = mkv.risk(Q.sample(law, jax.random.PRNGKey(5), 400_000), inst.cache, summ)
     iv = mkv.mc_interval(small, level=0.999)
     assert iv.low <= float(big) <= iv.high
+
+
+def test_draws_from_one_block_of_uniforms_follow_their_laws():
+    """``uniforms`` gives i.i.d. U(0, 1) parts of the asked shapes from one key; the inverse-CDF
+    samplers give standard normals (Kolmogorov-Smirnov against the normal CDF, p > 0.001) and,
+    for the RoPE mixture, exactly ``rope.apply(mean + z L^T, t)`` with t uniform over the
+    positions (chi-square, p > 0.001): a second implementation of ``sample``'s law."""
+    from scipy import stats
+
+    a, b = Q.uniforms(jax.random.PRNGKey(0), [(3, 4000), (2000,)], jnp.float64)
+    assert a.shape == (3, 4000) and b.shape == (2000,)
+    u = np.concatenate([np.ravel(a), np.ravel(b)])
+    assert u.min() > 0 and u.max() < 1
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 4 / np.sqrt(u.size)
+    z = np.asarray(Q.standard_normal(jnp.asarray(u)))
+    assert np.all(np.isfinite(np.asarray(Q.standard_normal(jnp.asarray([1e-300, 1 - 1e-16])))))
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    d, h = 4, 5
+    law = Q.rope_future(Q.Gaussian(jnp.arange(1.0, d + 1), 0.5 * jnp.eye(d)), 100, h, 1e4, "half")
+    uu = Q.uniforms(jax.random.PRNGKey(1), [(5000, d + 1)], jnp.float64)[0]
+    got = np.asarray(Q.rope_draws(law, uu))
+    t = 100 + np.minimum((np.asarray(uu[:, d]) * h).astype(int), h - 1)
+    pre = np.arange(1.0, d + 1) + 0.5 * np.asarray(Q.standard_normal(uu[:, :d]))
+    np.testing.assert_allclose(got, np.asarray(rope.apply(jnp.asarray(pre), jnp.asarray(t), 1e4,
+                                                          "half")), rtol=1e-12, atol=1e-12)
+    counts = np.bincount(t - 100, minlength=h)
+    assert stats.chisquare(counts).pvalue > 1e-3

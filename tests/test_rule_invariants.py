@@ -68,9 +68,9 @@ def test_vmap_over_heads_equals_loop(name):
     key = jax.random.PRNGKey(1)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), c0, c1)
     qs = jnp.stack([q0, q1])
-    batched = jax.vmap(lambda c, q: rule.compress(c, M, q, key))(stacked, qs)
+    batched = jax.jit(jax.vmap(lambda c, q: rule.compress(c, M, q, key)))(stacked, qs)
     for h, (c, q) in enumerate(((c0, q0), (c1, q1))):
-        single = rule.compress(c, M, rules.group_queries(q, D), key)
+        single = rule(c, M, q, key)  # compiled for one head
         for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(batched)):
             np.testing.assert_allclose(a, b[h], rtol=1e-9, atol=1e-12)
 
@@ -185,9 +185,9 @@ def test_temperature_is_the_keys_scale(name):
     inst = mkv.synthetic.power_law(jax.random.PRNGKey(9), n=48, d=D, dv=DV, p=G * P,
                                    dtype=jnp.float64)
     big, qb = inst.cache, inst.queries.reshape(G, P, D)
-    outs = [rules.get(name, scale=t)(big, 8, qb, key) for t in (s / 30, s, 30 * s)]
+    outs = [rules.get(name, scale=t)(big, 8, qb, key) for t in (s / 30, 30 * s)]
     assert len({(tuple(np.ravel(o.kept)), tuple(np.round(np.ravel(o.cache.values), 9)))
-                for o in outs}) > 1
+                for o in outs}) == 2
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -379,17 +379,24 @@ def test_V3_length_squared_seeds_bicriteria(rng):
     """V3: ell i.i.d. draws with probability ||x_j||^2 / ||X||_F^2 (length_squared_seeds) give
     E ||(I - Pi_S) X||_F^2 <= sum_{i>k} sigma_i^2 + (k / ell) ||X||_F^2 for every k; Monte Carlo
     over 3000 draws, mean + 4 standard errors, against the float64 SVD; and the draws follow
-    their law (chi-square, p > 0.001)."""
+    their law (chi-square, p > 0.001), never a column of zero norm."""
     from scipy.stats import chisquare
 
+    from minimaxkv.queries import uniforms
     from minimaxkv.rules.minimax import length_squared_seeds
 
     r, n, ell = 12, 30, 6
     x = rng.random((r, n)) ** 3 * rng.random(n)[None, :]
+    x[:, [2, 7]] = 0.0
     norms2 = np.sum(x * x, axis=0)
     sig2 = np.linalg.svd(x, compute_uv=False) ** 2
     valid = jnp.ones((n,), bool)
-    draw = jax.jit(lambda key: length_squared_seeds(key, jnp.asarray(norms2), valid, ell, ell))
+
+    def seeds(size):
+        return jax.jit(lambda key: length_squared_seeds(uniforms(key, [(size,)], jnp.float64)[0],
+                                                        jnp.asarray(norms2), valid, size))
+
+    draw = seeds(ell)
     resid, counts = [], np.zeros(n)
     for seed in range(3000):
         s = np.flatnonzero(np.asarray(draw(jax.random.PRNGKey(seed))))
@@ -400,11 +407,13 @@ def test_V3_length_squared_seeds_bicriteria(rng):
     for k in range(1, r):
         assert mean - 4 * se <= sig2[k:].sum() + k / ell * sig2.sum()
     # a single draw (ell = 1) is distributed by the squared norms
-    one = jax.jit(lambda key: length_squared_seeds(key, jnp.asarray(norms2), valid, 1, 1))
+    one = seeds(1)
     hits = np.zeros(n)
     for seed in range(4000):
         hits[np.flatnonzero(np.asarray(one(jax.random.PRNGKey(seed))))] += 1
-    assert chisquare(hits, 4000 * norms2 / norms2.sum()).pvalue > 1e-3
+    assert counts[[2, 7]].sum() == 0 and hits[[2, 7]].sum() == 0
+    live = norms2 > 0
+    assert chisquare(hits[live], 4000 * norms2[live] / norms2.sum()).pvalue > 1e-3
 
 
 def test_V3_support_contains_the_seeds(rng):

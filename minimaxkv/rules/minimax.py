@@ -105,16 +105,16 @@ def mixture_weight(p_train, p_held, p_model):
     return jnp.where(ok, jnp.clip(num / jnp.where(ok, den, 1.0), 0.0, 1.0), 0.5)
 
 
-def _model_draws(pre, key, n: int, num: int, horizon, theta, convention):
-    """``num`` draws per head ``[g * num, d]`` of the RoPE mixture of each head's Ledoit-Wolf
-    Gaussian fitted to its pre-RoPE observed queries ``pre [g, p, d]``."""
+def _model_draws(pre, u, n: int, horizon, theta, convention):
+    """Draws ``[g * num, d]`` of the RoPE mixture of each head's Ledoit-Wolf Gaussian fitted to
+    its pre-RoPE observed queries ``pre [g, p, d]``, from uniforms ``u [g, num, d + 1]``."""
     g, p, d = pre.shape
 
-    def draw(qh, kh):
+    def draw(qh, uh):
         law = ledoit_wolf(qh) if p >= 2 else _fit(qh, 1e-3)
-        return Q.sample(Q.rope_future(law, n, horizon, theta, convention), kh, num)
+        return Q.rope_draws(Q.rope_future(law, n, horizon, theta, convention), uh)
 
-    return jax.vmap(draw)(pre, jax.random.split(key, g)).reshape(-1, d)
+    return jax.vmap(draw)(pre, u).reshape(-1, d)
 
 
 def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta: float,
@@ -142,10 +142,9 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
     def logits(q):
         return scale * _mm(q, keys.T) + logw[None, :]
 
-    k_model, k_half = jax.random.split(key)
     if agnostic or queries is None:
         sigma = logit_std / scale / jnp.sqrt(jnp.mean(jnp.sum(keys * keys, axis=1)))
-        rows = sigma * jax.random.normal(k_model, (draws, d), dt)
+        rows = sigma * Q.standard_normal(Q.uniforms(key, [(draws, d)], dt)[0])
         base = rows
         s_base = logits(base)
         w = jnp.full((draws,), 1.0 / draws, dt)
@@ -155,13 +154,13 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
         q = queries.astype(dt)
         pre = rope.apply(q, -query_positions(n, p), theta, convention)
         per = max(1, draws // g)
-        fut = _model_draws(pre, k_model, n, per, horizon, theta, convention)
+        u_fut, u_half = Q.uniforms(key, [(g, per, d + 1), (g, max(8, 64 // g), d + 1)], dt)
+        fut = _model_draws(pre, u_fut, n, horizon, theta, convention)
         base = q.reshape(-1, d)
         rows = jnp.concatenate([base, fut])
         s_base = logits(base)
         if p >= 4:  # held-out split: even tokens train the model, odd tokens judge it
-            half = _model_draws(pre[:, 0::2], k_half, n, max(8, 64 // g), horizon, theta,
-                                convention)
+            half = _model_draws(pre[:, 0::2], u_half, n, horizon, theta, convention)
             pq = jax.nn.softmax(s_base, axis=1).reshape(g, p, n)
             alpha = mixture_weight(pq[:, 0::2].reshape(-1, n), pq[:, 1::2].reshape(-1, n),
                                    jax.nn.softmax(logits(half), axis=1))
@@ -177,15 +176,17 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
                kappa * prior, kappa, alpha)
 
 
-def length_squared_seeds(key, norms2, valid, size: int, count):
-    r"""V3's draws: ``size`` i.i.d. column indices with probability
-    :math:`\lVert a_j\rVert^2/\lVert A\rVert_F^2` (``norms2`` of the valid columns); the first
-    ``count`` (traced, <= size) of them are returned as a mask over the columns (duplicates
-    collapse)."""
+def length_squared_seeds(u, norms2, valid, count):
+    r"""V3's draws: ``len(u)`` i.i.d. column indices with probability
+    :math:`\lVert a_j\rVert^2/\lVert A\rVert_F^2` (``norms2`` of the valid columns), by the inverse
+    CDF of uniforms ``u`` in (0, 1); the first ``count`` (traced, <= len(u)) of them are returned
+    as a mask over the columns (duplicates collapse)."""
     w = jnp.where(valid, norms2, 0.0)
     tot = jnp.sum(w)
     prob = jnp.where(tot > 0, w / jnp.where(tot > 0, tot, 1.0), valid / jnp.maximum(valid.sum(), 1))
-    draws = jax.random.choice(key, norms2.shape[0], (size,), p=prob)
+    cum = jnp.cumsum(prob)  # the first index whose cumulative mass reaches r: never a zero mass
+    draws = jnp.minimum(jnp.searchsorted(cum, cum[-1] * (1 - u)), norms2.shape[0] - 1)
+    size = u.shape[0]
     use = (jnp.arange(size) < count).astype(jnp.int32)
     return jnp.zeros(norms2.shape, jnp.int32).at[draws].max(use) > 0
 
@@ -195,14 +196,14 @@ def _rank(x):
     return jnp.argsort(jnp.argsort(-x))
 
 
-def candidate_pool(gain, norms2, seeds, valid, size: int, key):
-    """``size`` column indices: the seeds, then in turn the best by first greedy ``gain`` or by
-    squared norm (mass), and a draw by squared norm without replacement (Gumbel top-k), which
-    spreads the pool over clusters of near-identical columns that the scores alone would fill
-    it with; never an invalid column before a valid one."""
+def candidate_pool(gain, norms2, seeds, valid, size: int, u):
+    r"""``size`` column indices: the seeds, then in turn the best by first greedy ``gain`` or by
+    squared norm (mass), and a draw by squared norm without replacement (Gumbel top-k, the
+    Gumbel noise :math:`-\log(-\log u)` from uniforms ``u`` in (0, 1)), which spreads the pool
+    over clusters of near-identical columns that the scores alone would fill it with; never an
+    invalid column before a valid one."""
     best = jnp.minimum(_rank(gain), _rank(norms2))
-    gumbel = jnp.log(jnp.maximum(norms2, 1e-300)) + jax.random.gumbel(key, norms2.shape,
-                                                                      norms2.dtype)
+    gumbel = jnp.log(jnp.maximum(norms2, 1e-300)) - jnp.log(-jnp.log(u))
     prio = -jnp.minimum(2 * best, 2 * _rank(jnp.where(valid, gumbel, -jnp.inf)) + 1)
     prio = jnp.where(seeds, jnp.inf, jnp.where(valid, prio.astype(gain.dtype), -jnp.inf))
     return lax.top_k(prio, size)[1]
@@ -336,10 +337,9 @@ def select_block(law: Law, blk: Block, key, *, k: int, pool: int, n_pool, seeds:
     xt, priv, floor, norms2, corr, resp = block_operator(law, blk, ridge)
     ok = blk.ok
     gain = jnp.where(ok, jnp.sum(corr * corr, axis=1) / jnp.maximum(norms2, 1e-30), -1.0)
-    k_seed, k_pool = jax.random.split(key)
-    seed = length_squared_seeds(k_seed, norms2, ok, seeds, n_seed) if seeds else \
-        jnp.zeros_like(ok)
-    cand = candidate_pool(gain, norms2, seed & ok, ok, pool, k_pool)
+    u_seed, u_pool = Q.uniforms(key, [(seeds,), ok.shape], xt.dtype)
+    seed = length_squared_seeds(u_seed, norms2, ok, n_seed) if seeds else jnp.zeros_like(ok)
+    cand = candidate_pool(gain, norms2, seed & ok, ok, pool, u_pool)
     xc = xt[cand]
     g0 = _mm(xc, xc.T)
     lost = priv[cand] * (1.0 - isolation(g0))  # probes that cannot isolate their atom
@@ -431,20 +431,20 @@ def law_risk(law: Law, cache: Cache, summary: Cache, scale):
     return jnp.sum(law.weights * jnp.sum((out - exact) ** 2, axis=1))
 
 
-def select_supports(law: Law, blocks: Block, m_b, key, *, slots: int, pool: float,
+def select_supports(law: Law, blocks: Block, m_b, keys, *, slots: int, pool: float,
                     sampled: float, value_aware: bool, ridge: float):
-    """Step 4 for every block: ``order [nb, slots]``, atom indices into each block, the first
-    ``m_b`` of them used; a pool of ``max(256, ceil(pool x m_b))`` candidates (at most the
-    block) and ``floor(sampled x m_b)`` length-squared seeds per block."""
-    nb, size_b = blocks.ok.shape
+    """Step 4 for every block (``keys [nb]``, one per block): ``order [nb, slots]``, atom
+    indices into each block, the first ``m_b`` of them used; a pool of
+    ``max(256, ceil(pool x m_b))`` candidates (at most the block) and
+    ``floor(sampled x m_b)`` length-squared seeds per block."""
+    size_b = blocks.ok.shape[1]
     size = min(size_b, max(slots, math.ceil(pool * slots), 256))
     seeds = size_b if sampled > 0 else 0  # draws made: independent of the budget
     n_seed = jnp.floor(sampled * m_b).astype(jnp.int32)
     n_pool = jnp.minimum(jnp.maximum(jnp.ceil(pool * m_b).astype(jnp.int32), 256), size)
     return jax.vmap(lambda bl, m, ns, npool, kb: select_block(
         law, bl, kb, k=slots, pool=size, n_pool=npool, seeds=seeds, m=m, n_seed=ns,
-        value_aware=value_aware, ridge=ridge))(blocks, m_b, n_seed, n_pool,
-                                               jax.random.split(key, nb))
+        value_aware=value_aware, ridge=ridge))(blocks, m_b, n_seed, n_pool, keys)
 
 
 def block_candidate(kind: str, law: Law, cache: Cache, blocks: Block, cols, order, active, lab,
@@ -537,15 +537,16 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             return Summary(Cache(*(x[kept] for x in cache)), None if merge else kept)
         dt = jnp.promote_types(cache.keys.dtype, jnp.float32)
         cache = Cache(*(x.astype(dt) for x in cache))
-        k_law, k_seed = jax.random.split(key)
+        size_b = n_mid if block is None else block
+        k_law, *k_blocks = jax.random.split(key, 1 + -(-n_mid // size_b))  # one call site
         draws = min(max(128, n // 4), 256) if samples is None else samples
         law = reference_law(cache, queries, k_law, draws=draws, horizon=horizon, theta=theta,
                             convention=convention, agnostic=agnostic, logit_std=logit_std,
                             scale=tau, probes=probes)
-        blocks = split_blocks(law, cache, lo, hi, n_mid if block is None else block)
+        blocks = split_blocks(law, cache, lo, hi, size_b)
         m_b = allocate(law, blocks, free, used, response)
         slots = min(blocks.ok.shape[1], free)  # no block gets more: every block has this many
-        order = select_supports(law, blocks, m_b, k_seed, slots=slots, pool=pool,
+        order = select_supports(law, blocks, m_b, jnp.stack(k_blocks), slots=slots, pool=pool,
                                 sampled=sampled, value_aware=selection == "value", ridge=ridge)
         active = jnp.arange(slots)[None, :] < m_b[:, None]
         lab = jax.vmap(nearest_slot)(blocks, order, active)  # [nb, B]
