@@ -179,8 +179,8 @@ def test_per_head_budgets_compile_one_program_per_capacity_bucket(tiny):
 def test_prompts_of_nearby_lengths_share_the_models_programs(tiny):
     """Context lengths 37, 38 and 39 lie in one bucket (40): after a sweep at 37, the model's
     forward and decoding programs do not compile again for 38 and 39 (the rules compile once
-    per length)."""
-    rules = ("snapkv", "minimax")
+    per length; one cheap rule is enough, the model's programs do not depend on it)."""
+    rules = ("snapkv",)
     jax.clear_caches()
     first, _ = _sweep(tiny, rules, [37], [0])
     again, _ = _sweep(tiny, rules, [38, 39], [1])
