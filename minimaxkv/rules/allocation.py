@@ -1,7 +1,7 @@
 r"""Budgets across heads and layers: AdaKV, PyramidKV and the spectral allocation.
 
-Each function returns integer budgets; :func:`compress_heads` applies a rule head by head with
-them. Budgets are per KV head; a layer's total is ``heads * m``.
+Each function returns integer budgets (``minimaxkv.evaluate.compress`` applies a rule head by head
+with them). Budgets are per KV head; a layer's total is ``heads * m``.
 
 * :func:`adakv_budgets` (Feng et al. 2024): every head keeps its top ``alpha * m`` atoms; the rest
   of the layer's budget goes to the highest remaining scores across heads (scores must be
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Rule
 
 
 def _largest_remainder(weights, total: int, lo: int = 1):
@@ -79,16 +78,3 @@ def target_budgets(spectra, target: float):
     tails = np.concatenate([np.cumsum(e[:, ::-1], axis=1)[:, ::-1], np.zeros((e.shape[0], 1))], 1)
     ok = tails <= target * e.sum(1, keepdims=True)
     return np.maximum(np.argmax(ok, axis=1), 1)
-
-
-def compress_heads(rule: Rule, caches, budgets, queries=None, key=None):
-    """Apply ``rule`` to each head ``h`` of stacked caches with its own budget; list of Summaries."""
-    import jax
-
-    out = []
-    for h, m in enumerate(np.asarray(budgets).tolist()):
-        c = jax.tree.map(lambda a: a[h], caches)
-        q = None if queries is None else queries[h]
-        k = None if key is None else jax.random.fold_in(key, h)
-        out.append(rule(c, int(m), q, k))
-    return out

@@ -180,7 +180,7 @@ def gvote(samples: int = 16, nucleus: float = 0.95, shrinkage: float = 1e-3,
     is the union over draws and heads. GVote chooses its size per request: here ``budget`` is a
     cap -- a larger union keeps its atoms with the highest attention over the draws -- and slots
     the union does not fill are padding (log-weight ``-inf``, counted as zero bytes by
-    :func:`effective_atoms`).
+    :func:`minimaxkv.cache.live_atoms`).
     """
 
     def compress(cache, budget, queries, key):
@@ -207,8 +207,3 @@ def gvote(samples: int = 16, nucleus: float = 0.95, shrinkage: float = 1e-3,
         return summ._replace(cache=summ.cache._replace(logw=logw))
 
     return Rule("gvote", compress, True)
-
-
-def effective_atoms(cache) -> jnp.ndarray:
-    """Number of atoms with positive weight (padding excluded)."""
-    return jnp.sum(jnp.isfinite(cache.logw))
