@@ -27,12 +27,12 @@ CONFIGS = {
              "fractions": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5], "seeds": [0, 1, 2, 3]},
 }
 
+FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
 def run(config: dict) -> dict:
     """``{"families": {family: {"budgets": [m...], "risk": {rule: [[risk per budget] per seed]}}}}``."""
     from minimaxkv.cli import compare_table
 
-    common.enable_x64()
     rules = [r for pair in PAIRS for r in pair]
     out = {}
     cells = [(f, s) for f in config["families"] for s in config["seeds"]]

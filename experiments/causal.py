@@ -24,6 +24,7 @@ CONFIGS = {
              "rules": list(RULES), "seed": 0},
 }
 
+FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
 def run(config: dict) -> dict:
     """``{"rules": {rule: {"errors": [T], "nbytes": [T], "prefill_risk", "decode_risk", ...}}}``."""
@@ -32,7 +33,6 @@ def run(config: dict) -> dict:
 
     from minimaxkv import causal, rules, synthetic
 
-    common.enable_x64()
     T = config["prefill"] + config["decode"]
     st = synthetic.stream(jax.random.PRNGKey(config["seed"]), T=T, d=config["d"], dv=config["dv"])
     itemsize = np.dtype(st.keys.dtype).itemsize

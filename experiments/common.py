@@ -14,6 +14,7 @@ environment variables ``MINIMAXKV_RESULTS`` and ``MINIMAXKV_FIGURES`` (or a ``ro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import os
@@ -104,9 +105,13 @@ def compute(name: str, scale: str, root=None) -> dict:
 
     cfg = config(name, scale)
     t0 = time.perf_counter()
+    mod = module(name)
+    # a module with FLOAT64 = True computes in float64 (as ``minimaxkv compare`` does), for
+    # this run only
+    precision = jax.enable_x64(True) if getattr(mod, "FLOAT64", False) else contextlib.nullcontext()
     try:
-        with programs.PeakMappings() as peak:
-            out = module(name).run(cfg)
+        with programs.PeakMappings() as peak, precision:
+            out = mod.run(cfg)
     finally:
         jax.clear_caches()
     record = {"name": name, "scale": scale, "config": cfg, "hash": key(name, scale),
@@ -132,13 +137,6 @@ def ensure(name: str, scale: str, *, force: bool = False, root=None) -> tuple[di
     if saved is not None:
         return saved, False
     return compute(name, scale, root), True
-
-
-def enable_x64():
-    """Experiments compute in float64 (as ``minimaxkv compare`` does)."""
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
 
 
 @functools.lru_cache(maxsize=2)

@@ -28,6 +28,7 @@ CONFIGS = {
              "dv": 64, "gap": 8.0, "seed": 0},
 }
 
+FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
 def support_needed(ms, risks, n: int, target: float) -> float:
     """Smallest m with relative risk <= ``target``, linear between grid points and (n, 0)."""
@@ -69,7 +70,6 @@ def run(config: dict) -> dict:
     from minimaxkv.attention import attend
     from minimaxkv.risk import relative_risk
 
-    common.enable_x64()
     curves, support = {}, {"minimax": {}, "refit on eval queries": {}, "L3": {}}
     grids = {n: sorted({max(1, min(n - 1, int(round(f * n)))) for f in config["fractions"]})
              for n in config["ns"]}

@@ -27,12 +27,12 @@ CONFIGS = {
              "seed": 0},
 }
 
+FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
 def run(config: dict) -> dict:
     """``{"rows": [per-head dict], "spearman": {rule: {predictor: [rho per budget]}}, ...}``."""
     from minimaxkv import analyze, rules
 
-    common.enable_x64()
     cap = common.smollm2_capture(config["text"], config["tokens"])
     rows = analyze.analyze(cap, config["budgets"], {r: rules.get(r) for r in config["rules"]},
                            future=config["future"], observed=config["observed"],

@@ -28,12 +28,12 @@ CONFIGS = {
              "rules": list(RULES), "seed": 0},
 }
 
+FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
 def run(config: dict) -> dict:
     """``{"families": {family: {"budgets": [m...], "risk": {column: [risk per budget]}}}}``."""
     from minimaxkv.cli import compare_table
 
-    common.enable_x64()
     out = {}
     for family in tqdm(config["families"], desc="risk_vs_budget"):
         table = compare_table(family, config["n"], config["d"], config["dv"], config["p_obs"],

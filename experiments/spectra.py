@@ -18,6 +18,7 @@ CONFIGS = {
     "full": {"n": 1024, "p": 512, "d": 64, "dv": 64, "eps": [0.01, 0.05, 0.1], "seed": 0},
 }
 
+FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
 def run(config: dict) -> dict:
     """``{"families": {family: {"eigs": [...], "eigs_centred": [...], "eps_rank": {eps: m}}}}``."""
@@ -26,7 +27,6 @@ def run(config: dict) -> dict:
 
     from minimaxkv import compressibility, synthetic
 
-    common.enable_x64()
     n = config["n"]
     out = {}
     for family in tqdm(sorted(synthetic.FAMILIES), desc="spectra"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -54,7 +55,6 @@ def _report_rows(n: int, p: int, d: int, dv: int, seed: int, budgets: list[float
 
 
 def report(args) -> int:
-    jax.config.update("jax_enable_x64", True)
     t0 = time.perf_counter()
     rows = list(_report_rows(args.n, args.p, args.d, args.dv, args.seed, args.budgets,
                              args.oracle_n))
@@ -120,7 +120,6 @@ def compare(args) -> int:
     if args.cache:
         args.cachefile, args.plot = args.cache, None
         return compare_cache(args)
-    jax.config.update("jax_enable_x64", True)
     t0 = time.perf_counter()
     names = args.rules or list(COMPARE_RULES)
     for family in args.families:
@@ -219,7 +218,6 @@ def _analyze_rows(args):
     interrupted run resumes where it stopped."""
     from . import analyze, capture, io, rules, store
 
-    jax.config.update("jax_enable_x64", True)
     cap = capture.load(args.cachefile)
     heads = None
     if args.layers is not None:
@@ -549,6 +547,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# commands whose risks, spectra and bounds are computed in float64 (the others: the model's dtype)
+FLOAT64_COMMANDS = ("report", "compare", "analyze")
+
+
 def main(argv=None) -> int:
     parser = _Parser(prog="minimaxkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -662,8 +664,10 @@ def main(argv=None) -> int:
     fp.set_defaults(func=figures_cmd)
     args = parser.parse_args(argv)
     _check_args(args, sub.choices[args.command].error, cp.get_default)
-    try:
-        with io.sigterm_exits():
+    try:  # the float64 commands choose their precision here, for this call only
+        precision = (jax.enable_x64(True) if args.command in FLOAT64_COMMANDS
+                     else contextlib.nullcontext())
+        with io.sigterm_exits(), precision:
             return args.func(args)
     except (ValueError, FileNotFoundError) as err:  # the input checks: one line, no traceback
         if os.environ.get("MINIMAXKV_TRACEBACK"):
