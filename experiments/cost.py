@@ -58,7 +58,7 @@ def run(config: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from minimaxkv import rules, synthetic
+    from minimaxkv import budgets, rules, synthetic
     from minimaxkv.risk import risk
     from minimaxkv.rules.base import _jitted
 
@@ -70,7 +70,7 @@ def run(config: dict) -> dict:
     def head(n):
         inst = synthetic.make("power_law", jax.random.PRNGKey(config["seed"]), n=n, d=d, dv=d,
                               p=p + obs, dtype=jnp.float32)
-        return inst.cache, inst.queries[:p], inst.queries[p:], max(1, int(round(config["fraction"] * n)))
+        return inst.cache, inst.queries[:p], inst.queries[p:], budgets.atoms(config["fraction"], n)
 
     for n in tqdm(config["risk_ns"], desc="cost: risk"):
         cache, probes, observed, m = head(n)

@@ -66,12 +66,12 @@ def run(config: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from minimaxkv import programs, rules, synthetic
+    from minimaxkv import budgets, programs, rules, synthetic
     from minimaxkv.attention import attend
     from minimaxkv.risk import relative_risk
 
     curves, support = {}, {"minimax": {}, "refit on eval queries": {}, "L3": {}}
-    grids = {n: sorted({max(1, min(n - 1, int(round(f * n)))) for f in config["fractions"]})
+    grids = {n: sorted({min(n - 1, budgets.atoms(f, n)) for f in config["fractions"]})
              for n in config["ns"]}
     bar = tqdm(total=sum(map(len, grids.values())), desc="lookup_support")
     for n in config["ns"]:

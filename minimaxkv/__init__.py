@@ -7,8 +7,8 @@ Public names (stable): :class:`Cache`, :class:`Summary`, :func:`attend`, :func:`
 
 __version__ = "0.1.0"
 
-from . import (bounds, capture, causal, compressibility, evaluate, fit, io, linalg, model,
-               programs, queries, rope, rules, summarize, synthetic, tasks)
+from . import (bounds, budgets, capture, causal, compressibility, evaluate, fit, io, linalg,
+               model, programs, queries, rope, rules, summarize, synthetic, tasks)
 from ._check import checked
 from .attention import attend, attend_and_mass, attention_weights, combine, log_mass
 from .cache import Cache, Summary, validate
@@ -22,6 +22,7 @@ __all__ = [
     "attention_weights",
     "bootstrap_interval",
     "bounds",
+    "budgets",
     "capture",
     "causal",
     "checked",

@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import bounds, compressibility, fit
+from . import budgets as budgets_mod
 from .cache import Cache
 from .capture import Captured
-from .evaluate import budget_atoms
 from .risk import relative_risk, risk
 
 
@@ -116,7 +116,7 @@ def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed:
     """:func:`analyze_head` for every ``(layer, kv_head)`` in ``heads`` (default: all).
 
     ``budgets`` are atoms (integers) or fractions of the context (see
-    :func:`minimaxkv.evaluate.budget_atoms`). Rows carry ``layer``, ``kv_head`` and ``budgets``
+    :func:`minimaxkv.budgets.atoms`). Rows carry ``layer``, ``kv_head`` and ``budgets``
     (atoms) besides the fields of :func:`analyze_head`, in the order of ``heads``.
 
     Heads with a row in ``done`` (same ``layer`` and ``kv_head``) are not recomputed: that row is
@@ -127,7 +127,7 @@ def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed:
     from tqdm import tqdm
 
     n = _check_split(cap.keys.shape[2], future, observed)
-    atoms = [budget_atoms(b, n) for b in budgets]
+    atoms = [budgets_mod.atoms(b, n) for b in budgets]
     heads = [(i, h) for i in range(cap.layers) for h in range(cap.kv_heads)] if heads is None \
         else [tuple(x) for x in heads]
     have = {(r["layer"], r["kv_head"]): r for r in done or ()}

@@ -17,6 +17,7 @@ import scipy.linalg
 from tqdm import tqdm
 
 from . import bounds, compressibility, io, synthetic
+from . import budgets as budgets_mod
 from .attention import attention_weights
 
 
@@ -36,7 +37,7 @@ def _report_rows(n: int, p: int, d: int, dv: int, seed: int, budgets: list[float
             "d_eff": float(compressibility.effective_dimension(spec, 1e-3 * float(spec[0]))),
         }
         for frac in budgets:
-            m = max(1, int(round(frac * n)))
+            m = budgets_mod.atoms(frac, n)
             lo = float(bounds.width_lower(q, c, m))
             hi, _ = bounds.width_upper(q, c, m)
             row[f"lower@{frac:g}"] = lo
@@ -101,7 +102,7 @@ def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
     q_obs, q_eval = queries[:p_obs], queries[p_obs:]
     table = {}
     for frac in budgets:
-        m = max(1, int(round(frac * n)))
+        m = budgets_mod.atoms(frac, n)
         row = {}
         for name in rule_names:
             summ = rules.get(name)(c, m, q_obs)

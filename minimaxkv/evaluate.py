@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _check
+from . import budgets as budgets_mod
 from . import tasks as tasks_mod
 from .cache import Cache, live_atoms, live_bytes
 from .model import (Model, bucket, buffer, concat, decode, empty_past, forward, generate,
@@ -326,22 +327,6 @@ def metrics(prep: Prepared, full: Reading, got: Reading, past: Cache, seconds: f
             "bytes": int(nbytes), "atoms": atoms, "compress_seconds": seconds}
 
 
-def budget_atoms(budget: float, n: int) -> int:
-    """A budget given as atoms (int >= 1) or as a fraction of the prefix (0 < f <= 1)."""
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
-        raise ValueError(f"budget: expected atoms (int) or a fraction in (0, 1], got {budget!r}")
-    if float(budget) <= 0:
-        raise ValueError(f"budget: must be positive, got {budget}")
-    if float(budget) <= 1 and not (isinstance(budget, (int, np.integer)) and budget == 1):
-        return max(1, int(round(float(budget) * n)))
-    if float(budget) != int(budget):
-        raise ValueError(f"budget: a budget above 1 counts atoms and must be an integer, got {budget}")
-    if int(budget) > n:
-        raise ValueError(f"budget: {int(budget)} atoms, but the context has only {n} tokens "
-                         "(nothing would be compressed); give a fraction or fewer atoms")
-    return int(budget)
-
-
 def _compressed_reading(model, prep, base, rule, m, observed, block, decode_block, max_new):
     """The reading of ``prep`` with ``rule`` at ``m`` atoms: compressed once from the full
     prefill ``base``, or causally every ``block`` prefill (and ``decode_block`` new) tokens."""
@@ -389,7 +374,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
         if observed > n:
             raise ValueError(f"observed: {observed} queries, but the prompt {task.family} (seed "
                              f"{task.seed}) has only {n} context tokens")
-        preps.append((task, prep, {float(b): budget_atoms(b, n) for b in budgets}))
+        preps.append((task, prep, {float(b): budgets_mod.atoms(b, n) for b in budgets}))
     total = len(task_list) * len(rules) * len(budgets)
     with tqdm(total=total, desc="evaluate", disable=not progress, file=sys.stderr) as bar:
         for task, prep, atoms in preps:

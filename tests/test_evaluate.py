@@ -110,17 +110,6 @@ def test_sweep_refuses_what_it_would_silently_ignore(smollm2):
         E.sweep(smollm2, [task], rules, [n + 1], progress=False)
 
 
-def test_budget_atoms():
-    assert E.budget_atoms(0.1, 1000) == 100 and E.budget_atoms(64, 1000) == 64
-    assert E.budget_atoms(1, 1000) == 1 and E.budget_atoms(1.0, 1000) == 1000
-    assert E.budget_atoms(235, 235) == 235
-    with pytest.raises(ValueError, match="5000 atoms, but the context has only 235 tokens"):
-        E.budget_atoms(5000, 235)
-    for bad in (0, -3, 2.5, "x"):
-        with pytest.raises(ValueError):
-            E.budget_atoms(bad, 10)
-
-
 def test_compression_during_decoding(smollm2, passkey):
     """Decode-time compression: with room for everything it is the full run (up to round-off);
     with a small budget the state never exceeds budget + block atoms per head."""

@@ -163,7 +163,7 @@ def test_per_head_budgets_compile_one_program_per_capacity_bucket(tiny):
     buckets = len({min(M.bucket(k), 71) for k in range(1, 72)})
     assert seen.count("jit(upto)") <= 2 * buckets
     # the allocations did vary, from head to head and from prompt to prompt
-    from minimaxkv import evaluate
+    from minimaxkv import budgets, evaluate
 
     seen_budgets = set()
     for seed in range(6):
@@ -171,7 +171,7 @@ def test_per_head_budgets_compile_one_program_per_capacity_bucket(tiny):
         state = evaluate.prefill(tiny, prep.prefix, observed=4)
         for name in ("snapkv@adakv", "minimax@spectral"):
             b = evaluate.head_budgets(evaluate.resolve(name), state.past, state.queries,
-                                      evaluate.budget_atoms(0.25, len(prep.prefix)))
+                                      budgets.atoms(0.25, len(prep.prefix)))
             seen_budgets.add(tuple(np.asarray(b).ravel().tolist()))
     assert len(seen_budgets) > 2 and any(len(set(b)) > 1 for b in seen_budgets)
 
