@@ -29,6 +29,7 @@ CONFIGS = {
 
 FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
+
 def run(config: dict) -> dict:
     """``{"families": {family: {"budgets": [m...], "risk": {rule: [[risk per budget] per seed]}}}}``."""
     from minimaxkv.cli import compare_table

@@ -26,6 +26,7 @@ CONFIGS = {
 
 FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
+
 def run(config: dict) -> dict:
     """``{"rules": {rule: {"errors": [T], "nbytes": [T], "prefill_risk", "decode_risk", ...}}}``."""
     import jax

@@ -30,6 +30,7 @@ CONFIGS = {
 
 FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
+
 def support_needed(ms, risks, n: int, target: float) -> float:
     """Smallest m with relative risk <= ``target``, linear between grid points and (n, 0)."""
     ms = list(ms) + [n]

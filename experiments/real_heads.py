@@ -29,6 +29,7 @@ CONFIGS = {
 
 FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
+
 def run(config: dict) -> dict:
     """``{"rows": [per-head dict], "spearman": {rule: {predictor: [rho per budget]}}, ...}``."""
     from minimaxkv import analyze, rules

@@ -30,6 +30,7 @@ CONFIGS = {
 
 FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
+
 def run(config: dict) -> dict:
     """``{"families": {family: {"budgets": [m...], "risk": {column: [risk per budget]}}}}``."""
     from minimaxkv.cli import compare_table

@@ -20,6 +20,7 @@ CONFIGS = {
 
 FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
 
+
 def run(config: dict) -> dict:
     """``{"families": {family: {"eigs": [...], "eigs_centred": [...], "eps_rank": {eps: m}}}}``."""
     import jax

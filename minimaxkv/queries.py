@@ -18,6 +18,7 @@ continuous ones); risks and compressibility measures take that set.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -159,8 +160,8 @@ def uniforms(key, shapes, dtype):
     of XLA:CPU compilation each), so a step that needs several kinds of noise draws it once."""
     sizes = [math.prod(s) for s in shapes]
     u = jax.random.uniform(key, (sum(sizes),), dtype, minval=jnp.finfo(dtype).tiny, maxval=1.0)
-    cuts = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
-    return [part.reshape(s) for part, s in zip(jnp.split(u, cuts), shapes)]
+    parts = jnp.split(u, list(itertools.accumulate(sizes))[:-1])
+    return [part.reshape(s) for part, s in zip(parts, shapes)]
 
 
 def standard_normal(u):

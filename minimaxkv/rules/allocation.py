@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 def _largest_remainder(weights, total: int, lo: int = 1):
     """Integers >= lo proportional to ``weights`` summing exactly to ``total``."""
     w = np.asarray(weights, np.float64)

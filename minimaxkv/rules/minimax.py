@@ -538,19 +538,19 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         dt = jnp.promote_types(cache.keys.dtype, jnp.float32)
         cache = Cache(*(x.astype(dt) for x in cache))
         size_b = n_mid if block is None else block
-        k_law, *k_blocks = jax.random.split(key, 1 + -(-n_mid // size_b))  # one call site
+        keys = jax.random.split(key, 1 + -(-n_mid // size_b))  # the law's, then each block's
         draws = min(max(128, n // 4), 256) if samples is None else samples
-        law = reference_law(cache, queries, k_law, draws=draws, horizon=horizon, theta=theta,
+        law = reference_law(cache, queries, keys[0], draws=draws, horizon=horizon, theta=theta,
                             convention=convention, agnostic=agnostic, logit_std=logit_std,
                             scale=tau, probes=probes)
         blocks = split_blocks(law, cache, lo, hi, size_b)
         m_b = allocate(law, blocks, free, used, response)
-        slots = min(blocks.ok.shape[1], free)  # no block gets more: every block has this many
-        order = select_supports(law, blocks, m_b, jnp.stack(k_blocks), slots=slots, pool=pool,
+        slots = min(size_b, free)  # no block gets more: every block has this many
+        order = select_supports(law, blocks, m_b, keys[1:], slots=slots, pool=pool,
                                 sampled=sampled, value_aware=selection == "value", ridge=ridge)
         active = jnp.arange(slots)[None, :] < m_b[:, None]
         lab = jax.vmap(nearest_slot)(blocks, order, active)  # [nb, B]
-        cols = lo + blocks.ok.shape[1] * jnp.arange(m_b.shape[0])[:, None] + order  # [nb, k]
+        cols = lo + size_b * jnp.arange(m_b.shape[0])[:, None] + order  # [nb, k]
         # the used slots of every block, in block order, after the protected atoms
         sel = jnp.arange(free) if m_b.shape[0] == 1 else \
             jnp.nonzero(active.reshape(-1), size=free)[0]
