@@ -1,10 +1,32 @@
-"""Test configuration: float64 everywhere unless a test asks for another dtype."""
+"""Test configuration: float64 everywhere unless a test asks for another dtype; one XLA
+compilation cache for the whole run."""
 
-import jax
-import numpy as np
-import pytest
+import os
+import shutil
+import tempfile
+
+# Every program is compiled once per test run: an identical program asked for again (by a fresh
+# rule closure, the other worker, or a command or notebook a test starts in a subprocess, all of
+# which inherit this environment) is read back from a cache folder made for this run and removed
+# at its end. JAX's compile event marks reads from it too (tests/test_recompile.py counts them).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="minimaxkv-tests-xla-")
+    os.environ["MINIMAXKV_TESTS_XLA_CACHE_OWNER"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("MINIMAXKV_TESTS_XLA_CACHE_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -43,7 +43,12 @@ def test_there_are_notebooks():
                                          "03_end_to_end.py"]
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+# the notebooks that load SmolLM2 (about a minute each on 2 cores) run in the slow tier; the
+# default tier runs the synthetic one and checks every committed twin below
+RUNS = [pytest.param(s, marks=pytest.mark.slow) if _needs_smollm2(s) else s for s in SOURCES]
+
+
+@pytest.mark.parametrize("source", RUNS, ids=lambda p: p.stem)
 def test_notebook_runs(source, monkeypatch):
     if _needs_smollm2(source):
         from minimaxkv import model

@@ -38,7 +38,9 @@ def test_full_budget_is_exact(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_budget_protection_determinism_jit(name):
+def test_budget_protection_determinism(name):
+    """Shapes, protected atoms, and the same summary twice for one key (a rule's call is always
+    the compiled ``compress``: base._jitted)."""
     c, q = instance(3)
     rule = rules.get(name)
     key = jax.random.PRNGKey(7)
@@ -55,10 +57,6 @@ def test_budget_protection_determinism_jit(name):
         assert {0, 1, 2, 3} <= set(np.asarray(s1.kept).tolist())
     if name.startswith("snapkv"):
         assert set(range(N - P, N)) <= set(np.asarray(s1.kept).tolist())
-    jitted = jax.jit(lambda c, q, k: rule.compress(c, M, q, k))(
-        c, rules.group_queries(q, D), key)
-    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(jitted)):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -118,6 +116,11 @@ def test_minimax_without_merge_is_a_subset_rule(oracles):
 
 
 TRACED = [r for r in ALL if rules.get(r).upto is not None]
+# minimax_agnostic shares every step but the reference law with minimax (checked above and in
+# test_temperature_is_the_keys_scale); its runs of the two checks below, ~50 s of compilation,
+# are in the slow tier
+SLOW_TWINS = [pytest.param(r, marks=pytest.mark.slow) if r == "minimax_agnostic" else r
+              for r in ALL]
 
 
 def test_the_traced_budget_covers_the_rules_per_head_allocations_use():
@@ -125,7 +128,7 @@ def test_the_traced_budget_covers_the_rules_per_head_allocations_use():
             "minimax_agnostic"} <= set(TRACED)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SLOW_TWINS)
 def test_padded_equals_the_rule_at_its_budget_then_empty_atoms(name):
     """``rule.padded(c, capacity, m)`` against the rule called at m: where the rule has ``upto``
     (one program for every m) this is a second implementation of the same summary."""
@@ -190,7 +193,7 @@ def test_temperature_is_the_keys_scale(name):
                 for o in outs}) == 2
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SLOW_TWINS)
 def test_summaries_keep_the_caches_dtype(name):
     """A float16 cache gives a float16 summary (equal budget = equal bytes), whatever precision
     the rule computes in, and its attention stays finite; the same through ``padded``."""

@@ -24,7 +24,7 @@ One head, one call; every step is a named pure function below.
 5. **Fit** (:func:`fit_block`): mass matching by NNLS and values by least squares on the law;
    the probes pull each kept atom's factor towards 1 and its value towards the values of the
    atoms whose probes read it.
-6. **Choose** (:func:`block_candidate`, :func:`join_summary`, :func:`least_risk`) among the
+6. **Choose** (:func:`block_candidates`, :func:`join_summary`, :func:`least_risk`) among the
    candidates on the same support -- the fit, the atoms kept exactly (eviction), and, with
    ``merge=True``, every block atom merged into its nearest kept key (I3, U3) and refitted --
    the one with the smallest risk on the law (an in-sample choice). With ``merge=True`` the
@@ -362,35 +362,42 @@ def nearest_slot(blk: Block, order, act):
     return lab.at[kept].set(jnp.arange(order.shape[0]), mode="drop")
 
 
-def fit_block(law: Law, blk: Block, order, act, lab, *, scale, ridge, merged: bool,
-              iters: int):
-    r"""Step 5 for one block: keys, log-weights and values of its ``k`` slots (``order``: atom
-    indices into the block, ``act``: used slots, ``lab``: :func:`nearest_slot`). With
-    :math:`\mu_j` the weight of atom j's isolating probe and :math:`\mu_s` the total over the
-    atoms whose probe reads slot s: mass,
+def slot_atoms(law: Law, blk: Block, order, act, lab, *, scale, merged: bool):
+    r"""The atoms a candidate of step 5 starts from, one per slot of the block (``order``: atom
+    indices into the block, ``act``: used slots, ``lab``: :func:`nearest_slot`): keys
+    ``[k, d]``, log-weights ``[k]``, prior values ``[k, dv]`` and the law's attention on them
+    ``[k, r]`` (unused slots: zero). The kept atoms themselves, or with ``merged`` every block
+    atom joined to its slot's group, whose key becomes the group's centroid and whose
+    log-weight the group's mass."""
+    kout, bcol, prior = blk.keys[order], blk.logw[order], blk.values[order]
+    if not merged:
+        return kout, bcol, prior, blk.attention[order] * act[:, None]
+    k = order.shape[0]
+    bmax = jnp.max(blk.logw)
+    wj = jnp.where(blk.ok & jnp.isfinite(blk.logw), jnp.exp(blk.logw - bmax), 0.0)
+    mass = jax.ops.segment_sum(wj, lab, k)
+    safe = jnp.where(mass > 0, mass, 1.0)[:, None]
+    has = (mass > 0)[:, None]
+    kout = jnp.where(has, jax.ops.segment_sum(wj[:, None] * blk.keys, lab, k) / safe, kout)
+    prior = jnp.where(has, jax.ops.segment_sum(wj[:, None] * blk.values, lab, k) / safe, prior)
+    bcol = jnp.where(mass > 0, bmax + jnp.log(safe[:, 0]), -jnp.inf)
+    pt = jnp.exp(scale * _mm(kout, law.queries.T) + bcol[:, None] - law.logz[None, :])
+    return kout, bcol, prior, pt * act[:, None]
+
+
+def fit_block(law: Law, blk: Block, order, act, lab, start, *, ridge, iters: int):
+    r"""Step 5 for one block: log-weights and values of its ``k`` slots from the atoms
+    ``start`` = :func:`slot_atoms` (keys, log-weights, prior values, attention; the keys are
+    kept). With :math:`\mu_j` the weight of atom j's isolating probe and :math:`\mu_s` the
+    total over the atoms whose probe reads slot s: mass,
     :math:`\min_{c\ge0}\sum_iw_i(\sum_sc_sp_s(q_i)-\lambda_B(q_i))^2+\sum_s\mu_{j_s}(c_s-1)^2`
     (a kept atom's probe sees it alone; from c = 1); values,
     :math:`\min\sum_iw_i\lambda_B^2\lVert\hat A_B-A_B\rVert^2
     +\sum_j\mu_j\lVert\hat v_{s(j)}-v_j\rVert^2` plus a floor ``ridge`` x the mean diagonal
-    of the value system towards the same target.
-    ``merged``: every block atom joins its slot's group, whose key becomes the group's centroid
-    and whose log-weight the group's mass."""
+    of the value system towards the same target."""
     w = law.weights
     k = order.shape[0]
-    kout, bcol, prior = blk.keys[order], blk.logw[order], blk.values[order]
-    pt = blk.attention[order] * act[:, None]  # [k, r]
-    if merged:
-        bmax = jnp.max(blk.logw)
-        wj = jnp.where(blk.ok & jnp.isfinite(blk.logw), jnp.exp(blk.logw - bmax), 0.0)
-        mass = jax.ops.segment_sum(wj, lab, k)
-        safe = jnp.where(mass > 0, mass, 1.0)[:, None]
-        has = (mass > 0)[:, None]
-        kout = jnp.where(has, jax.ops.segment_sum(wj[:, None] * blk.keys, lab, k) / safe, kout)
-        prior = jnp.where(has, jax.ops.segment_sum(wj[:, None] * blk.values, lab, k) / safe,
-                          prior)
-        bcol = jnp.where(mass > 0, bmax + jnp.log(safe[:, 0]), -jnp.inf)
-        pt = jnp.exp(scale * _mm(kout, law.queries.T) + bcol[:, None] - law.logz[None, :])
-        pt = pt * act[:, None]
+    kout, bcol, prior, pt = start
     mu = jnp.where(blk.ok, blk.private, 0.0)
     mu_s = jax.ops.segment_sum(mu, lab, k)  # the probes reading each slot
     v0 = jnp.where((mu_s > 0)[:, None],
@@ -447,28 +454,37 @@ def select_supports(law: Law, blocks: Block, m_b, keys, *, slots: int, pool: flo
         value_aware=value_aware, ridge=ridge))(blocks, m_b, n_seed, n_pool, keys)
 
 
-def block_candidate(kind: str, law: Law, cache: Cache, blocks: Block, cols, order, active, lab,
-                    *, scale, ridge: float, iters: int):
-    """Step 6's candidate ``kind`` on the selected supports, per block: keys ``[nb, k, d]``,
-    log-weights ``[nb, k]`` and values ``[nb, k, dv]``. ``"exact"``: the atoms ``cols`` kept as
-    they are; ``"fit"``: step 5 (:func:`fit_block`); ``"merged"``: step 5 after merging every
-    atom into its nearest kept key. A block given all its atoms stays exact in every
-    candidate. Unused slots have log-weight ``-inf``."""
+def block_candidates(kinds, law: Law, cache: Cache, blocks: Block, cols, order, active, lab,
+                     *, scale, ridge: float, iters: int):
+    """Step 6's candidates ``kinds`` on the selected supports, one ``(keys [nb, k, d],
+    log-weights [nb, k], values [nb, k, dv])`` per kind. ``"exact"``: the atoms ``cols`` kept as
+    they are; ``"fit"``: step 5 (:func:`fit_block`) on them; ``"merged"``: step 5 after merging
+    every atom into its nearest kept key (:func:`slot_atoms`). The fitted kinds are solved
+    together (one batched fit). A block given all its atoms stays exact in every candidate.
+    Unused slots have log-weight ``-inf``."""
     keys, values = cache.keys[cols], cache.values[cols]
     logw = jnp.where(active, cache.logw[cols], -jnp.inf)
-    if kind == "exact":
-        return keys, logw, values
-    kout, beta, vout = jax.vmap(lambda bl, o, a, lb: fit_block(
-        law, bl, o, a, lb, scale=scale, ridge=ridge, merged=kind == "merged",
-        iters=iters))(blocks, order, active, lab)
-    whole = active.sum(1) >= blocks.ok.sum(1)
-    return (jnp.where(whole[:, None, None], keys, kout), jnp.where(whole[:, None], logw, beta),
-            jnp.where(whole[:, None, None], values, vout))
+    fitted = [kind for kind in kinds if kind != "exact"]
+    parts = {"exact": (keys, logw, values)}
+    if fitted:
+        def per_block(bl, o, a, lb):
+            starts = [slot_atoms(law, bl, o, a, lb, scale=scale, merged=kind == "merged")
+                      for kind in fitted]
+            return jax.vmap(lambda st: fit_block(law, bl, o, a, lb, st, ridge=ridge, iters=iters)
+                            )(jax.tree.map(lambda *xs: jnp.stack(xs), *starts))
+
+        kout, beta, vout = jax.vmap(per_block)(blocks, order, active, lab)  # [nb, kind, ...]
+        whole = active.sum(1) >= blocks.ok.sum(1)
+        for i, kind in enumerate(fitted):
+            parts[kind] = (jnp.where(whole[:, None, None], keys, kout[:, i]),
+                           jnp.where(whole[:, None], logw, beta[:, i]),
+                           jnp.where(whole[:, None, None], values, vout[:, i]))
+    return [parts[kind] for kind in kinds]
 
 
 def join_summary(cache: Cache, prot, part, sel, position) -> Cache:
     """The summary: the protected atoms ``prot`` of ``cache``, then the used slots ``sel`` of
-    the blocks' candidate ``part`` (:func:`block_candidate`), in the order ``position``."""
+    the blocks' candidate ``part`` (:func:`block_candidates`), in the order ``position``."""
     keys, logw, values = part
     summ = Cache(jnp.concatenate([cache.keys[prot], keys.reshape(-1, keys.shape[-1])[sel]]),
                  jnp.concatenate([cache.values[prot],
@@ -479,10 +495,11 @@ def join_summary(cache: Cache, prot, part, sel, position) -> Cache:
 
 def least_risk(law: Law, cache: Cache, summaries, private, scale) -> Cache:
     """Step 6's in-sample choice: the summary with the smallest risk on the law, its query
-    rows (:func:`law_risk`) plus its probes (``private``, :func:`private_risk`)."""
-    risks = jnp.stack([law_risk(law, cache, s, scale) + pr for s, pr in zip(summaries, private)])
-    best = jnp.argmin(risks)
-    return jax.tree.map(lambda *xs: jnp.stack(xs)[best], *summaries)
+    rows (:func:`law_risk`) plus its probes (``private``, :func:`private_risk`); the
+    candidates are evaluated together (one batched risk)."""
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *summaries)
+    risks = jax.vmap(lambda s: law_risk(law, cache, s, scale))(stacked) + jnp.stack(private)
+    return jax.tree.map(lambda x: x[jnp.argmin(risks)], stacked)
 
 
 def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: int | None = None,
@@ -558,8 +575,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         slot = jnp.arange(budget)  # unused slots (only with ``used``) go last
         position = jnp.argsort(kept if used is None else jnp.where(slot < used, kept, n + slot))
         kinds = ("fit", "exact", "merged") if merge else ("fit", "exact")
-        parts = [block_candidate(kind, law, cache, blocks, cols, order, active, lab, scale=tau,
-                                 ridge=ridge, iters=iters) for kind in kinds]
+        parts = block_candidates(kinds, law, cache, blocks, cols, order, active, lab, scale=tau,
+                                 ridge=ridge, iters=iters)
         summaries = [join_summary(cache, prot, part, sel, position) for part in parts]
         private = [private_risk(blocks, lab, active, part[2]) for part in parts]
         best = least_risk(law, cache, summaries, private, tau)
