@@ -2,10 +2,10 @@
 
 Compilations are counted with JAX's own monitoring event for a backend compile
 (``/jax/core/compile/backend_compile_duration``), so eager operations, ``jit``-ted functions and
-the rules' cached executables are all seen; the event also marks an executable read back from the
-persistent compilation cache that the test session keeps (tests/conftest.py), so a program
-obtained again counts whether it is compiled or read. The first call of each case may compile; the second,
-with new numbers of the same shapes (and a freshly looked-up rule), must not.
+the rules' cached executables are all seen; the event also marks an executable read back from
+the persistent compilation cache that the test session keeps (tests/conftest.py), so a program
+obtained again counts whether it is compiled or read. The first call of each case may compile;
+the second, with new numbers of the same shapes (and a freshly looked-up rule), must not.
 """
 
 from contextlib import contextmanager
