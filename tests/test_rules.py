@@ -269,6 +269,62 @@ def test_V1_greedy_gain_is_the_exact_residual_decrease(rng):
         assert drops[order[t]] >= max(drops.values()) * (1 - 1e-9)
 
 
+def _greedy_on_rows(a, y, k, forced, valid):
+    """gram_order's rule computed from the rows of A in float64 (explicit projections): the
+    forced live columns first, then the largest residual decrease, and once the target is
+    fitted (or with y=None) the largest residual column."""
+    eps = np.finfo(float).eps
+    norms0 = np.sum(a * a, axis=0)
+    t0 = 0.0 if y is None else float(np.sum((a.T @ y) ** 2))
+    order = []
+    for _ in range(k):
+        if order:
+            q_s = np.linalg.qr(a[:, order])[0]
+            res_a = a - q_s @ (q_s.T @ a)
+            res_y = None if y is None else y - q_s @ (q_s.T @ y)
+        else:
+            res_a, res_y = a, y
+        norms = np.sum(res_a * res_a, axis=0)
+        free = valid & ~np.isin(np.arange(a.shape[1]), order)
+        live = free & (norms > 1e3 * eps * norms0)
+        pend = live & forced
+        gain = (norms if y is None else np.sum((res_a.T @ res_y) ** 2, axis=1)
+                / np.where(live, norms, 1.0))
+        gain = np.where(pend if pend.any() else live, gain, -1.0)
+        j = int(np.argmax(gain))
+        if not pend.any() and gain[j] <= 1e3 * eps * t0:
+            j = int(np.argmax(np.where(live, norms, -1.0) + np.where(free, 0.0, -np.inf)))
+        order.append(j)
+    return order
+
+
+def test_V1_blocked_greedy_is_the_greedy(rng):
+    """V1, as computed: gram_order forms residual Gram rows only for a shortlist of columns and
+    ends a batch when the best column lies outside it, which must not change the order: equal
+    to the greedy on the rows of A (float64, explicit projections) for every shortlist size,
+    with forced and invalid columns, a target fitted after 3 columns (the fall-back to
+    pivoting) and the value-blind mode."""
+    from minimaxkv.rules.minimax import gram_order
+
+    for trial in range(6):
+        r, cols, k = 80, 50, 30
+        a = rng.random((r, cols)) ** (1 + trial)
+        y = (a[:, :3] @ rng.normal(size=(3, 4)) if trial == 1 else rng.normal(size=(r, 4)))
+        forced = rng.random(cols) < 0.1
+        valid = rng.random(cols) < 0.9
+        for target in (y, None):
+            want = _greedy_on_rows(a, target, k, forced, valid)
+            for w in (1, 4, 32, 64):
+                got = gram_order(jnp.asarray(a.T @ a),
+                                 None if target is None else jnp.asarray(a.T @ target), k,
+                                 jnp.asarray(forced), jnp.asarray(valid), shortlist=w)
+                assert np.asarray(got).tolist() == want, (trial, target is None, w)
+            short = gram_order(jnp.asarray(a.T @ a),
+                               None if target is None else jnp.asarray(a.T @ target), k,
+                               jnp.asarray(forced), jnp.asarray(valid), steps=7, shortlist=4)
+            assert np.asarray(short).tolist() == want[:7] + [0] * (k - 7)
+
+
 def test_V2_collision_probability_brackets_isolating_fraction(rng):
     """V2: with rho the weight of queries whose top attention is >= 1 - eta and eps the largest
     ||p(q)||^2 of the others, (kappa - eps)/(1 - eps) <= rho <= kappa/(1 - eta)^2."""
@@ -470,9 +526,11 @@ def test_V5_eigenvalue_allocation_is_optimal_for_block_separable_summaries(rng):
         mu = 0.05 * rng.random(nb * blk) / (nb * blk)  # the isolating probes' private rows
         law = Law(jnp.zeros((r, 2)), jnp.asarray(w), jnp.asarray(pm), jnp.zeros(r),
                   jnp.asarray(mu), 0.0, 0.0)
-        blocks = Block(jnp.asarray(pm.T.reshape(nb, blk, r)), jnp.zeros((nb, blk, 2)),
-                       jnp.zeros((nb, blk, 1)), jnp.zeros((nb, blk)),
-                       jnp.asarray(mu.reshape(nb, blk)), jnp.ones((nb, blk), bool))
+        att = pm.T.reshape(nb, blk, r)
+        blocks = Block(jnp.asarray(att), jnp.zeros((nb, blk, 2)), jnp.zeros((nb, blk, 1)),
+                       jnp.zeros((nb, blk)), jnp.asarray(mu.reshape(nb, blk)),
+                       jnp.ones((nb, blk), bool),
+                       jnp.asarray(np.stack([att.sum(1), np.zeros((nb, r))], axis=-1)))
 
         def gram(b):
             x = np.sqrt(w)[:, None] * pm[:, b * blk:(b + 1) * blk]

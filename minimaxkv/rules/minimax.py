@@ -20,7 +20,8 @@ One head, one call; every step is a named pure function below.
    orthogonal matching pursuit on the Gram matrix, :func:`gram_order`) among a candidate pool of
    ``pool`` x slots atoms (at least 256): the best by first greedy gain or by mass, and a draw by
    mass. Cost O(r n d) for the law's attention, O(r L^2) for the pool's Gram matrix and
-   O(m L (m + d_v)) for the greedy.
+   O(m L (w + d_v)) for the greedy, plus O(w m L) per batch of steps (w = 32 shortlisted
+   columns, :func:`gram_order`).
 5. **Fit** (:func:`fit_block`): mass matching by NNLS and values by least squares on the law;
    the probes pull each kept atom's factor towards 1 and its value towards the values of the
    atoms whose probes read it.
@@ -209,26 +210,37 @@ def candidate_pool(gain, norms2, seeds, valid, size: int, u):
     return lax.top_k(prio, size)[1]
 
 
-def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None):
+def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None, shortlist: int = 32):
     r"""First ``k`` columns of an operator :math:`A` known through its Gram matrix
     ``gram`` :math:`=A^TA` ``[L, L]`` and the correlations ``corr`` :math:`=A^TY` ``[L, c]`` with
     a target :math:`Y`, chosen greedily (V1: simultaneous orthogonal matching pursuit): each step
     adds the column that removes the most of the target's residual,
     :math:`\lVert R^Ta_j\rVert^2/\lVert\tilde a_j\rVert^2`, by Gram-Schmidt in coefficient space
-    (O(L (k + c)) per step, no row of A touched). ``corr=None``: the largest residual column
-    (pivoted QR, value-blind). ``forced`` columns are taken first; once the target is fitted
-    the step falls back to the largest residual column. ``steps`` (traced, <= k) stops early;
-    later entries are 0."""
+    (no row of A touched). ``corr=None``: the largest residual column (pivoted QR,
+    value-blind). ``forced`` columns are taken first; once the target is fitted the step falls
+    back to the largest residual column. ``steps`` (traced, <= k) stops early; later entries
+    are 0.
+
+    Blocked: the gains of every column are exact at every step, but the residual Gram rows
+    :math:`\tilde a_i^T\tilde a_l` are formed, by one matrix product, only for a ``shortlist``
+    of the columns most likely to be picked next, and kept current by rank-one updates; a
+    batch of steps ends when the best column lies outside it, so the order is the unblocked
+    greedy's. Cost O(L (w + c)) per step and O(w k L) per batch instead of O(L (k + c)) per
+    step, with w = ``shortlist``."""
     size = gram.shape[0]
     dt = gram.dtype
     eps = jnp.finfo(dt).eps
+    tiny = 1e-300 if dt == jnp.float64 else 1e-30
     valid = jnp.ones((size,), bool) if valid is None else valid
     forced = jnp.zeros((size,), bool) if forced is None else forced
     norms0 = jnp.diagonal(gram)
     c = jnp.zeros((size, 1), dt) if corr is None else corr
     t0 = jnp.sum(c * c)
+    w = min(shortlist, size)
+    stop = k if steps is None else jnp.minimum(steps, k)
 
-    def step(t, coef, norms, cor, chosen, order):  # coef[t'] = q_t'^T a, cor = A^T R
+    def pick(norms, cor, chosen):
+        """The next column, and every column's priority for the next shortlist."""
         live = (~chosen) & valid & (norms > 1e3 * eps * norms0)
         pend = live & forced
         if corr is None:
@@ -236,39 +248,53 @@ def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None):
         else:
             gain = jnp.where(live, jnp.sum(cor * cor, axis=1) / jnp.where(live, norms, 1.0), -1.0)
         any_pend = jnp.any(pend)
-        gain = jnp.where(any_pend, jnp.where(pend, gain, -1.0), gain)
-        j_gain = jnp.argmax(gain)
-        j_piv = jnp.argmax(jnp.where(live, norms, -1.0) +
-                           jnp.where(chosen | ~valid, -jnp.inf, 0.0))
-        j = jnp.where(any_pend | (gain[j_gain] > 1e3 * eps * t0), j_gain, j_piv)
-        nrm = jnp.sqrt(jnp.maximum(norms[j], 1e-300 if dt == jnp.float64 else 1e-30))
-        u = (gram[j] - _mm(coef[:, j], coef)) / nrm  # q_t^T a_l for every column l
-        qy = cor[j] / nrm  # q_t^T R (= q_t^T Y)
-        return (u, jnp.maximum(norms - u * u, 0.0), cor - u[:, None] * qy[None, :],
-                chosen.at[j].set(True), order.at[t].set(j.astype(jnp.int32)))
+        g_eff = jnp.where(any_pend, jnp.where(pend, gain, -1.0), gain)
+        j_gain = jnp.argmax(g_eff)
+        by_norm = jnp.where(live, norms, -1.0) + jnp.where(chosen | ~valid, -jnp.inf, 0.0)
+        by_gain = any_pend | (g_eff[j_gain] > 1e3 * eps * t0)
+        j = jnp.where(by_gain, j_gain, jnp.argmax(by_norm))
+        prio = jnp.where(by_gain, jnp.where(pend, gain + jnp.max(gain) + 1.0, gain), by_norm)
+        return j, prio.at[j].set(jnp.inf)
 
-    # steps [lo, hi) read only the first hi rows of coef (static slices: half the traffic)
-    stop = k if steps is None else jnp.minimum(steps, k)
-    coef = jnp.zeros((k, size), dt)
-    st = (norms0, c, jnp.zeros((size,), bool), jnp.zeros((k,), jnp.int32))
-    chunk = 64
-    for lo in range(0, k, chunk):
-        hi = min(k, lo + chunk)
+    def batch(carry):
+        t, coef, norms, cor, chosen, order = carry
+        j, prio = pick(norms, cor, chosen)
+        cand = lax.top_k(prio, w)[1]
+        resid = gram[cand] - _mm(coef[:, cand].T, coef)  # [w, L]: residual Gram rows
 
-        def body(t, carry, hi=hi):
-            coef, rest = carry
-            u, *rest = step(t, coef[:hi], *rest)
-            return coef.at[t].set(u), tuple(rest)
+        def more(st):
+            return st[0] & (st[1] < stop)
 
-        coef, st = lax.fori_loop(lo, jnp.clip(stop, lo, hi), body, (coef, st))
-    return st[3]
+        def step(st):
+            _, t, j, resid, coef, norms, cor, chosen, order = st
+            at = jnp.argmax(cand == j)
+            nrm = jnp.sqrt(jnp.maximum(norms[j], tiny))
+            u = resid[at] / nrm  # q_t^T a_l for every column l
+            qy = cor[j] / nrm  # q_t^T R
+            resid = resid - u[cand][:, None] * u[None, :]
+            norms = jnp.maximum(norms - u * u, 0.0)
+            cor = cor - u[:, None] * qy[None, :]
+            chosen = chosen.at[j].set(True)
+            nxt, _ = pick(norms, cor, chosen)
+            return (jnp.any(cand == nxt), t + 1, nxt, resid, coef.at[t].set(u), norms, cor,
+                    chosen, order.at[t].set(j.astype(jnp.int32)))
+
+        st = lax.while_loop(more, step, (jnp.asarray(True), t, j, resid, coef, norms, cor,
+                                          chosen, order))
+        return (st[1],) + st[4:]
+
+    init = (jnp.asarray(0, jnp.int32), jnp.zeros((k, size), dt), norms0, c,
+            jnp.zeros((size,), bool), jnp.zeros((k,), jnp.int32))
+    return lax.while_loop(lambda cr: cr[0] < stop, batch, init)[5]
 
 
 class Block(NamedTuple):
-    """One block's atoms, padded to the block size: the law's attention on them *atom-major*
+    r"""One block's atoms, padded to the block size: the law's attention on them *atom-major*
     ``attention [B, r]`` (rows of :math:`P_B^T`, normalised by the full mass), ``keys [B, d]``,
     ``values [B, dv]``, ``logw [B]``, the weights of the atoms' isolating probes
-    ``private [B]`` and ``ok [B]`` (a real atom, not padding)."""
+    ``private [B]``, ``ok [B]`` (a real atom, not padding) and the block's response to the
+    law's query rows ``output [r, 1 + dv]``, :math:`(\lambda_B(q), \sum_{j\in B}p_j(q)v_j)`
+    (its share of the mass and of the attention output; computed once, read by every step)."""
 
     attention: jax.Array
     keys: jax.Array
@@ -276,6 +302,7 @@ class Block(NamedTuple):
     logw: jax.Array
     private: jax.Array
     ok: jax.Array
+    output: jax.Array
 
 
 def split_blocks(law: Law, cache: Cache, lo: int, hi: int, blk: int) -> Block:
@@ -290,8 +317,11 @@ def split_blocks(law: Law, cache: Cache, lo: int, hi: int, blk: int) -> Block:
         return x.reshape((nb, blk) + x.shape[1:])
 
     ok = cut(jnp.ones((cache.n,), bool), False)
-    return Block(cut(law.attention.T), cut(cache.keys), cut(cache.values),
-                 cut(cache.logw, -jnp.inf), cut(law.private), ok)
+    att, values = cut(law.attention.T), cut(cache.values)
+    resp = jnp.concatenate([jnp.ones_like(values[..., :1]), values], axis=-1)
+    output = jnp.einsum("bjr,bjc->brc", att, resp, precision=lax.Precision.HIGHEST)
+    return Block(att, cut(cache.keys), values, cut(cache.logw, -jnp.inf), cut(law.private), ok,
+                 output)
 
 
 def block_operator(law: Law, blk: Block, ridge: float):
@@ -305,16 +335,18 @@ def block_operator(law: Law, blk: Block, ridge: float):
     (which keeps near-identical columns distinguishable). Returns ``xt [B, r]``
     (:math:`X_B^T`), the private weights and the floor, the squared column norms of A, the
     correlations :math:`A^TY` ``[B, 1 + d_v]`` and the responses :math:`(1, v_j-\bar v_B)`."""
-    xt = blk.attention * jnp.sqrt(law.weights)[None, :]
+    sw = jnp.sqrt(law.weights)
+    xt = blk.attention * sw[None, :]
     share = jnp.where(jnp.isfinite(blk.logw), jnp.exp(blk.logw - jnp.max(blk.logw)), 0.0)
-    vb = blk.values - _mm(share, blk.values) / jnp.sum(share)  # a shift changes nothing
-    resp = jnp.concatenate([jnp.ones_like(vb[:, :1]), vb], axis=1)  # [B, 1 + dv]
+    vbar = _mm(share, blk.values) / jnp.sum(share)  # a shift changes nothing
+    resp = jnp.concatenate([jnp.ones_like(blk.values[:, :1]), blk.values - vbar], axis=1)
+    lam, out = blk.output[:, 0], blk.output[:, 1:]
+    xy = sw[:, None] * jnp.concatenate([lam[:, None], out - lam[:, None] * vbar], axis=1)
     norms = jnp.sum(xt * xt, axis=1)
     floor = ridge * jnp.sum(norms) / jnp.maximum(blk.ok.sum(), 1) + 1e-30
     priv = jnp.where(blk.ok, blk.private, 0.0)
     mu_b = jnp.where(blk.ok, priv + floor, 0.0)
-    return (xt, priv, floor, norms + mu_b, _mm(xt, _mm(xt.T, resp)) + mu_b[:, None] * resp,
-            resp)
+    return xt, priv, floor, norms + mu_b, _mm(xt, xy) + mu_b[:, None] * resp, resp
 
 
 def isolation(gram):
@@ -404,7 +436,7 @@ def fit_block(law: Law, blk: Block, order, act, lab, start, *, ridge, iters: int
                    jax.ops.segment_sum(mu[:, None] * blk.values, lab, k)
                    / jnp.where(mu_s > 0, mu_s, 1.0)[:, None], prior)
     own = jnp.where(act, blk.private[order], 0.0)  # a kept atom's probe: mass c_s against 1
-    lam = jnp.sum(blk.attention, axis=0)  # the block's share of each query [r]
+    lam = blk.output[:, 0]  # the block's share of each query [r]
     c = mass_coefficients(pt.T, lam, w, pull=own, start=act.astype(pt.dtype), iters=iters,
                           exact_up_to=0)  # unused slots: zero columns, c stays 0
     c = jnp.where(act, c, 0.0)
@@ -413,7 +445,7 @@ def fit_block(law: Law, blk: Block, order, act, lab, start, *, ridge, iters: int
     zb = jnp.sum(ph, axis=0, keepdims=True)
     phn = ph / jnp.where(zb > 0, zb, 1.0)  # [k, r]: the summary's attention within the block
     safe_lam = jnp.where(lam > 0, lam, 1.0)[:, None]
-    target = _mm(blk.attention.T, blk.values) / safe_lam  # the block's output [r, dv]
+    target = blk.output[:, 1:] / safe_lam  # the block's output [r, dv]
     wq = w * lam * lam
     floor = ridge * jnp.sum(phn * phn * wq[None, :]) / jnp.maximum(act.sum(), 1) + 1e-30
     reg = jnp.where(act, mu_s + floor, 1.0)  # floor x the mean diagonal of the value system
@@ -430,9 +462,9 @@ def private_risk(blocks: Block, lab, active, slot_values):
     return jnp.sum(jnp.where(live, blocks.private * err, 0.0))
 
 
-def law_risk(law: Law, cache: Cache, summary: Cache, scale):
-    """Risk of ``summary`` on the law's query rows (the private rows: :func:`private_risk`)."""
-    exact = _mm(law.attention, cache.values)
+def law_risk(law: Law, exact, summary: Cache, scale):
+    """Risk of ``summary`` on the law's query rows, whose exact outputs are ``exact [r, dv]``
+    (the private rows: :func:`private_risk`)."""
     sh = scale * _mm(law.queries, summary.keys.T) + summary.logw[None, :]
     out = _mm(jax.nn.softmax(sh, axis=1), summary.values)
     return jnp.sum(law.weights * jnp.sum((out - exact) ** 2, axis=1))
@@ -449,9 +481,15 @@ def select_supports(law: Law, blocks: Block, m_b, keys, *, slots: int, pool: flo
     seeds = size_b if sampled > 0 else 0  # draws made: independent of the budget
     n_seed = jnp.floor(sampled * m_b).astype(jnp.int32)
     n_pool = jnp.minimum(jnp.maximum(jnp.ceil(pool * m_b).astype(jnp.int32), 256), size)
-    return jax.vmap(lambda bl, m, ns, npool, kb: select_block(
-        law, bl, kb, k=slots, pool=size, n_pool=npool, seeds=seeds, m=m, n_seed=ns,
-        value_aware=value_aware, ridge=ridge))(blocks, m_b, n_seed, n_pool, keys)
+
+    def one(bl, m, ns, npool, kb):
+        return select_block(law, bl, kb, k=slots, pool=size, n_pool=npool, seeds=seeds, m=m,
+                            n_seed=ns, value_aware=value_aware, ridge=ridge)
+
+    args = (blocks, m_b, n_seed, n_pool, keys)
+    if blocks.ok.shape[0] == 1:  # one block: no batched loop (it would copy its state per step)
+        return one(*jax.tree.map(lambda x: x[0], args))[None]
+    return jax.vmap(one)(*args)
 
 
 def block_candidates(kinds, law: Law, cache: Cache, blocks: Block, cols, order, active, lab,
@@ -493,12 +531,12 @@ def join_summary(cache: Cache, prot, part, sel, position) -> Cache:
     return Cache(*(x[position] for x in summ))
 
 
-def least_risk(law: Law, cache: Cache, summaries, private, scale) -> Cache:
+def least_risk(law: Law, exact, summaries, private, scale) -> Cache:
     """Step 6's in-sample choice: the summary with the smallest risk on the law, its query
-    rows (:func:`law_risk`) plus its probes (``private``, :func:`private_risk`); the
-    candidates are evaluated together (one batched risk)."""
+    rows (:func:`law_risk`, exact outputs ``exact``) plus its probes (``private``,
+    :func:`private_risk`); the candidates are evaluated together (one batched risk)."""
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *summaries)
-    risks = jax.vmap(lambda s: law_risk(law, cache, s, scale))(stacked) + jnp.stack(private)
+    risks = jax.vmap(lambda s: law_risk(law, exact, s, scale))(stacked) + jnp.stack(private)
     return jax.tree.map(lambda x: x[jnp.argmin(risks)], stacked)
 
 
@@ -579,7 +617,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
                                  ridge=ridge, iters=iters)
         summaries = [join_summary(cache, prot, part, sel, position) for part in parts]
         private = [private_risk(blocks, lab, active, part[2]) for part in parts]
-        best = least_risk(law, cache, summaries, private, tau)
+        exact = _mm(law.attention[:, prot], cache.values[prot]) + blocks.output[..., 1:].sum(0)
+        best = least_risk(law, exact, summaries, private, tau)
         return Summary(best, None if merge else kept[position])
 
     name = "minimax_agnostic" if agnostic else "minimax"
