@@ -524,7 +524,7 @@ def test_V5_eigenvalue_allocation_is_optimal_for_block_separable_summaries(rng):
         pm /= pm.sum(1, keepdims=True)
         w = rng.dirichlet(np.ones(r))
         mu = 0.05 * rng.random(nb * blk) / (nb * blk)  # the isolating probes' private rows
-        law = Law(jnp.zeros((r, 2)), jnp.asarray(w), jnp.asarray(pm), jnp.zeros(r),
+        law = Law(jnp.zeros((r, 2)), jnp.asarray(w), jnp.asarray(pm.T), jnp.zeros(r),
                   jnp.asarray(mu), 0.0, 0.0)
         att = pm.T.reshape(nb, blk, r)
         blocks = Block(jnp.asarray(att), jnp.zeros((nb, blk, 2)), jnp.zeros((nb, blk, 1)),
@@ -562,7 +562,7 @@ def test_private_risk_is_the_risk_of_isolating_queries(rng):
     vals = rng.normal(size=(n, dv))
     cache = mkv.Cache(jnp.asarray(keys), jnp.asarray(vals), jnp.zeros(n))
     mu = rng.dirichlet(np.ones(n)) * 0.3
-    law = Law(jnp.zeros((1, d)), jnp.ones(1), jnp.full((1, n), 1.0 / n), jnp.zeros(1),
+    law = Law(jnp.zeros((1, d)), jnp.ones(1), jnp.full((n, 1), 1.0 / n), jnp.zeros(1),
               jnp.asarray(mu), 0.3, 0.0)
     blocks = split_blocks(law, cache, 0, n, n)
     order = jnp.asarray(rng.permutation(n)[:k])

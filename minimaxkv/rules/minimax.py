@@ -53,8 +53,8 @@ from .eviction import _fit
 
 class Law(NamedTuple):
     r"""The reference law of one head: ``queries [r, d]`` (observed, model draws), their
-    ``weights [r]`` (summing to :math:`1-\kappa`), the cache's attention on them
-    ``attention [r, n]`` and its log-masses ``logz [r]``; ``private [n]``, the weights of the
+    ``weights [r]`` (summing to :math:`1-\kappa`), the cache's attention on them *atom-major*
+    ``attention [n, r]`` (column i: query i's attention) and its log-masses ``logz [r]``; ``private [n]``, the weights of the
     exact isolating probes, one per atom (summing to :math:`\kappa`); ``kappa`` and ``alpha``
     (the observed share of the query rows)."""
 
@@ -140,14 +140,15 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
     logw = cache.logw
     dt = keys.dtype
 
-    def logits(q):
-        return scale * _mm(q, keys.T) + logw[None, :]
+    def logits(q):  # atom-major [n, rows]: the layout every later step reads
+        return scale * _mm(keys, q.T) + logw[:, None]
 
     if agnostic or queries is None:
         sigma = logit_std / scale / jnp.sqrt(jnp.mean(jnp.sum(keys * keys, axis=1)))
         rows = sigma * Q.standard_normal(Q.uniforms(key, [(draws, d)], dt)[0])
-        base = rows
-        s_base = logits(base)
+        n_base = draws
+        s = logits(rows)
+        att = jax.nn.softmax(s, axis=0)
         w = jnp.full((draws,), 1.0 / draws, dt)
         alpha = jnp.zeros((), dt)
     else:
@@ -157,24 +158,24 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
         per = max(1, draws // g)
         u_fut, u_half = Q.uniforms(key, [(g, per, d + 1), (g, max(8, 64 // g), d + 1)], dt)
         fut = _model_draws(pre, u_fut, n, horizon, theta, convention)
-        base = q.reshape(-1, d)
-        rows = jnp.concatenate([base, fut])
-        s_base = logits(base)
+        n_base = g * p
+        rows = jnp.concatenate([q.reshape(-1, d), fut])
+        s = logits(rows)
+        att = jax.nn.softmax(s, axis=0)
         if p >= 4:  # held-out split: even tokens train the model, odd tokens judge it
             half = _model_draws(pre[:, 0::2], u_half, n, horizon, theta, convention)
-            pq = jax.nn.softmax(s_base, axis=1).reshape(g, p, n)
+            pq = att[:, :n_base].T.reshape(g, p, n)
             alpha = mixture_weight(pq[:, 0::2].reshape(-1, n), pq[:, 1::2].reshape(-1, n),
-                                   jax.nn.softmax(logits(half), axis=1))
+                                   jax.nn.softmax(logits(half), axis=0).T)
         else:
             alpha = jnp.asarray(0.5, dt)
-        w = jnp.concatenate([jnp.full((base.shape[0],), alpha / base.shape[0], dt),
+        w = jnp.concatenate([jnp.full((n_base,), alpha / n_base, dt),
                              jnp.full((fut.shape[0],), (1 - alpha) / fut.shape[0], dt)])
-    pb = jax.nn.softmax(s_base, axis=1)
-    kappa = jnp.minimum(probes * jnp.mean(jnp.sum(pb * pb, axis=1)), 1.0)
+    pb = att[:, :n_base]  # the observed (else drawn) rows
+    kappa = jnp.minimum(probes * jnp.mean(jnp.sum(pb * pb, axis=0)), 1.0)
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
-    s = jnp.concatenate([s_base, logits(rows[base.shape[0]:])])  # the base rows' logits once
-    return Law(rows, (1 - kappa) * w, jax.nn.softmax(s, axis=1), jax.nn.logsumexp(s, axis=1),
-               kappa * prior, kappa, alpha)
+    return Law(rows, (1 - kappa) * w, att, jax.nn.logsumexp(s, axis=0), kappa * prior, kappa,
+               alpha)
 
 
 def length_squared_seeds(u, norms2, valid, count):
@@ -193,8 +194,17 @@ def length_squared_seeds(u, norms2, valid, count):
 
 
 def _rank(x):
-    """0 for the largest entry, 1 for the next, ..."""
-    return jnp.argsort(jnp.argsort(-x))
+    """0 for the largest entry, 1 for the next, ... (the inverse of the sorting permutation)."""
+    n = x.shape[0]
+    return jnp.zeros((n,), jnp.int32).at[jnp.argsort(-x)].set(jnp.arange(n, dtype=jnp.int32))
+
+
+def _first_argmin(x):
+    """``argmin`` along the last axis (the first index of the minimum; NaN-free ``x``) as two
+    plain reductions, which vectorise where XLA's (value, index) reduction does not."""
+    idx = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    low = jnp.min(x, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(x == low, idx, x.shape[-1]), axis=-1)
 
 
 def candidate_pool(gain, norms2, seeds, valid, size: int, u):
@@ -234,10 +244,11 @@ def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None, shortlis
     valid = jnp.ones((size,), bool) if valid is None else valid
     forced = jnp.zeros((size,), bool) if forced is None else forced
     norms0 = jnp.diagonal(gram)
-    c = jnp.zeros((size, 1), dt) if corr is None else corr
+    c = jnp.zeros((1, size), dt) if corr is None else corr.T  # [c, L]: reductions over rows
     t0 = jnp.sum(c * c)
     w = min(shortlist, size)
     stop = k if steps is None else jnp.minimum(steps, k)
+    chunk = 128
 
     def pick(norms, cor, chosen):
         """The next column, and every column's priority for the next shortlist."""
@@ -246,7 +257,7 @@ def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None, shortlis
         if corr is None:
             gain = jnp.where(live, norms, -1.0)
         else:
-            gain = jnp.where(live, jnp.sum(cor * cor, axis=1) / jnp.where(live, norms, 1.0), -1.0)
+            gain = jnp.where(live, jnp.sum(cor * cor, axis=0) / jnp.where(live, norms, 1.0), -1.0)
         any_pend = jnp.any(pend)
         g_eff = jnp.where(any_pend, jnp.where(pend, gain, -1.0), gain)
         j_gain = jnp.argmax(g_eff)
@@ -260,7 +271,11 @@ def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None, shortlis
         t, coef, norms, cor, chosen, order = carry
         j, prio = pick(norms, cor, chosen)
         cand = lax.top_k(prio, w)[1]
-        resid = gram[cand] - _mm(coef[:, cand].T, coef)  # [w, L]: residual Gram rows
+        resid = gram[cand]  # [w, L]: residual Gram rows, from the steps so far (zero rows skipped)
+        for lo in range(0, k, chunk):
+            part = coef[lo:lo + chunk]
+            resid = lax.cond(lo < t, lambda r, p=part: r - _mm(p[:, cand].T, p),
+                             lambda r: r, resid)
 
         def more(st):
             return st[0] & (st[1] < stop)
@@ -270,10 +285,10 @@ def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None, shortlis
             at = jnp.argmax(cand == j)
             nrm = jnp.sqrt(jnp.maximum(norms[j], tiny))
             u = resid[at] / nrm  # q_t^T a_l for every column l
-            qy = cor[j] / nrm  # q_t^T R
+            qy = cor[:, j] / nrm  # q_t^T R
             resid = resid - u[cand][:, None] * u[None, :]
             norms = jnp.maximum(norms - u * u, 0.0)
-            cor = cor - u[:, None] * qy[None, :]
+            cor = cor - qy[:, None] * u[None, :]
             chosen = chosen.at[j].set(True)
             nxt, _ = pick(norms, cor, chosen)
             return (jnp.any(cand == nxt), t + 1, nxt, resid, coef.at[t].set(u), norms, cor,
@@ -317,7 +332,7 @@ def split_blocks(law: Law, cache: Cache, lo: int, hi: int, blk: int) -> Block:
         return x.reshape((nb, blk) + x.shape[1:])
 
     ok = cut(jnp.ones((cache.n,), bool), False)
-    att, values = cut(law.attention.T), cut(cache.values)
+    att, values = cut(law.attention), cut(cache.values)
     resp = jnp.concatenate([jnp.ones_like(values[..., :1]), values], axis=-1)
     output = jnp.einsum("bjr,bjc->brc", att, resp, precision=lax.Precision.HIGHEST)
     return Block(att, cut(cache.keys), values, cut(cache.logw, -jnp.inf), cut(law.private), ok,
@@ -387,9 +402,9 @@ def nearest_slot(blk: Block, order, act):
     to its own: a kept atom's own slot, a dropped atom's nearest kept key -- the slot its
     isolating probe reads in the summary (and the group it joins when merged)."""
     kout = blk.keys[order]
-    d2 = (jnp.sum(blk.keys ** 2, axis=1)[:, None] + jnp.sum(kout * kout, axis=1)[None, :]
-          - 2 * _mm(blk.keys, kout.T))
-    lab = jnp.argmin(jnp.where(act[None, :], d2, jnp.inf), axis=1)
+    # the squared distance less each atom's own squared norm (alike for every slot of a row)
+    far = jnp.where(act, jnp.sum(kout * kout, axis=1), jnp.inf)
+    lab = _first_argmin(far[None, :] - 2 * _mm(blk.keys, kout.T))
     kept = jnp.where(act, order, blk.keys.shape[0])  # unused slots scatter nowhere
     return lab.at[kept].set(jnp.arange(order.shape[0]), mode="drop")
 
@@ -617,7 +632,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
                                  ridge=ridge, iters=iters)
         summaries = [join_summary(cache, prot, part, sel, position) for part in parts]
         private = [private_risk(blocks, lab, active, part[2]) for part in parts]
-        exact = _mm(law.attention[:, prot], cache.values[prot]) + blocks.output[..., 1:].sum(0)
+        exact = _mm(law.attention[prot].T, cache.values[prot]) + blocks.output[..., 1:].sum(0)
         best = least_risk(law, exact, summaries, private, tau)
         return Summary(best, None if merge else kept[position])
 
