@@ -503,7 +503,7 @@ def test_V4_mixture_weight_minimises_the_frobenius_gap(rng):
             ph = 0.5 * (pt[:5] + ph)  # held-out queries that resemble the training half
         g = [p.T @ p / p.shape[0] for p in (pt, ph, pm)]
         gaps = [np.sum((g[1] - a * g[0] - (1 - a) * g[2]) ** 2) for a in grid]
-        alpha = float(mixture_weight(jnp.asarray(pt), jnp.asarray(ph), jnp.asarray(pm)))
+        alpha = float(mixture_weight(jnp.asarray(pt.T), jnp.asarray(ph.T), jnp.asarray(pm.T)))
         gap = np.sum((g[1] - alpha * g[0] - (1 - alpha) * g[2]) ** 2)
         assert 0.0 <= alpha <= 1.0 and gap <= min(gaps) * (1 + 1e-9) + 1e-18
 

@@ -89,14 +89,14 @@ def ledoit_wolf(q):
 def mixture_weight(p_train, p_held, p_model):
     r"""V4: the :math:`\alpha\in[0,1]` minimising
     :math:`\lVert G_H-\alpha G_T-(1-\alpha)G_M\rVert_F^2`, with :math:`G_a` the response
-    covariance :math:`\mathbb E_a[p(q)p(q)^T]` of the attention rows ``p_a [r_a, n]`` of the
-    training half of the observed queries (T), the held-out half (H) and the draws of the model
+    covariance :math:`\mathbb E_a[p(q)p(q)^T]` of the attention vectors ``p_a [n, r_a]``
+    (atom-major: one column per query) of the training half of the observed queries (T), the held-out half (H) and the draws of the model
     fitted to T (M). Computed from the rows' inner products,
     :math:`\langle G_a,G_b\rangle_F = \mathrm{mean}_{i\in a,l\in b}(p_i^Tp_l)^2`, in O(r^2 n).
     1/2 when the two candidate laws coincide on these statistics (to a relative 1e-6)."""
 
     def inner(a, b):
-        return jnp.mean(_mm(a, b.T) ** 2)
+        return jnp.mean(_mm(a.T, b) ** 2)
 
     mm, tt = inner(p_model, p_model), inner(p_train, p_train)
     tm, hm = inner(p_train, p_model), inner(p_held, p_model)
@@ -148,7 +148,8 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
         rows = sigma * Q.standard_normal(Q.uniforms(key, [(draws, d)], dt)[0])
         n_base = draws
         s = logits(rows)
-        att = jax.nn.softmax(s, axis=0)
+        logz = jax.nn.logsumexp(s, axis=0)
+        att = jnp.exp(s - logz[None, :])
         w = jnp.full((draws,), 1.0 / draws, dt)
         alpha = jnp.zeros((), dt)
     else:
@@ -161,12 +162,13 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
         n_base = g * p
         rows = jnp.concatenate([q.reshape(-1, d), fut])
         s = logits(rows)
-        att = jax.nn.softmax(s, axis=0)
+        logz = jax.nn.logsumexp(s, axis=0)
+        att = jnp.exp(s - logz[None, :])
         if p >= 4:  # held-out split: even tokens train the model, odd tokens judge it
             half = _model_draws(pre[:, 0::2], u_half, n, horizon, theta, convention)
-            pq = att[:, :n_base].T.reshape(g, p, n)
-            alpha = mixture_weight(pq[:, 0::2].reshape(-1, n), pq[:, 1::2].reshape(-1, n),
-                                   jax.nn.softmax(logits(half), axis=0).T)
+            pq = att[:, :n_base].reshape(n, g, p)
+            alpha = mixture_weight(pq[:, :, 0::2].reshape(n, -1), pq[:, :, 1::2].reshape(n, -1),
+                                   jax.nn.softmax(logits(half), axis=0))
         else:
             alpha = jnp.asarray(0.5, dt)
         w = jnp.concatenate([jnp.full((n_base,), alpha / n_base, dt),
@@ -174,8 +176,7 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
     pb = att[:, :n_base]  # the observed (else drawn) rows
     kappa = jnp.minimum(probes * jnp.mean(jnp.sum(pb * pb, axis=0)), 1.0)
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
-    return Law(rows, (1 - kappa) * w, att, jax.nn.logsumexp(s, axis=0), kappa * prior, kappa,
-               alpha)
+    return Law(rows, (1 - kappa) * w, att, logz, kappa * prior, kappa, alpha)
 
 
 def length_squared_seeds(u, norms2, valid, count):
@@ -402,9 +403,14 @@ def nearest_slot(blk: Block, order, act):
     to its own: a kept atom's own slot, a dropped atom's nearest kept key -- the slot its
     isolating probe reads in the summary (and the group it joins when merged)."""
     kout = blk.keys[order]
-    # the squared distance less each atom's own squared norm (alike for every slot of a row)
+    # the squared distance less each atom's own squared norm (alike for every slot of a row),
+    # a cache-sized tile of atoms at a time
     far = jnp.where(act, jnp.sum(kout * kout, axis=1), jnp.inf)
-    lab = _first_argmin(far[None, :] - 2 * _mm(blk.keys, kout.T))
+    n = blk.keys.shape[0]
+    tile = max(1, min(n, 2 ** 18 // max(1, order.shape[0])))
+    keys = jnp.pad(blk.keys, ((0, -n % tile), (0, 0))).reshape(-1, tile, blk.keys.shape[1])
+    lab = lax.map(lambda kt: _first_argmin(far[None, :] - 2 * _mm(kt, kout.T)), keys)
+    lab = lab.reshape(-1)[:n]
     kept = jnp.where(act, order, blk.keys.shape[0])  # unused slots scatter nowhere
     return lab.at[kept].set(jnp.arange(order.shape[0]), mode="drop")
 
