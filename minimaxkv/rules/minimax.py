@@ -161,14 +161,16 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
         fut = _model_draws(pre, u_fut, n, horizon, theta, convention)
         n_base = g * p
         rows = jnp.concatenate([q.reshape(-1, d), fut])
-        s = logits(rows)
+        split = p >= 4  # held-out split: even tokens train the model, odd tokens judge it
+        half = _model_draws(pre[:, 0::2], u_half, n, horizon, theta, convention) if split else None
+        s_all = logits(jnp.concatenate([rows, half]) if split else rows)  # one product
+        s = s_all[:, :rows.shape[0]]
         logz = jax.nn.logsumexp(s, axis=0)
         att = jnp.exp(s - logz[None, :])
-        if p >= 4:  # held-out split: even tokens train the model, odd tokens judge it
-            half = _model_draws(pre[:, 0::2], u_half, n, horizon, theta, convention)
+        if split:
             pq = att[:, :n_base].reshape(n, g, p)
             alpha = mixture_weight(pq[:, :, 0::2].reshape(n, -1), pq[:, :, 1::2].reshape(n, -1),
-                                   jax.nn.softmax(logits(half), axis=0))
+                                   jax.nn.softmax(s_all[:, rows.shape[0]:], axis=0))
         else:
             alpha = jnp.asarray(0.5, dt)
         w = jnp.concatenate([jnp.full((n_base,), alpha / n_base, dt),
