@@ -263,10 +263,9 @@ def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None, shortlis
             gain = jnp.where(live, jnp.sum(cor * cor, axis=0) / jnp.where(live, norms, 1.0), -1.0)
         any_pend = jnp.any(pend)
         g_eff = jnp.where(any_pend, jnp.where(pend, gain, -1.0), gain)
-        j_gain = jnp.argmax(g_eff)
         by_norm = jnp.where(live, norms, -1.0) + jnp.where(chosen | ~valid, -jnp.inf, 0.0)
-        by_gain = any_pend | (g_eff[j_gain] > 1e3 * eps * t0)
-        j = jnp.where(by_gain, j_gain, jnp.argmax(by_norm))
+        by_gain = any_pend | (jnp.max(g_eff) > 1e3 * eps * t0)
+        j = jnp.argmax(jnp.where(by_gain, g_eff, by_norm))  # one (value, index) reduction
         prio = jnp.where(by_gain, jnp.where(pend, gain + jnp.max(gain) + 1.0, gain), by_norm)
         return j, prio.at[j].set(jnp.inf)
 
