@@ -32,10 +32,12 @@ FLOAT64 = True  # computed in float64: experiments.common.compute sets it for th
 
 def run(config: dict) -> dict:
     """``{"rows": [per-head dict], "spearman": {rule: {predictor: [rho per budget]}}, ...}``."""
-    from minimaxkv import analyze, rules
+    from minimaxkv import analyze, capture, rules
 
     cap = common.smollm2_capture(config["text"], config["tokens"])
-    rows = analyze.analyze(cap, config["budgets"], {r: rules.get(r) for r in config["rules"]},
+    theta = capture.rope_theta(cap)  # the model's RoPE base, for the rules that model RoPE
+    rows = analyze.analyze(cap, config["budgets"],
+                           {r: rules.get(r, theta=theta) for r in config["rules"]},
                            future=config["future"], observed=config["observed"],
                            eps=config["eps"], heads=config["heads"], spectrum=True)
     return {"rows": rows, "layers": cap.layers, "kv_heads": cap.kv_heads, "group": cap.group,

@@ -57,6 +57,16 @@ def text_hash(ids) -> str:
     return hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]
 
 
+def rope_theta(cap: Captured) -> float:
+    """The RoPE base of the model a capture was taken from (its recorded configuration's
+    ``rope_theta``), which the rules that model RoPE need (:data:`minimaxkv.rules.ROPE_AWARE`)."""
+    theta = (cap.meta.get("config") or {}).get("rope_theta")
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 0:
+        raise ValueError(f"capture of {cap.meta.get('model')!r}: its metadata records no RoPE "
+                         "base (config.rope_theta); capture it again with minimaxkv capture")
+    return float(theta)
+
+
 def capture(model, ids, *, source: str = "") -> Captured:
     """Run ``model`` over token ``ids`` with the full cache and keep every layer's keys, values
     and queries (post-RoPE, float32)."""

@@ -75,12 +75,13 @@ class Allocated(NamedTuple):
         return f"{self.rule.name}@{self.alloc}"
 
 
-def resolve(name: str):
-    """A registry rule, or an :class:`Allocated` rule for ``"rule@alloc"``."""
+def resolve(name: str, **hyper):
+    """A registry rule, or an :class:`Allocated` rule for ``"rule@alloc"``, built with
+    ``hyper`` (e.g. the model's RoPE base ``theta``; see :func:`minimaxkv.rules.get`)."""
     from . import rules
 
     base, _, alloc = name.partition("@")
-    rule = rules.get(base)
+    rule = rules.get(base, **hyper)
     if not alloc:
         return rule
     if alloc not in ALLOCATIONS:

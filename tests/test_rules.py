@@ -603,3 +603,34 @@ def test_minimax_subset_within_a_measured_factor_of_the_oracle():
                 got = float(mkv.risk(q, c, rule(c, m, q[None])))
                 worst[m] = max(worst[m], got / orc)
     assert worst[4] <= 128 and worst[2] <= 16, worst
+
+
+def test_the_rope_base_reaches_the_rules_that_model_rope():
+    """``get(name, theta=...)``: the rules of ROPE_AWARE are built at that RoPE base (their
+    summary equals the factory's at that base, and on a cache rotated at base 10^5 differs from
+    the default base's), every other rule ignores it (the same rule object, so nothing
+    recompiles); the base of a capture is its model's."""
+    from minimaxkv import capture
+
+    inst = mkv.synthetic.recency(jax.random.PRNGKey(3), n=96, d=16, dv=16, p=12, theta=1e5)
+    c, q = inst.cache, inst.queries
+    key = jax.random.PRNGKey(0)
+    for name in rules.ROPE_AWARE:
+        got = rules.get(name, theta=1e5)(c, 24, q, key).cache
+        factory = rules._FACTORIES[name](theta=1e5)
+        want = factory(c, 24, q, key).cache
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        default = rules.get(name)(c, 24, q, key).cache
+        assert not all(np.array_equal(np.asarray(a), np.asarray(b))
+                       for a, b in zip(got, default)), name
+    for name in ("snapkv", "h2o", "tova", "knorm", "snapkv+fit", "kmeans_merge"):
+        assert rules.get(name, theta=1e5, convention="half") is rules.get(name), name
+    assert rules.get("knorm", scale=0.3) is rules.get("knorm")
+    assert rules.get("knorm+fit", scale=0.3) is not rules.get("knorm+fit")
+
+    cap = capture.Captured(np.zeros((1, 1, 4, 2)), np.zeros((1, 1, 4, 2)), np.zeros((1, 1, 4, 2)),
+                           np.arange(4), {"model": "m", "config": {"rope_theta": 5e4}})
+    assert capture.rope_theta(cap) == 5e4
+    with pytest.raises(ValueError, match="records no RoPE base"):
+        capture.rope_theta(cap._replace(meta={"model": "m"}))

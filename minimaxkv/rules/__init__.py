@@ -7,7 +7,11 @@ rule's name refits its support (mass-matching log-weights, least-squares values)
 
 Every rule takes the softmax temperature ``scale`` (default :math:`d^{-1/2}`, d the head
 dimension), the model's attention scale, as ``get(name, scale=tau)``; the rules that never compute
-attention (``TEMPERATURE_FREE``) accept and ignore it.
+attention (``TEMPERATURE_FREE``) accept and ignore it. Likewise the rules that model RoPE
+(``ROPE_AWARE``: they undo the rotation of the observed queries and draw future ones) take the
+model's RoPE base ``theta`` (default 10^4; SmolLM2 uses 10^5) and ``convention`` as
+``get(name, theta=model.config.rope_theta)``, and every other rule accepts and ignores them; the
+evaluator and the commands on captured caches pass the model's own base.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ _FACTORIES = {
 # rules that never compute attention logits: the temperature ``scale`` is accepted and unused
 TEMPERATURE_FREE = ("random", "window", "streaming_llm", "knorm", "keydiff", "leverage",
                     "kmeans_merge")
+# rules that model RoPE: ``theta`` and ``convention`` are accepted by every rule, used by these
+ROPE_AWARE = ("expected_attention", "minimax")  # minimax_agnostic draws isotropic queries
 EVICTION = ("random", "window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
             "expected_attention", "leverage")
 
@@ -50,12 +56,24 @@ def get(name: str, **hyper) -> Rule:
     """Build the rule ``name`` with hyperparameters ``hyper`` (defaults as the rule's paper gives
     them; see its docstring).
 
-    The same name and hyperparameters give the same rule object, so its compiled code is reused.
+    The same name and hyperparameters give the same rule object, so its compiled code is reused;
+    hyperparameters the rule ignores (``scale`` of a ``TEMPERATURE_FREE`` rule, ``theta`` and
+    ``convention`` of a rule not in ``ROPE_AWARE``) do not count.
     """
+    hyper = _used(name, hyper)
     try:
         return _cached(name, tuple(sorted(hyper.items())))
     except TypeError:  # unhashable hyperparameters: build afresh
         return _build(name, hyper)
+
+
+def _used(name: str, hyper: dict) -> dict:
+    """``hyper`` without the hyperparameters that rule ``name`` accepts and ignores."""
+    base_name = name[: -len("+fit")] if name.endswith("+fit") else name
+    ignored = set() if base_name in ROPE_AWARE else {"theta", "convention"}
+    if base_name in TEMPERATURE_FREE and not name.endswith("+fit"):
+        ignored.add("scale")  # the rule never computes attention (its refit would)
+    return {k: v for k, v in hyper.items() if k not in ignored}
 
 
 @lru_cache(maxsize=256)
@@ -69,9 +87,7 @@ def _build(name: str, hyper: dict) -> Rule:
     if base_name not in _FACTORIES or (fit and base_name not in EVICTION):
         raise ValueError(f"unknown rule {name!r}; available: {', '.join(available())}")
     factory = _FACTORIES[base_name]
-    own = dict(hyper)
-    if "scale" in own and base_name in TEMPERATURE_FREE:
-        del own["scale"]  # the rule never computes attention: its output does not depend on it
+    own = _used(base_name, hyper)  # a +fit rule's scale goes to its refit
     try:
         rule = factory(**own)
     except TypeError as err:
@@ -79,4 +95,4 @@ def _build(name: str, hyper: dict) -> Rule:
     return fitting.with_fit(rule, hyper.get("scale")) if fit else rule
 
 
-__all__ = ["Rule", "allocation", "available", "base", "eviction", "fitting", "get", "group_queries", "select"]
+__all__ = ["ROPE_AWARE", "Rule", "allocation", "available", "base", "eviction", "fitting", "get", "group_queries", "select"]

@@ -413,7 +413,7 @@ def nearest_slot(blk: Block, order, act):
     lab = lax.map(lambda kt: _first_argmin(far[None, :] - 2 * _mm(kt, kout.T)), keys)
     lab = lab.reshape(-1)[:n]
     kept = jnp.where(act, order, blk.keys.shape[0])  # unused slots scatter nowhere
-    return lab.at[kept].set(jnp.arange(order.shape[0]), mode="drop")
+    return lab.at[kept].set(jnp.arange(order.shape[0], dtype=lab.dtype), mode="drop")
 
 
 def slot_atoms(law: Law, blk: Block, order, act, lab, *, scale, merged: bool):
