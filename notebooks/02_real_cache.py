@@ -49,7 +49,6 @@ CONFIGS = {
 if SIZE not in CONFIGS:
     raise ValueError(f"MINIMAXKV_NOTEBOOK_SIZE: expected one of {sorted(CONFIGS)}, got {SIZE!r}")
 cfg = CONFIGS[SIZE]
-chosen = {name: rules.get(name) for name in cfg["rules"]}
 print(f"size {SIZE}: {cfg}")
 
 # %% [markdown]
@@ -65,6 +64,8 @@ lm = model.load("smollm2")
 text = resources.files("minimaxkv").joinpath("data/water.txt").read_text()
 ids = lm.tokenizer.encode(text)[: cfg["tokens"]]
 cap = capture.capture(lm, ids, source="water.txt")
+# the rules that model RoPE (rules.ROPE_AWARE) need the model's base, recorded in the capture
+chosen = {name: rules.get(name, theta=capture.rope_theta(cap)) for name in cfg["rules"]}
 print(f"{len(ids)} tokens: {lm.tokenizer.decode(ids[:24])!r} ...")
 print(f"keys/values {cap.keys.shape} (layers, KV heads, tokens, head dim), queries "
       f"{cap.queries.shape}; {cap.group} query heads per KV head")

@@ -76,7 +76,8 @@ print("question:", repr(t.question[-160:]))
 # in $(0,1]$ is a fraction of the context, so every rule gets the same number of atoms per head.
 
 # %%
-chosen = {name: rules.get(name) for name in cfg["rules"]}
+chosen = {name: rules.get(name, theta=lm.config.rope_theta)  # the model's RoPE base
+          for name in cfg["rules"]}
 rows = evaluate.sweep(lm, task_list, chosen, cfg["budgets"], max_new=cfg["max_new"],
                       progress=False)
 table = evaluate.summarize_rows(rows)
