@@ -227,7 +227,8 @@ def _analyze_rows(args):
             raise ValueError(f"--layers {bad}: the capture has layers 0..{cap.layers - 1}")
         heads = [(i, h) for i in args.layers for h in range(cap.kv_heads)]
     names = list(args.rules or ANALYZE_RULES)
-    chosen = {name: rules.get(name, theta=capture.rope_theta(cap)) for name in names}
+    theta = capture.rope_theta(cap)  # the model's RoPE base, for the rules that model RoPE
+    chosen = {name: rules.get(name, theta=theta) for name in names}
     spectrum = bool(getattr(args, "plot", None))
     config = {"command": "analyze",
               "capture": {k: cap.meta.get(k) for k in ("model", "tokens", "text_sha256")},

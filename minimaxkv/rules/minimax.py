@@ -54,9 +54,9 @@ from .eviction import _fit
 class Law(NamedTuple):
     r"""The reference law of one head: ``queries [r, d]`` (observed, model draws), their
     ``weights [r]`` (summing to :math:`1-\kappa`), the cache's attention on them *atom-major*
-    ``attention [n, r]`` (column i: query i's attention) and its log-masses ``logz [r]``; ``private [n]``, the weights of the
-    exact isolating probes, one per atom (summing to :math:`\kappa`); ``kappa`` and ``alpha``
-    (the observed share of the query rows)."""
+    ``attention [n, r]`` (column i: query i's attention) and its log-masses ``logz [r]``;
+    ``private [n]``, the weights of the exact isolating probes, one per atom (summing to
+    :math:`\kappa`); ``kappa`` and ``alpha`` (the observed share of the query rows)."""
 
     queries: jax.Array
     weights: jax.Array
@@ -90,8 +90,9 @@ def mixture_weight(p_train, p_held, p_model):
     r"""V4: the :math:`\alpha\in[0,1]` minimising
     :math:`\lVert G_H-\alpha G_T-(1-\alpha)G_M\rVert_F^2`, with :math:`G_a` the response
     covariance :math:`\mathbb E_a[p(q)p(q)^T]` of the attention vectors ``p_a [n, r_a]``
-    (atom-major: one column per query) of the training half of the observed queries (T), the held-out half (H) and the draws of the model
-    fitted to T (M). Computed from the rows' inner products,
+    (atom-major: one column per query) of the training half of the observed queries (T), the
+    held-out half (H) and the draws of the model fitted to T (M). Computed from the columns'
+    inner products,
     :math:`\langle G_a,G_b\rangle_F = \mathrm{mean}_{i\in a,l\in b}(p_i^Tp_l)^2`, in O(r^2 n).
     1/2 when the two candidate laws coincide on these statistics (to a relative 1e-6)."""
 
