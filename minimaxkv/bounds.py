@@ -29,7 +29,7 @@ import scipy.special
 from jax import lax
 
 from . import _check
-from .attention import attend, attention_weights, logits, prepare
+from .attention import attend, attention_weights, log_mass, logits, prepare
 from .cache import Cache, Summary
 from .compressibility import diameter
 from .fit import fitted_values, mass_coefficients, mass_match
@@ -149,6 +149,30 @@ def refit_worst_case(queries, cache: Cache, keys, logw, *, weights=None, scale=N
     xh = jnp.sqrt(_weights(weights, q.shape[0], q.dtype))[:, None] * attention_weights(q, dummy,
                                                                                         scale)
     return _residual_norm2(np.asarray(x, np.float64), np.asarray(xh, np.float64))
+
+
+def mass_gap(queries, cache: Cache, summary, *, weights=None, scale=None):
+    r"""U4(c)'s mass-matching term of a summary on a query set, an a-posteriori certificate:
+
+    .. math:: \eta = \max_{i:\,w_i>0}\bigl|1 - Z(q_i)/\hat Z(q_i)\bigr|,
+
+    :math:`Z` and :math:`\hat Z` the masses of the cache and of the summary (a ``Cache`` or a
+    ``Summary``). For a subset summary with positive factors on a support S, the least-squares
+    values' error operator satisfies
+    :math:`\lVert(I-\Pi_{\hat X})X\rVert\le\lVert(I-\Pi_{X_S})X\rVert+\eta\lVert X\rVert`
+    (docs/theory.md U4(c)). A scalar."""
+    q, cache, scale, _, _ = prepare(queries, cache, scale)
+    summ = summary.cache if isinstance(summary, Summary) else summary
+    _, summ, _, _, _ = prepare(q, summ, scale, name="summary")
+    w = _weights(weights, q.shape[0], q.dtype)
+    return gap_of_log_masses(log_mass(q, cache, scale), log_mass(q, summ, scale), w)
+
+
+def gap_of_log_masses(logz, logz_hat, weights):
+    r""":math:`\max_{i:\,w_i>0}|1-e^{\log Z_i-\log\hat Z_i}|` from the log-masses ``[p]`` (the
+    core of :func:`mass_gap`, for callers that hold the log-masses already)."""
+    gap = jnp.abs(1.0 - jnp.exp(logz - logz_hat))
+    return jnp.max(jnp.where(weights > 0, gap, 0.0))
 
 
 def _residual_norm2(x, basis):

@@ -80,15 +80,19 @@ def live_bytes(cache: Cache, itemsize: int | None = None) -> int:
 
 
 class Summary(NamedTuple):
-    """What a compression rule returns: the summary cache and, for subset rules, the kept indices.
+    r"""What a compression rule returns: the summary cache and, for subset rules, the kept indices.
 
     ``kept`` is ``None`` for rules that build new atoms (merging); otherwise an int array ``[m]``
     of indices into the original cache (padding entries point at any atom and carry ``-inf``
-    log-weight in ``cache``).
+    log-weight in ``cache``). ``mass_gap``, where the rule reports it (``minimax``), is the
+    a-posteriori certificate of docs/theory.md U4(c) on the rule's own reference law:
+    :math:`\eta=\max_i|1-Z(q_i)/\hat Z(q_i)|` over its query rows
+    (:func:`minimaxkv.bounds.mass_gap`).
     """
 
     cache: Cache
     kept: Optional[Int[Array, " m"]] = None
+    mass_gap: Optional[Float[Array, ""]] = None
 
 
 def validate(cache: Cache, name: str = "cache") -> Cache:

@@ -223,7 +223,9 @@ def test_U4_max_volume_css_bound(rng):
 
 
 def test_U4_mass_correction_bound(rng):
-    for _ in range(10):
+    """U4(c) with eta computed in float64 from the factors c; bounds.mass_gap (the certificate
+    a summary reports) equals it, and leaves out queries of weight zero."""
+    for i in range(10):
         q, c, w = _mm_instance(rng)
         kept = np.sort(rng.choice(9, 4, replace=False))
         beta = np.asarray(fit.mass_match(q, c, kept, weights=w))
@@ -233,6 +235,16 @@ def test_U4_mass_correction_bound(rng):
         cfac = np.exp(beta - np.asarray(c.logw)[kept])
         z = np_attention(q, *c)[2][:, kept] @ cfac
         eta = np.abs(1 - 1 / z).max()
+        summ = mkv.Cache(np.asarray(c.keys)[kept], np.asarray(c.values)[kept], beta)
+        np.testing.assert_allclose(float(bounds.mass_gap(q, c, summ, weights=w)), eta,
+                                   rtol=1e-9)
+        if i == 0:  # a query of weight zero is not part of the law
+            worst = int(np.argmax(np.abs(1 - 1 / z)))
+            w0 = np.asarray(w).copy()
+            w0[worst] = 0.0
+            rest = np.abs(1 - 1 / z)[np.arange(len(z)) != worst].max()
+            np.testing.assert_allclose(float(bounds.mass_gap(q, c, summ, weights=w0)), rest,
+                                       rtol=1e-9)
         qs, _ = np.linalg.qr(x[:, kept])
         lhs = np.sqrt(bounds.refit_worst_case(q, c, np.asarray(c.keys)[kept], beta, weights=w))
         rhs = np.linalg.norm(x - qs @ (qs.T @ x), 2) + eta * np.linalg.norm(x, 2)

@@ -431,45 +431,168 @@ def test_V1_block_error_decomposition(rng):
     assert np.all(np.linalg.norm(a_hat - a_b, axis=1) <= bound * (1 + 1e-12))
 
 
-def test_V3_length_squared_seeds_bicriteria(rng):
-    """V3: ell i.i.d. draws with probability ||x_j||^2 / ||X||_F^2 (length_squared_seeds) give
-    E ||(I - Pi_S) X||_F^2 <= sum_{i>k} sigma_i^2 + (k / ell) ||X||_F^2 for every k; Monte Carlo
-    over 3000 draws, mean + 4 standard errors, against the float64 SVD; and the draws follow
-    their law (chi-square, p > 0.001), never a column of zero norm."""
+def _v3_instance(rng, r=12, n=30):
+    """An operator A = [X; M^(1/2)] (``xt`` = X^T [n, r], diagonal ``mu``), as the rule builds it,
+    with two zero columns and a spread of column norms; the explicit A for float64 references."""
+    xt = rng.random((n, r)) ** 3 * rng.random(n)[:, None]
+    mu = 0.02 * rng.random(n)
+    xt[[2, 7]] = 0.0
+    mu[[2, 7]] = 0.0
+    a = np.vstack([xt.T, np.diag(np.sqrt(mu))])
+    return xt, mu, a
+
+
+def _resid(a, cols):
+    """||(I - Pi_{A_S}) A||_F^2 and the columns' squared residuals, float64 (SVD of A_S)."""
+    cols = sorted(set(int(c) for c in cols))
+    if not cols:
+        return np.sum(a * a), np.sum(a * a, axis=0)
+    u, sv, _ = np.linalg.svd(a[:, cols], full_matrices=False)
+    u = u[:, sv > 1e-12 * sv[0]]
+    e = a - u @ (u.T @ a)
+    return np.sum(e * e), np.sum(e * e, axis=0)
+
+
+def test_V3_residual_rows_give_the_exact_residuals(rng):
+    """residual_rows (the coefficient rows of an orthonormal basis of the drawn columns, from
+    their Gram rows) against float64 projections, with repeated and unused draws; two batches
+    in turn equal one batch of their union."""
+    from minimaxkv.rules.minimax import residual_rows
+
+    xt, mu, a = _v3_instance(rng)
+    norms2 = np.sum(a * a, axis=0)
+    first = np.array([3, 5, 5, 11, 0])
+    use = np.array([True, True, True, True, False])  # a repeat, and an unused draw
+    coef = residual_rows(jnp.asarray(xt), jnp.asarray(mu), jnp.zeros((0, 30)), jnp.asarray(first),
+                         jnp.asarray(use))
+    np.testing.assert_allclose(norms2 - np.sum(np.asarray(coef) ** 2, 0),
+                               _resid(a, [3, 5, 11])[1], rtol=1e-9, atol=1e-13)
+    more = residual_rows(jnp.asarray(xt), jnp.asarray(mu), coef, jnp.asarray([2, 20, 3, 9]),
+                         jnp.ones(4, bool))  # a zero column and a column already spanned
+    both = np.vstack([np.asarray(coef), np.asarray(more)])
+    np.testing.assert_allclose(norms2 - np.sum(both ** 2, 0), _resid(a, [3, 5, 11, 20, 9])[1],
+                               rtol=1e-9, atol=1e-13)
+
+
+def test_V3_adaptive_rounds_exact_expectation_and_bounds(rng):
+    """V3(a, b) for the rule's draws (adaptive_seeds): a first round of one column by squared
+    norm, a second of ell = 2 columns by squared residual. In float64 the expectation of
+    ||(I - Pi_S) A||_F^2 exactly, by enumerating every draw (30 x 30 x 30): given each first
+    column S, E <= sum_{i>k} sigma_i^2 + (k/2) ||(I - Pi_S) A||_F^2 for every k (a); overall
+    E <= the two-round recursion (b). The rule's draws against the exact expectation by Monte
+    Carlo (within 4 standard errors), and one draw after a fixed S by a chi-square test of the
+    residual law (p > 0.001), never a column of zero residual; a draw by plain squared norm
+    (not adaptive) fails that test."""
     from scipy.stats import chisquare
 
     from minimaxkv.queries import uniforms
-    from minimaxkv.rules.minimax import length_squared_seeds
+    from minimaxkv.rules.minimax import adaptive_seeds, length_squared_draws, residual_rows
 
-    r, n, ell = 12, 30, 6
-    x = rng.random((r, n)) ** 3 * rng.random(n)[None, :]
-    x[:, [2, 7]] = 0.0
-    norms2 = np.sum(x * x, axis=0)
-    sig2 = np.linalg.svd(x, compute_uv=False) ** 2
-    valid = jnp.ones((n,), bool)
+    xt, mu, a = _v3_instance(rng)
+    n = a.shape[1]
+    norms2 = np.sum(a * a, axis=0)
+    sig2 = np.linalg.svd(a, compute_uv=False) ** 2
+    tail = np.array([sig2[k:].sum() for k in range(len(sig2))])
+    p1 = norms2 / norms2.sum()
+    exact = 0.0
+    for i in np.flatnonzero(p1):
+        e_s, res = _resid(a, [i])
+        p2 = res / res.sum()
+        live = np.flatnonzero(p2 > 0)
+        cond = sum(p2[j] * p2[l] * _resid(a, [i, j, l])[0] for j in live for l in live)
+        ks = np.arange(1, len(sig2))
+        assert np.all(cond <= tail[ks] + ks / 2 * e_s)  # (a), given S = {i}
+        exact += p1[i] * cond
+    ks = np.arange(1, len(sig2))
+    assert np.all(exact <= tail[ks] + ks / 2 * (tail[ks] + ks / 1 * norms2.sum()))  # (b)
 
-    def seeds(size):
-        return jax.jit(lambda key: length_squared_seeds(uniforms(key, [(size,)], jnp.float64)[0],
-                                                        jnp.asarray(norms2), valid, size))
+    args = (jnp.asarray(xt), jnp.asarray(mu), jnp.asarray(norms2), jnp.ones(n, bool))
+    draw = jax.jit(lambda key: adaptive_seeds(uniforms(key, [(2, 4)], jnp.float64)[0], *args,
+                                              jnp.asarray([1, 2])))
+    vals = [_resid(a, np.flatnonzero(np.asarray(draw(jax.random.PRNGKey(t)))))[0]
+            for t in range(3000)]
+    assert abs(np.mean(vals) - exact) <= 4 * np.std(vals) / np.sqrt(len(vals))
 
-    draw = seeds(ell)
-    resid, counts = [], np.zeros(n)
-    for seed in range(3000):
-        s = np.flatnonzero(np.asarray(draw(jax.random.PRNGKey(seed))))
-        q, _ = np.linalg.qr(x[:, s])
-        resid.append(np.sum((x - q @ (q.T @ x)) ** 2))
-        counts[s] += 1
-    mean, se = np.mean(resid), np.std(resid) / np.sqrt(len(resid))
-    for k in range(1, r):
-        assert mean - 4 * se <= sig2[k:].sum() + k / ell * sig2.sum()
-    # a single draw (ell = 1) is distributed by the squared norms
-    one = seeds(1)
-    hits = np.zeros(n)
-    for seed in range(4000):
-        hits[np.flatnonzero(np.asarray(one(jax.random.PRNGKey(seed))))] += 1
-    assert counts[[2, 7]].sum() == 0 and hits[[2, 7]].sum() == 0
-    live = norms2 > 0
-    assert chisquare(hits[live], 4000 * norms2[live] / norms2.sum()).pvalue > 1e-3
+    s0 = jnp.asarray([4, 9, 13])
+    coef = residual_rows(*args[:2], jnp.zeros((0, n)), s0, jnp.ones(3, bool))
+    resid = jnp.maximum(args[2] - jnp.sum(coef * coef, axis=0), 0.0)
+    res = _resid(a, [4, 9, 13])[1]
+    live = res > 1e-9 * res.max()
+    for weights, adaptive in ((resid, True), (args[2], False)):
+        one = jax.jit(lambda key, w=weights: length_squared_draws(
+            uniforms(key, [(1,)], jnp.float64)[0], w, args[3]))
+        hits = np.bincount([int(one(jax.random.PRNGKey(t))[0]) for t in range(4000)],
+                           minlength=n)
+        p = chisquare(hits[live], hits[live].sum() * res[live] / res[live].sum()).pvalue
+        if adaptive:
+            assert hits[~live].sum() == 0 and p > 1e-3
+        else:
+            assert hits[~live].sum() > 0 or p < 1e-3
+
+
+def test_V3_multiplicative_bicriteria(rng):
+    """V3(c): with ell = ceil(3k / eps) draws a round and t = 1 + ceil(log(1/rho_k) / log(ell/k))
+    rounds (rho_k = sum_{i>k} sigma_i^2 / ||A||_F^2), E ||(I - Pi_S) A||_F^2 <= (1 + eps)
+    sum_{i>k} sigma_i^2: Monte Carlo over 2000 runs of adaptive_seeds, mean + 4 standard errors,
+    for three (k, eps), on an operator of 60 columns with a decaying spectrum."""
+    import math
+
+    from minimaxkv.queries import uniforms
+    from minimaxkv.rules.minimax import adaptive_seeds
+
+    r, n = 16, 60
+    xt = rng.normal(size=(n, r)) * (0.6 ** np.arange(r))[None, :]
+    mu = 1e-3 * rng.random(n)
+    a = np.vstack([xt.T, np.diag(np.sqrt(mu))])
+    norms2 = np.sum(a * a, axis=0)
+    sig2 = np.linalg.svd(a, compute_uv=False) ** 2
+    args = (jnp.asarray(xt), jnp.asarray(mu), jnp.asarray(norms2), jnp.ones(n, bool))
+    for k, eps in ((1, 1.0), (1, 0.5), (2, 1.0)):
+        tail = sig2[k:].sum()
+        ell = math.ceil(3 * k / eps)
+        t = 1 + math.ceil(math.log(norms2.sum() / tail) / math.log(ell / k))
+        assert t * ell < n
+        draw = jax.jit(lambda key, t=t, ell=ell: adaptive_seeds(
+            uniforms(key, [(t, ell)], jnp.float64)[0], *args, jnp.full((t,), ell)))
+        vals = [_resid(a, np.flatnonzero(np.asarray(draw(jax.random.PRNGKey(s)))))[0]
+                for s in range(2000)]
+        assert np.mean(vals) - 4 * np.std(vals) / np.sqrt(len(vals)) <= (1 + eps) * tail
+
+
+def test_minimax_reports_the_mass_gap_of_its_law():
+    """The summary's mass_gap is U4(c)'s eta on the rule's reference law (rebuilt here from the
+    same key: the law's key is the first of the rule's split), computed in float64 from the
+    masses of the cache and of the summary on the law's query rows; and U4(c) holds with it for
+    the summary's keys and log-weights with least-squares values (subset summaries,
+    merge=False), on every family."""
+    from minimaxkv.attention import default_scale
+    from minimaxkv.rules.minimax import reference_law
+
+    n, d, m = 96, 8, 12
+    for fam in ("clustered", "power_law", "lookup", "heavy"):
+        inst = mkv.synthetic.make(fam, jax.random.PRNGKey(3), n=n, d=d, dv=4, p=40)
+        c = mkv.Cache(*(x.astype(jnp.float64) for x in inst.cache))  # float64 throughout
+        obs = inst.queries[:16].astype(jnp.float64)
+        key = jax.random.PRNGKey(5)
+        s = rules.get("minimax", merge=False)(c, m, obs, key)
+        law = reference_law(c, obs[None], jax.random.split(key, 2)[0], draws=128, horizon=512,
+                            theta=1e4, convention="half", agnostic=False, logit_std=2.0,
+                            scale=default_scale(d), probes=1.0)
+        qs, w = np.asarray(law.queries), np.asarray(law.weights)
+        full = np.exp(qs @ np.asarray(c.keys).T / np.sqrt(d) + np.asarray(c.logw)).sum(1)
+        summ = np.exp(qs @ np.asarray(s.cache.keys).T / np.sqrt(d)
+                      + np.asarray(s.cache.logw)).sum(1)
+        eta = np.max(np.where(w > 0, np.abs(1 - full / summ), 0.0))
+        np.testing.assert_allclose(float(s.mass_gap), eta, rtol=1e-9, atol=1e-15)
+        live = np.isfinite(np.asarray(s.cache.logw))
+        sup = np.asarray(s.kept)[live]
+        x = np.sqrt(w / w.sum())[:, None] * np_attention(qs, *c)[2]
+        u, sv, _ = np.linalg.svd(x[:, sup], full_matrices=False)
+        u = u[:, sv > 1e-12 * sv[0]]
+        lhs = np.sqrt(mkv.bounds.refit_worst_case(qs, c, np.asarray(s.cache.keys)[live],
+                                                  np.asarray(s.cache.logw)[live], weights=w))
+        rhs = np.linalg.norm(x - u @ (u.T @ x), 2) + eta * np.linalg.norm(x, 2)
+        assert lhs <= rhs * (1 + 1e-9)
 
 
 def test_V3_support_contains_the_seeds(rng):

@@ -90,7 +90,8 @@ def _jitted(compress):
 
     def stored(cache, size, *rest):
         s = compress(cache, size, *rest)
-        return Summary(Cache(*(x.astype(c.dtype) for x, c in zip(s.cache, cache))), s.kept)
+        return Summary(Cache(*(x.astype(c.dtype) for x, c in zip(s.cache, cache))), s.kept,
+                       s.mass_gap)
 
     return jax.jit(stored, static_argnums=1)
 
@@ -106,7 +107,7 @@ def pad(summary: Summary, capacity: int) -> Summary:
     cache = Cache(jnp.pad(c.keys, rows), jnp.pad(c.values, rows),
                   jnp.pad(c.logw, (0, extra), constant_values=-jnp.inf))
     kept = None if summary.kept is None else jnp.pad(summary.kept, (0, extra))
-    return Summary(cache, kept)
+    return Summary(cache, kept, summary.mass_gap)
 
 
 def group_queries(queries, d: int):

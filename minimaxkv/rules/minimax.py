@@ -15,11 +15,12 @@ One head, one call; every step is a named pure function below.
    eigenvalues of their response covariance (V5; one block in one-shot use, which gets every
    slot).
 4. **Select** within each block (:func:`select_supports`, :func:`select_block`): ``sampled`` of
-   its slots go to atoms drawn by length-squared sampling of the value-class operator (the draws
-   behind the bound V3), the others greedily for the block's values (V1: simultaneous
-   orthogonal matching pursuit on the Gram matrix, :func:`gram_order`) among a candidate pool of
-   ``pool`` x slots atoms (at least 256): the best by first greedy gain or by mass, and a draw by
-   mass. Cost O(r n d) for the law's attention, O(r L^2) for the pool's Gram matrix and
+   its slots go to atoms drawn in ``rounds`` rounds of adaptive length-squared sampling of the
+   value-class operator (:func:`adaptive_seeds`, the draws behind the bound V3), the others
+   greedily for the block's values (V1: simultaneous orthogonal matching pursuit on the Gram
+   matrix, :func:`gram_order`) among a candidate pool of ``pool`` x slots atoms (at least 256):
+   the best by first greedy gain or by mass, and a draw by mass. Cost O(r n d) for the law's
+   attention, O(r m n) for the seeds' residuals, O(r L^2) for the pool's Gram matrix and
    O(m L (w + d_v)) for the greedy, plus O(w m L) per batch of steps (w = 32 shortlisted
    columns, :func:`gram_order`).
 5. **Fit** (:func:`fit_block`): mass matching by NNLS and values by least squares on the law;
@@ -44,6 +45,7 @@ from jax import lax
 from .. import rope
 from .. import queries as Q
 from ..attention import default_scale
+from ..bounds import gap_of_log_masses
 from ..cache import Cache, Summary
 from ..fit import fitted_values, mass_coefficients
 from ..linalg import matmul as _mm
@@ -182,19 +184,64 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
     return Law(rows, (1 - kappa) * w, att, logz, kappa * prior, kappa, alpha)
 
 
-def length_squared_seeds(u, norms2, valid, count):
-    r"""V3's draws: ``len(u)`` i.i.d. column indices with probability
-    :math:`\lVert a_j\rVert^2/\lVert A\rVert_F^2` (``norms2`` of the valid columns), by the inverse
-    CDF of uniforms ``u`` in (0, 1); the first ``count`` (traced, <= len(u)) of them are returned
-    as a mask over the columns (duplicates collapse)."""
+def length_squared_draws(u, norms2, valid):
+    r"""``len(u)`` i.i.d. column indices with probability
+    :math:`\lVert a_j\rVert^2/\lVert A\rVert_F^2` (``norms2`` of the ``valid`` columns; uniform
+    over them when every norm is zero), by the inverse CDF of uniforms ``u`` in (0, 1)."""
     w = jnp.where(valid, norms2, 0.0)
     tot = jnp.sum(w)
     prob = jnp.where(tot > 0, w / jnp.where(tot > 0, tot, 1.0), valid / jnp.maximum(valid.sum(), 1))
     cum = jnp.cumsum(prob)  # the first index whose cumulative mass reaches r: never a zero mass
-    draws = jnp.minimum(jnp.searchsorted(cum, cum[-1] * (1 - u)), norms2.shape[0] - 1)
-    size = u.shape[0]
-    use = (jnp.arange(size) < count).astype(jnp.int32)
-    return jnp.zeros(norms2.shape, jnp.int32).at[draws].max(use) > 0
+    return jnp.minimum(jnp.searchsorted(cum, cum[-1] * (1 - u)), norms2.shape[0] - 1)
+
+
+def residual_rows(xt, mu, coef, cols, use):
+    r"""Orthonormal coefficient rows for the columns ``cols`` (where ``use``) of the operator
+    :math:`A=[X;M^{1/2}]` (``xt`` :math:`=X^T` ``[B, r]``, ``mu`` the diagonal of M) after the
+    rows ``coef [c, B]`` already found: rows :math:`u_i^TA` for an orthonormal basis
+    :math:`u_i` of the part of :math:`\mathrm{col}(A_{cols})` orthogonal to the earlier basis,
+    so that the squared residual of column j after all of them is
+    :math:`\lVert a_j\rVert^2-\sum_i(u_i^Ta_j)^2`. From the residual Gram rows by one
+    eigendecomposition of their ``[s, s]`` block (repeated or dependent columns give zero
+    rows); O(s r B) for the Gram rows."""
+    s = cols.shape[0]
+    rows = _mm(xt[cols], xt.T).at[jnp.arange(s), cols].add(mu[cols])  # [s, B]: A_cols^T A
+    rows = jnp.where(use[:, None], rows - _mm(coef[:, cols].T, coef), 0.0)
+    small = jnp.where(use[:, None] & use[None, :], rows[:, cols], 0.0)
+    lam, vec = jnp.linalg.eigh(0.5 * (small + small.T))
+    keep = lam > 1e3 * jnp.finfo(lam.dtype).eps * jnp.maximum(jnp.max(lam), 0.0)
+    inv = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
+    return _mm((vec * inv[None, :]).T, rows)
+
+
+def adaptive_seeds(u, xt, mu, norms2, valid, counts):
+    r"""V3's draws: ``R = len(counts)`` rounds of adaptive length-squared sampling of the
+    columns of :math:`A=[X;M^{1/2}]` (``xt`` :math:`=X^T` ``[B, r]``, diagonal ``mu``, squared
+    column norms ``norms2``): round t draws ``counts[t]`` (traced, at most ``u.shape[1]``)
+    i.i.d. columns with probability proportional to their squared residual after the columns
+    of the earlier rounds, by the inverse CDF of the uniforms ``u [R, s]`` (round 1: the
+    column norms themselves). Returns a mask over the columns (repeated draws collapse).
+    Cost O(s r B) per round after the first."""
+    rounds, size = u.shape
+    b = norms2.shape[0]
+    resid = jnp.where(valid, norms2, 0.0)
+    coef = jnp.zeros((0, b), norms2.dtype)
+    mask = jnp.zeros((b,), jnp.int32)
+    for t in range(rounds):
+        cols = length_squared_draws(u[t], resid, valid)
+        use = jnp.arange(size) < counts[t]
+        mask = mask.at[cols].max(use.astype(jnp.int32))
+        if t + 1 < rounds:
+            coef = jnp.concatenate([coef, residual_rows(xt, mu, coef, cols, use)])
+            resid = jnp.where(valid, jnp.maximum(norms2 - jnp.sum(coef * coef, axis=0), 0.0), 0.0)
+    return mask > 0
+
+
+def round_counts(total, rounds: int):
+    """``total`` (traced) draws split over ``rounds`` rounds as evenly as integers allow."""
+    t = jnp.arange(rounds + 1)
+    cum = (total * t) // rounds
+    return cum[1:] - cum[:-1]
 
 
 def _rank(x):
@@ -378,17 +425,23 @@ def isolation(gram):
     return jnp.clip(1.0 - jnp.max(cos2, axis=1), 0.0, 1.0)
 
 
-def select_block(law: Law, blk: Block, key, *, k: int, pool: int, n_pool, seeds: int, m,
-                 n_seed, value_aware: bool, ridge: float):
+def select_block(law: Law, blk: Block, key, *, k: int, pool: int, n_pool, seeds: int,
+                 rounds: int, m, n_seed, value_aware: bool, ridge: float):
     """Step 4 for one block: ``k`` atom indices into the block (the first ``m`` used):
-    length-squared seeds (the first ``n_seed`` of ``seeds`` draws), then the greedy for the
-    block's values (or value-blind pivoting) on a candidate pool, the first ``n_pool`` (traced)
-    of ``pool`` candidates."""
+    ``n_seed`` (traced) seeds drawn in ``rounds`` rounds of adaptive length-squared sampling
+    (at most ``seeds`` a round, V3), then the greedy for the block's values (or value-blind
+    pivoting) on a candidate pool, the first ``n_pool`` (traced) of ``pool`` candidates."""
     xt, priv, floor, norms2, corr, resp = block_operator(law, blk, ridge)
     ok = blk.ok
     gain = jnp.where(ok, jnp.sum(corr * corr, axis=1) / jnp.maximum(norms2, 1e-30), -1.0)
-    u_seed, u_pool = Q.uniforms(key, [(seeds,), ok.shape], xt.dtype)
-    seed = length_squared_seeds(u_seed, norms2, ok, n_seed) if seeds else jnp.zeros_like(ok)
+    size = ok.shape[0]  # uniforms drawn: independent of the budget
+    u_seed, u_pool = Q.uniforms(key, [(rounds * size if seeds else 0,), ok.shape], xt.dtype)
+    if seeds:
+        mu = norms2 - jnp.sum(xt * xt, axis=1)  # the private rows' diagonal
+        seed = adaptive_seeds(u_seed.reshape(rounds, size)[:, :seeds], xt, mu, norms2, ok,
+                              round_counts(n_seed, rounds))
+    else:
+        seed = jnp.zeros_like(ok)
     cand = candidate_pool(gain, norms2, seed & ok, ok, pool, u_pool)
     xc = xt[cand]
     g0 = _mm(xc, xc.T)
@@ -487,27 +540,29 @@ def private_risk(blocks: Block, lab, active, slot_values):
 
 def law_risk(law: Law, exact, summary: Cache, scale):
     """Risk of ``summary`` on the law's query rows, whose exact outputs are ``exact [r, dv]``
-    (the private rows: :func:`private_risk`)."""
+    (the private rows: :func:`private_risk`), and its log-masses on them ``[r]``."""
     sh = scale * _mm(law.queries, summary.keys.T) + summary.logw[None, :]
     out = _mm(jax.nn.softmax(sh, axis=1), summary.values)
-    return jnp.sum(law.weights * jnp.sum((out - exact) ** 2, axis=1))
+    return jnp.sum(law.weights * jnp.sum((out - exact) ** 2, axis=1)), jax.nn.logsumexp(sh, 1)
 
 
 def select_supports(law: Law, blocks: Block, m_b, keys, *, slots: int, pool: float,
-                    sampled: float, value_aware: bool, ridge: float):
+                    sampled: float, rounds: int, value_aware: bool, ridge: float):
     """Step 4 for every block (``keys [nb]``, one per block): ``order [nb, slots]``, atom
     indices into each block, the first ``m_b`` of them used; a pool of
     ``max(256, ceil(pool x m_b))`` candidates (at most the block) and
-    ``floor(sampled x m_b)`` length-squared seeds per block."""
+    ``floor(sampled x m_b)`` seeds per block, drawn in ``rounds`` adaptive rounds."""
     size_b = blocks.ok.shape[1]
     size = min(size_b, max(slots, math.ceil(pool * slots), 256))
-    seeds = size_b if sampled > 0 else 0  # draws made: independent of the budget
+    # draws a round: the largest round (m_b <= slots), so its Gram rows are O(m), never O(n);
+    # the uniforms behind them do not depend on the budget
+    seeds = max(1, -(-math.floor(sampled * slots) // rounds)) if sampled > 0 else 0
     n_seed = jnp.floor(sampled * m_b).astype(jnp.int32)
     n_pool = jnp.minimum(jnp.maximum(jnp.ceil(pool * m_b).astype(jnp.int32), 256), size)
 
     def one(bl, m, ns, npool, kb):
-        return select_block(law, bl, kb, k=slots, pool=size, n_pool=npool, seeds=seeds, m=m,
-                            n_seed=ns, value_aware=value_aware, ridge=ridge)
+        return select_block(law, bl, kb, k=slots, pool=size, n_pool=npool, seeds=seeds,
+                            rounds=rounds, m=m, n_seed=ns, value_aware=value_aware, ridge=ridge)
 
     args = (blocks, m_b, n_seed, n_pool, keys)
     if blocks.ok.shape[0] == 1:  # one block: no batched loop (it would copy its state per step)
@@ -554,20 +609,24 @@ def join_summary(cache: Cache, prot, part, sel, position) -> Cache:
     return Cache(*(x[position] for x in summ))
 
 
-def least_risk(law: Law, exact, summaries, private, scale) -> Cache:
+def least_risk(law: Law, exact, summaries, private, scale):
     """Step 6's in-sample choice: the summary with the smallest risk on the law, its query
     rows (:func:`law_risk`, exact outputs ``exact``) plus its probes (``private``,
-    :func:`private_risk`); the candidates are evaluated together (one batched risk)."""
+    :func:`private_risk`); the candidates are evaluated together (one batched risk). Returns
+    the summary and its mass gap on the law's query rows (U4(c)'s certificate,
+    :func:`minimaxkv.bounds.gap_of_log_masses`)."""
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *summaries)
-    risks = jax.vmap(lambda s: law_risk(law, exact, s, scale))(stacked) + jnp.stack(private)
-    return jax.tree.map(lambda x: x[jnp.argmin(risks)], stacked)
+    risks, logz = jax.vmap(lambda s: law_risk(law, exact, s, scale))(stacked)
+    best = jnp.argmin(risks + jnp.stack(private))
+    gap = gap_of_log_masses(law.logz, logz[best], law.weights)
+    return jax.tree.map(lambda x: x[best], stacked), gap
 
 
 def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: int | None = None,
             horizon: int = 512, theta: float = 10000.0, convention: str = "half",
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
             window_frac: float = 0.125, response: str = "mass", selection: str = "value",
-            merge: bool = True, sampled: float = 0.125, pool: float = 1.5,
+            merge: bool = True, sampled: float = 0.125, rounds: int = 2, pool: float = 1.5,
             probes: float = 1.0, scale: float | None = None, iters: int = 100) -> Rule:
     r"""The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
 
@@ -575,7 +634,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
     compression); in causal use pass the driver's block size, so the summary of the past and the
     newly closed block compete for the budget as blocks. ``samples``: model draws of the law
     (default ``min(max(128, n / 4), 256)``); ``sampled``: share of each block's
-    slots seeded by length-squared sampling (V3); ``pool``: candidates per slot of the greedy;
+    slots seeded by adaptive length-squared sampling in ``rounds`` rounds (V3); ``pool``: candidates per slot of the greedy;
     ``probes``: the isolating probes' share as a multiple of the collision probability
     :math:`\kappa` (V2; 0 drops them: the fit then serves the observed queries alone);
     ``scale``: the attention temperature (default d^-1/2).
@@ -590,6 +649,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         raise ValueError(f"probes must be >= 0, got {probes}")
     if not 0.0 <= sampled <= 1.0 or pool < 1.0:
         raise ValueError(f"sampled must lie in [0, 1] and pool be >= 1, got {sampled}, {pool}")
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
 
     def compress(cache, budget, queries, key):
         return summarize(cache, budget, None, queries, key)
@@ -625,7 +686,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         m_b = allocate(law, blocks, free, used, response)
         slots = min(size_b, free)  # no block gets more: every block has this many
         order = select_supports(law, blocks, m_b, keys[1:], slots=slots, pool=pool,
-                                sampled=sampled, value_aware=selection == "value", ridge=ridge)
+                                sampled=sampled, rounds=rounds,
+                                value_aware=selection == "value", ridge=ridge)
         active = jnp.arange(slots)[None, :] < m_b[:, None]
         lab = jax.vmap(nearest_slot)(blocks, order, active)  # [nb, B]
         cols = lo + size_b * jnp.arange(m_b.shape[0])[:, None] + order  # [nb, k]
@@ -641,8 +703,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         summaries = [join_summary(cache, prot, part, sel, position) for part in parts]
         private = [private_risk(blocks, lab, active, part[2]) for part in parts]
         exact = _mm(law.attention[prot].T, cache.values[prot]) + blocks.output[..., 1:].sum(0)
-        best = least_risk(law, exact, summaries, private, tau)
-        return Summary(best, None if merge else kept[position])
+        best, gap = least_risk(law, exact, summaries, private, tau)
+        return Summary(best, None if merge else kept[position], gap)
 
     name = "minimax_agnostic" if agnostic else "minimax"
     # a traced budget needs the protected atoms and the blocks' shares independent of it
