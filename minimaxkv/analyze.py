@@ -77,8 +77,9 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
     ``budgets`` are atom counts (``1 <= m < n``), ``rules`` a ``{name: Rule}`` dict. Returns a
     JSON-ready dict: ``eps_rank``, ``entropy``, ``n``, and per budget (lists in the order of
     ``budgets``) ``tail``, ``lower`` (L2), ``upper`` (U4), ``refit`` / ``refit_relative`` (the
-    probe-fitted reference) and ``risk[rule]`` / ``relative[rule]``; with ``spectrum=True`` also
-    ``eigs``, the spectrum of G over its top eigenvalue.
+    probe-fitted reference) and ``risk[rule]`` / ``relative[rule]``, and ``mass_gap[rule]`` for
+    the rules whose summaries report one (``minimax``: U4(c)'s certificate on its own law); with
+    ``spectrum=True`` also ``eigs``, the spectrum of G over its top eigenvalue.
     """
     c, probes = case.cache, case.probes
     n = c.n
@@ -91,7 +92,8 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
            "entropy": float(jnp.mean(compressibility.attention_entropy(probes, c))),
            "trace": float(total), "tail": [], "lower": [], "upper": [], "refit": [],
            "refit_relative": [],
-           "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules}}
+           "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules},
+           "mass_gap": {}}
     if spectrum:
         out["eigs"] = (eigs / eigs[0]).tolist() if eigs[0] > 0 else eigs.tolist()
     key = jax.random.PRNGKey(0) if key is None else key
@@ -107,6 +109,8 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
             s = rule(c, m, case.observed, key)
             out["risk"][name].append(float(risk(probes, c, s)))
             out["relative"][name].append(float(relative_risk(probes, c, s)))
+            if s.mass_gap is not None:
+                out["mass_gap"].setdefault(name, []).append(float(s.mass_gap))
     return out
 
 

@@ -298,6 +298,15 @@ def analyze_cmd(args) -> int:
             vals = [r["tail"][i], r["lower"][i], r["upper"][i], r["refit_relative"][i]] + \
                 [r["relative"][name][i] for name in rules_]
             print("".join(f"{c:11d}" for c in cells) + "".join(f"{v:11.3g}" for v in vals))
+    gaps = sorted({name for r in rows for name in r.get("mass_gap", {})})
+    if gaps:
+        print("\nMass gap eta = max |1 - Z/Z_hat| on each rule's own reference law (the certificate of "
+              "docs/theory.md U4(c)), median [max] over heads, per budget:")
+        for name in gaps:
+            per = np.array([r["mass_gap"][name] for r in rows if name in r.get("mass_gap", {})])
+            print(f"  {name:20s}" + "  ".join(f"m={m}: {np.median(per[:, i]):.3g} "
+                                              f"[{per[:, i].max():.3g}]"
+                                              for i, m in enumerate(budgets)))
     if len(rows) >= 3:
         print("\nSpearman rho across heads (predictor vs measured relative risk), per budget:")
         for name in rules_:

@@ -118,6 +118,11 @@ def test_cli_analyze_and_compare_cache(tmp_path, capsys):
     for a, b in zip(rows, ref):
         for name in ("snapkv", "minimax"):
             assert a["relative"][name] == pytest.approx(b["relative"][name], rel=1e-9)
+        # the minimax summaries' certificate (scored rules report none), as printed
+        assert list(a["mass_gap"]) == ["minimax"]
+        assert a["mass_gap"]["minimax"] == pytest.approx(b["mass_gap"]["minimax"], rel=1e-9)
+    gap = np.median([r["mass_gap"]["minimax"][0] for r in rows])
+    assert f"m=10: {gap:.3g} " in text
     assert main(["compare", "--cache", str(path), "--budgets", "0.25", "--rules", "snapkv",
                  "streaming_llm", "--future", "16", "--observed", "8", "--layers", "1"]) == 0
     text = capsys.readouterr().out

@@ -499,7 +499,7 @@ def test_V3_adaptive_rounds_exact_expectation_and_bounds(rng):
         e_s, res = _resid(a, [i])
         p2 = res / res.sum()
         live = np.flatnonzero(p2 > 0)
-        cond = sum(p2[j] * p2[l] * _resid(a, [i, j, l])[0] for j in live for l in live)
+        cond = sum(p2[j] * p2[h] * _resid(a, [i, j, h])[0] for j in live for h in live)
         ks = np.arange(1, len(sig2))
         assert np.all(cond <= tail[ks] + ks / 2 * e_s)  # (a), given S = {i}
         exact += p1[i] * cond

@@ -612,12 +612,17 @@ def join_summary(cache: Cache, prot, part, sel, position) -> Cache:
 def least_risk(law: Law, exact, summaries, private, scale):
     """Step 6's in-sample choice: the summary with the smallest risk on the law, its query
     rows (:func:`law_risk`, exact outputs ``exact``) plus its probes (``private``,
-    :func:`private_risk`); the candidates are evaluated together (one batched risk). Returns
-    the summary and its mass gap on the law's query rows (U4(c)'s certificate,
+    :func:`private_risk`); the candidates are evaluated together (one batched risk). Risks
+    within round-off of the least (a relative 1e3 ulp) are ties, won by the first candidate:
+    a single slot's output is its value whatever its key, so there the fitted and the merged
+    candidates tie exactly, and a choice by round-off would differ between compiled programs.
+    Returns the summary and its mass gap on the law's query rows (U4(c)'s certificate,
     :func:`minimaxkv.bounds.gap_of_log_masses`)."""
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *summaries)
     risks, logz = jax.vmap(lambda s: law_risk(law, exact, s, scale))(stacked)
-    best = jnp.argmin(risks + jnp.stack(private))
+    total = risks + jnp.stack(private)
+    low = jnp.min(total)
+    best = jnp.argmax(total <= low + 1e3 * jnp.finfo(total.dtype).eps * jnp.abs(low))
     gap = gap_of_log_masses(law.logz, logz[best], law.weights)
     return jax.tree.map(lambda x: x[best], stacked), gap
 
