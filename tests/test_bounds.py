@@ -441,10 +441,13 @@ def _adam_ascent(f, x0, steps=300, lr=0.05):
     return max(best, float(jnp.nanmax(g(x)[0])))
 
 
-def test_gradient_ascent_adversarial():
+@pytest.mark.parametrize("n", [6, 64])
+def test_gradient_ascent_adversarial(n):
     """Maximise error / bound over the instance by gradient ascent from 16 random starts: the
-    ratio approaches but never exceeds 1 (U1, U2, U3, C1) and worst / width >= 1 (L2)."""
-    n, d, dv, p = 6, 2, 2, 3
+    ratio approaches but never exceeds 1 (U1, U2, U3, C1) and worst / width >= 1 (L2); at n = 6
+    and at n = 64 (two thirds of the atoms evicted, three merged groups, two blocks; 1000 steps,
+    the larger instance being slower to climb)."""
+    d, dv, p = 2, 2, 3
     key = jax.random.PRNGKey(0)
     starts = {
         "k": jax.random.normal(key, (16, n, d)),
@@ -453,7 +456,7 @@ def test_gradient_ascent_adversarial():
         "q": 2 * jax.random.normal(jax.random.fold_in(key, 3), (16, p, d)),
         "s": jax.random.normal(jax.random.fold_in(key, 4), (16, n)),
     }
-    ev = jnp.array([False, True, True, False, True, True])
+    ev = jnp.arange(n) % 3 != 0
 
     def u1(x):
         c = mkv.Cache(x["k"], x["v"], x["b"])
@@ -467,7 +470,7 @@ def test_gradient_ascent_adversarial():
         e = jnp.linalg.norm(mkv.errors(x["q"], c, mkv.Cache(x["k"], x["v"], x["b"] + shift)), axis=1)
         return jnp.max(e / bounds.logit_bound(1.0, x["v"]))
 
-    labels = jnp.array([0, 0, 1, 1, 2, 2])
+    labels = jnp.minimum(jnp.arange(n) // (n // 3), 2)
 
     def u3(x):
         c = mkv.Cache(x["k"], x["v"], x["b"])
@@ -476,7 +479,7 @@ def test_gradient_ascent_adversarial():
         return jnp.max(e / bounds.merging_bound(x["q"], c, labels, merged.keys))
 
     def c1(x):
-        blocks = jnp.arange(n).reshape(2, 3)
+        blocks = jnp.arange(n).reshape(2, n // 2)
         bw = jnp.where(ev, -jnp.inf, x["b"] + jnp.tanh(x["s"]))
         ex = [mkv.attend_and_mass(x["q"], mkv.Cache(x["k"][b], x["v"][b], x["b"][b]))
               for b in blocks]
@@ -498,7 +501,7 @@ def test_gradient_ascent_adversarial():
         return bounds.width_lower(x["q"], c, 2) / worst
 
     for name, f in (("U1", u1), ("U2", u2), ("U3", u3), ("C1", c1), ("L2", l2)):
-        worst_ratio = _adam_ascent(f, starts)
+        worst_ratio = _adam_ascent(f, starts, steps=300 if n <= 6 else 1000)
         assert worst_ratio <= 1 + ROUND, (name, worst_ratio)
         # the search is effective: U1-U3 and C1 are approached to within 1% (they are tight)
         assert worst_ratio >= (0.99 if name != "L2" else 0.5), (name, worst_ratio)
