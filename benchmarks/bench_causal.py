@@ -115,7 +115,8 @@ def main(argv=None):
     p.add_argument("--blocks", type=int, default=None, help="prefill blocks (default 64, 16 quick)")
     p.add_argument("--no-model", action="store_true", help="synthetic streams only")
     p.add_argument("--hyper", nargs="+", default=[], metavar="NAME=VALUE",
-                   help="rule hyperparameters for both variants (e.g. rounds=1), Python literals")
+                   help="rule hyperparameters for both variants (e.g. rounds=1; block=None "
+                   "compresses the causal state as one block), Python literals")
     args = p.parse_args(argv)
     blocks = args.blocks or (16 if args.quick else 64)
     prefill = blocks * BLOCK
@@ -132,7 +133,7 @@ def main(argv=None):
     for name in args.rules:
         for case, k, v, q, theta in cases:
             blocks_kw = {"block": BLOCK} if name in BLOCK_RULES else {}
-            blocked = rules.get(name, theta=theta, **blocks_kw, **hyper)
+            blocked = rules.get(name, theta=theta, **{**blocks_kw, **hyper})
             warm = Cache(k[:BUDGET + BLOCK], v[:BUDGET + BLOCK])  # the driver's one shape
             jax.block_until_ready(blocked(warm, BUDGET, q[BUDGET:BUDGET + BLOCK], key).cache)
             res = causal.run(blocked, k, v, q, BUDGET, prefill=prefill, block=BLOCK, key=key)
