@@ -437,7 +437,7 @@ def select_block(law: Law, blk: Block, key, *, k: int, pool: int, n_pool, seeds:
     size = ok.shape[0]  # uniforms drawn: independent of the budget
     u_seed, u_pool = Q.uniforms(key, [(rounds * size if seeds else 0,), ok.shape], xt.dtype)
     if seeds:
-        mu = norms2 - jnp.sum(xt * xt, axis=1)  # the private rows' diagonal
+        mu = jnp.where(ok, priv + floor, 0.0)  # the private rows' diagonal (block_operator's)
         seed = adaptive_seeds(u_seed.reshape(rounds, size)[:, :seeds], xt, mu, norms2, ok,
                               round_counts(n_seed, rounds))
     else:
