@@ -1,18 +1,18 @@
 """Causal compression against compressing the whole prefix once, at the same budget.
 
-The causal driver (:func:`minimaxkv.causal.run`) reads a prefill of ``blocks`` x B tokens in
-blocks of B and compresses summary + block back to ``budget`` atoms after each (merge-reduce),
-with the rule built for blocks (``block=B``, the rules that take it); the reference compresses the whole prefix once, to
-the same budget, with the one-shot rule, seeing the queries of the prefix's last B tokens (what
-the causal rule sees at its last compression). Both then decode the next B tokens exactly over
-their summary (no compression falls inside them), so the decode risk -- the mean squared error of
-the decode queries' outputs against exact causal attention over every token so far -- compares
-the two summaries alone: the table prints causal / once.
+The causal driver (:func:`minimaxkv.causal.run`) reads a prefill of ``blocks`` x B tokens in blocks
+of B and compresses summary + block back to ``budget`` atoms after each (merge-reduce), with the
+rule built for blocks (``block=B``, the rules that take it); the reference compresses the whole
+prefix once, to the same budget, with the one-shot rule, seeing the queries of the prefix's last B
+tokens (what the causal rule sees at its last compression). Both then decode the next B tokens
+exactly over their summary (no compression falls inside them), so the decode risk -- the mean
+squared error of the decode queries' outputs against exact causal attention over every token so far
+-- compares the two summaries alone: the table prints causal / once.
 
-Cost: the seconds per compression of summary + block (budget + B atoms, the causal driver's
-timer: one compiled call, the dispatch included, after a warm-up call of that shape), amortised over the B tokens decoded between
-two compressions, against one decode step's attention read of the summary (one query over
-budget + B atoms, a compiled ``mkv.attend``, best of the timed rounds).
+Cost: the seconds per compression of summary + block (budget + B atoms, the causal driver's timer:
+one compiled call, the dispatch included, after a warm-up call of that shape), amortised over the B
+tokens decoded between two compressions, against one decode step's attention read of the summary
+(one query over budget + B atoms, a compiled ``mkv.attend``, best of the timed rounds).
 
 Instances: ``synthetic.stream`` token streams (d = 64, dv = 64; a few seeds) and KV heads of
 SmolLM2-135M reading a passkey prompt whose haystack is ``minimaxkv/data/water.txt`` (the first

@@ -494,16 +494,15 @@ def test_V3_adaptive_rounds_exact_expectation_and_bounds(rng):
     sig2 = np.linalg.svd(a, compute_uv=False) ** 2
     tail = np.array([sig2[k:].sum() for k in range(len(sig2))])
     p1 = norms2 / norms2.sum()
+    ks = np.arange(1, len(sig2))
     exact = 0.0
     for i in np.flatnonzero(p1):
         e_s, res = _resid(a, [i])
         p2 = res / res.sum()
         live = np.flatnonzero(p2 > 0)
         cond = sum(p2[j] * p2[h] * _resid(a, [i, j, h])[0] for j in live for h in live)
-        ks = np.arange(1, len(sig2))
         assert np.all(cond <= tail[ks] + ks / 2 * e_s)  # (a), given S = {i}
         exact += p1[i] * cond
-    ks = np.arange(1, len(sig2))
     assert np.all(exact <= tail[ks] + ks / 2 * (tail[ks] + ks / 1 * norms2.sum()))  # (b)
 
     args = (jnp.asarray(xt), jnp.asarray(mu), jnp.asarray(norms2), jnp.ones(n, bool))

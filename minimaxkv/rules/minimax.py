@@ -397,9 +397,10 @@ def block_operator(law: Law, blk: Block, ridge: float):
     :math:`M=\mathrm{diag}(\mu_j)`, are the atoms' exact isolating probes (an isolating probe of
     atom j sees j alone: response :math:`(1, v_j-\bar v_B)`), weight :math:`\mu_j` = the law's
     ``private`` weight plus a floor, ``ridge`` x the mean squared column norm of :math:`X_B`
-    (which keeps near-identical columns distinguishable). Returns ``xt [B, r]``
-    (:math:`X_B^T`), the private weights and the floor, the squared column norms of A, the
-    correlations :math:`A^TY` ``[B, 1 + d_v]`` and the responses :math:`(1, v_j-\bar v_B)`."""
+    (which keeps near-identical columns distinguishable). Returns ``xt [B, r]`` (:math:`X_B^T`),
+    the private weights and the floor, the diagonal :math:`\mu_j` of M (zero on padding), the
+    squared column norms of A, the correlations :math:`A^TY` ``[B, 1 + d_v]`` and the responses
+    :math:`(1, v_j-\bar v_B)`."""
     sw = jnp.sqrt(law.weights)
     xt = blk.attention * sw[None, :]
     share = jnp.where(jnp.isfinite(blk.logw), jnp.exp(blk.logw - jnp.max(blk.logw)), 0.0)
@@ -411,7 +412,7 @@ def block_operator(law: Law, blk: Block, ridge: float):
     floor = ridge * jnp.sum(norms) / jnp.maximum(blk.ok.sum(), 1) + 1e-30
     priv = jnp.where(blk.ok, blk.private, 0.0)
     mu_b = jnp.where(blk.ok, priv + floor, 0.0)
-    return xt, priv, floor, norms + mu_b, _mm(xt, xy) + mu_b[:, None] * resp, resp
+    return xt, priv, floor, mu_b, norms + mu_b, _mm(xt, xy) + mu_b[:, None] * resp, resp
 
 
 def isolation(gram):
@@ -431,13 +432,12 @@ def select_block(law: Law, blk: Block, key, *, k: int, pool: int, n_pool, seeds:
     ``n_seed`` (traced) seeds drawn in ``rounds`` rounds of adaptive length-squared sampling
     (at most ``seeds`` a round, V3), then the greedy for the block's values (or value-blind
     pivoting) on a candidate pool, the first ``n_pool`` (traced) of ``pool`` candidates."""
-    xt, priv, floor, norms2, corr, resp = block_operator(law, blk, ridge)
+    xt, priv, floor, mu, norms2, corr, resp = block_operator(law, blk, ridge)
     ok = blk.ok
     gain = jnp.where(ok, jnp.sum(corr * corr, axis=1) / jnp.maximum(norms2, 1e-30), -1.0)
     size = ok.shape[0]  # uniforms drawn: independent of the budget
     u_seed, u_pool = Q.uniforms(key, [(rounds * size if seeds else 0,), ok.shape], xt.dtype)
     if seeds:
-        mu = jnp.where(ok, priv + floor, 0.0)  # the private rows' diagonal (block_operator's)
         seed = adaptive_seeds(u_seed.reshape(rounds, size)[:, :seeds], xt, mu, norms2, ok,
                               round_counts(n_seed, rounds))
     else:
@@ -638,9 +638,9 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
     ``block=None`` treats everything between the sinks and the window as one block (one-shot
     compression); in causal use pass the driver's block size, so the summary of the past and the
     newly closed block compete for the budget as blocks. ``samples``: model draws of the law
-    (default ``min(max(128, n / 4), 256)``); ``sampled``: share of each block's
-    slots seeded by adaptive length-squared sampling in ``rounds`` rounds (V3); ``pool``: candidates per slot of the greedy;
-    ``probes``: the isolating probes' share as a multiple of the collision probability
+    (default ``min(max(128, n / 4), 256)``); ``sampled``: share of each block's slots seeded by
+    adaptive length-squared sampling in ``rounds`` rounds (V3); ``pool``: candidates per slot of the
+    greedy; ``probes``: the isolating probes' share as a multiple of the collision probability
     :math:`\kappa` (V2; 0 drops them: the fit then serves the observed queries alone);
     ``scale``: the attention temperature (default d^-1/2).
     """
