@@ -347,6 +347,51 @@ def test_V2_collision_probability_brackets_isolating_fraction(rng):
         assert 0.2 < rho < 0.3  # the lookup rows are the isolating ones here
 
 
+def test_V2prime_collision_probability_over_tokens(rng):
+    """V2': the rule's kappa on a summary whose atom j is I3's merge of N_j duplicated tokens
+    (key k_j, log-weight log N_j) equals the collision probability of the observed queries'
+    attention over the expanded cache of tokens (float64 brute force), lies in the
+    Cauchy-Schwarz bracket [sum_j p_j^2 / N_j, sum_j p_j^2] of any split among the members, and
+    on a cache of tokens (b = 0) is V2's kappa; atoms of log-weight < 0 count as one token."""
+    from minimaxkv.rules.minimax import reference_law
+
+    n, d, g, p = 12, 8, 2, 6
+    keys = 1.5 * rng.normal(size=(n, d))
+    counts = rng.integers(1, 6, size=n)
+    q = 1.5 * rng.normal(size=(g, p, d))
+    kw = dict(draws=16, horizon=32, theta=10000.0, convention="half", agnostic=False,
+              logit_std=2.0, scale=d ** -0.5, probes=1.0)
+
+    def kappa(k, logw):
+        cache = mkv.Cache(jnp.asarray(k), jnp.zeros((k.shape[0], 1)), jnp.asarray(logw))
+        return float(reference_law(cache, jnp.asarray(q), jax.random.PRNGKey(0), **kw).kappa)
+
+    def brute(k, logw):  # mean over the observed queries of sum_j p_j^2, float64
+        s = q.reshape(-1, d) @ k.T * d ** -0.5 + logw[None, :]
+        pm = np.exp(s - s.max(1, keepdims=True))
+        pm /= pm.sum(1, keepdims=True)
+        return pm
+
+    expanded = np.repeat(keys, counts, axis=0)
+    pt = brute(expanded, np.zeros(expanded.shape[0]))
+    want = float(np.mean(np.sum(pt ** 2, axis=1)))
+    np.testing.assert_allclose(kappa(keys, np.log(counts)), want, rtol=1e-10)
+    pa = brute(keys, np.log(counts))  # the atoms' attention: each the sum over its members
+    low = float(np.mean(np.sum(pa ** 2 / counts, axis=1)))
+    high = float(np.mean(np.sum(pa ** 2, axis=1)))
+    np.testing.assert_allclose(low, want, rtol=1e-12)
+    assert low < high  # some atom holds several tokens: the atom-level value is larger
+    uneven = rng.dirichlet(np.ones(5), size=n)  # a split of each atom among 5 members
+    split = np.mean(np.sum((pa[:, :, None] * uneven[None]) ** 2, axis=(1, 2)))
+    assert high / 5 <= split <= high  # the bracket with N_j = 5: even split .. one member
+    zero = np.zeros(n)
+    np.testing.assert_allclose(kappa(keys, zero), float(np.mean(np.sum(brute(keys, zero) ** 2, 1))),
+                               rtol=1e-10)
+    neg = -rng.uniform(0.1, 2.0, size=n)  # down-weighted atoms: one token each
+    np.testing.assert_allclose(kappa(keys, neg), float(np.mean(np.sum(brute(keys, neg) ** 2, 1))),
+                               rtol=1e-10)
+
+
 def test_ledoit_wolf_shrinkage(rng):
     """Ledoit-Wolf fit: the intensity formula (recomputed in NumPy), isotropic data shrinks to
     nearly mu I, and strongly anisotropic data keeps its shape."""

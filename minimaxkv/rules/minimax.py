@@ -128,7 +128,10 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
     isolating probe per atom.
 
     :math:`\kappa` is ``probes`` x the collision probability of the observed (else drawn)
-    attention (V2), the rate at which queries isolate an atom (at most 1).
+    attention over *tokens* (V2, V2'): an atom of log-weight :math:`b\ge0` (a summary's) stands
+    for :math:`e^b` tokens and its attention is split evenly over them, so
+    :math:`\kappa=\mathrm{mean}_i\sum_jp_j(q_i)^2e^{-\max(b_j,0)}`, the rate at which queries
+    isolate a token (at most 1); on a cache of tokens (b = 0) the collision probability itself.
 
     Query-aware: the ``g * p`` observed queries, weight :math:`\alpha(1-\kappa)` in all, and
     ``draws`` model draws (per head ``draws // g``), :math:`(1-\alpha)(1-\kappa)`, with
@@ -179,7 +182,9 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
         w = jnp.concatenate([jnp.full((n_base,), alpha / n_base, dt),
                              jnp.full((fut.shape[0],), (1 - alpha) / fut.shape[0], dt)])
     pb = att[:, :n_base]  # the observed (else drawn) rows
-    kappa = jnp.minimum(probes * jnp.mean(jnp.sum(pb * pb, axis=0)), 1.0)
+    # over tokens: an atom of log-weight b >= 0 stands for e^b of them, its attention split evenly
+    tokens = jnp.where(jnp.isfinite(logw), jnp.exp(jnp.maximum(logw, 0.0)), 1.0)
+    kappa = jnp.minimum(probes * jnp.mean(jnp.sum(pb * pb / tokens[:, None], axis=0)), 1.0)
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
     return Law(rows, (1 - kappa) * w, att, logz, kappa * prior, kappa, alpha)
 
