@@ -127,11 +127,12 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
     r"""The reference law of step 2 (docs/theory.md V2, V4): O(draws) query rows and one exact
     isolating probe per atom.
 
-    :math:`\kappa` is ``probes`` x the collision probability of the observed (else drawn)
-    attention over *tokens* (V2, V2'): an atom of log-weight :math:`b\ge0` (a summary's) stands
-    for :math:`e^b` tokens and its attention is split evenly over them, so
-    :math:`\kappa=\mathrm{mean}_i\sum_jp_j(q_i)^2e^{-\max(b_j,0)}`, the rate at which queries
-    isolate a token (at most 1); on a cache of tokens (b = 0) the collision probability itself.
+    :math:`\kappa` is ``probes`` x the total variance of the observed (else drawn) attention
+    over *tokens* (V2, V2', V2''): :math:`\mathrm{mean}_i\lVert p(q_i)-\bar p\rVert^2`, the
+    collision probability less that of the mean pattern :math:`\bar p` -- the rate at which
+    queries isolate a token that an independent query does not (a sink that every query
+    isolates adds nothing) -- with an atom of log-weight :math:`b\ge0` (a summary's) standing
+    for :math:`e^b` tokens over which its attention is split evenly (at most 1).
 
     Query-aware: the ``g * p`` observed queries, weight :math:`\alpha(1-\kappa)` in all, and
     ``draws`` model draws (per head ``draws // g``), :math:`(1-\alpha)(1-\kappa)`, with
@@ -184,7 +185,9 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
     pb = att[:, :n_base]  # the observed (else drawn) rows
     # over tokens: an atom of log-weight b >= 0 stands for e^b of them, its attention split evenly
     tokens = jnp.where(jnp.isfinite(logw), jnp.exp(jnp.maximum(logw, 0.0)), 1.0)
-    kappa = jnp.minimum(probes * jnp.mean(jnp.sum(pb * pb / tokens[:, None], axis=0)), 1.0)
+    pbar = jnp.mean(pb, axis=1)  # the shared pattern: isolation the rows predict adds nothing
+    spread = jnp.mean(jnp.sum(pb * pb / tokens[:, None], axis=0)) - jnp.sum(pbar * pbar / tokens)
+    kappa = jnp.minimum(probes * jnp.maximum(spread, 0.0), 1.0)
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
     return Law(rows, (1 - kappa) * w, att, logz, kappa * prior, kappa, alpha)
 
