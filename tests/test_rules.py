@@ -347,36 +347,46 @@ def test_V2_collision_probability_brackets_isolating_fraction(rng):
         assert 0.2 < rho < 0.3  # the lookup rows are the isolating ones here
 
 
-def test_V2prime_collision_probability_over_tokens(rng):
-    """V2': the rule's kappa on a summary whose atom j is I3's merge of N_j duplicated tokens
-    (key k_j, log-weight log N_j) equals the collision probability of the observed queries'
-    attention over the expanded cache of tokens (float64 brute force), lies in the
-    Cauchy-Schwarz bracket [sum_j p_j^2 / N_j, sum_j p_j^2] of any split among the members, and
-    on a cache of tokens (b = 0) is V2's kappa; atoms of log-weight < 0 count as one token."""
+def _rule_kappa(keys, logw, q):
+    """The ``minimax`` reference law's kappa for observed queries ``q [g, p, d]``."""
     from minimaxkv.rules.minimax import reference_law
 
+    d = keys.shape[1]
+    cache = mkv.Cache(jnp.asarray(keys), jnp.zeros((keys.shape[0], 1)), jnp.asarray(logw))
+    law = reference_law(cache, jnp.asarray(q), jax.random.PRNGKey(0), draws=16, horizon=32,
+                        theta=10000.0, convention="half", agnostic=False, logit_std=2.0,
+                        scale=d ** -0.5, probes=1.0)
+    return float(law.kappa)
+
+
+def _attention64(q, keys, logw):
+    """Attention of the rows of ``q`` on the atoms, float64 ``[rows, n]``."""
+    s = q.reshape(-1, keys.shape[1]) @ keys.T * keys.shape[1] ** -0.5 + logw[None, :]
+    pm = np.exp(s - s.max(1, keepdims=True))
+    return pm / pm.sum(1, keepdims=True)
+
+
+def _spread(pm, tokens=None):
+    """V2'': mean_i ||p_i - p_bar||^2 over tokens (atom j split evenly over tokens[j])."""
+    tokens = np.ones(pm.shape[1]) if tokens is None else tokens
+    return float(np.mean(np.sum((pm - pm.mean(0)) ** 2 / tokens, axis=1)))
+
+
+def test_V2prime_collision_probability_over_tokens(rng):
+    """V2': on a summary whose atom j is I3's merge of N_j duplicated tokens (key k_j,
+    log-weight log N_j), the collision probability over tokens (every p_j^2 divided by N_j)
+    equals that of the expanded cache of tokens (float64 brute force) and lies in the
+    Cauchy-Schwarz bracket [sum_j p_j^2 / N_j, sum_j p_j^2] of any split among the members; the
+    rule's kappa (V2'') is computed over the same tokens: equal on the summary and on the
+    expanded cache; atoms of log-weight <= 0 count as one token."""
     n, d, g, p = 12, 8, 2, 6
     keys = 1.5 * rng.normal(size=(n, d))
     counts = rng.integers(1, 6, size=n)
     q = 1.5 * rng.normal(size=(g, p, d))
-    kw = dict(draws=16, horizon=32, theta=10000.0, convention="half", agnostic=False,
-              logit_std=2.0, scale=d ** -0.5, probes=1.0)
-
-    def kappa(k, logw):
-        cache = mkv.Cache(jnp.asarray(k), jnp.zeros((k.shape[0], 1)), jnp.asarray(logw))
-        return float(reference_law(cache, jnp.asarray(q), jax.random.PRNGKey(0), **kw).kappa)
-
-    def brute(k, logw):  # mean over the observed queries of sum_j p_j^2, float64
-        s = q.reshape(-1, d) @ k.T * d ** -0.5 + logw[None, :]
-        pm = np.exp(s - s.max(1, keepdims=True))
-        pm /= pm.sum(1, keepdims=True)
-        return pm
-
     expanded = np.repeat(keys, counts, axis=0)
-    pt = brute(expanded, np.zeros(expanded.shape[0]))
+    pt = _attention64(q, expanded, np.zeros(expanded.shape[0]))
+    pa = _attention64(q, keys, np.log(counts))  # the atoms' attention: each the sum over members
     want = float(np.mean(np.sum(pt ** 2, axis=1)))
-    np.testing.assert_allclose(kappa(keys, np.log(counts)), want, rtol=1e-10)
-    pa = brute(keys, np.log(counts))  # the atoms' attention: each the sum over its members
     low = float(np.mean(np.sum(pa ** 2 / counts, axis=1)))
     high = float(np.mean(np.sum(pa ** 2, axis=1)))
     np.testing.assert_allclose(low, want, rtol=1e-12)
@@ -384,12 +394,58 @@ def test_V2prime_collision_probability_over_tokens(rng):
     uneven = rng.dirichlet(np.ones(5), size=n)  # a split of each atom among 5 members
     split = np.mean(np.sum((pa[:, :, None] * uneven[None]) ** 2, axis=(1, 2)))
     assert high / 5 <= split <= high  # the bracket with N_j = 5: even split .. one member
-    zero = np.zeros(n)
-    np.testing.assert_allclose(kappa(keys, zero), float(np.mean(np.sum(brute(keys, zero) ** 2, 1))),
-                               rtol=1e-10)
-    neg = -rng.uniform(0.1, 2.0, size=n)  # down-weighted atoms: one token each
-    np.testing.assert_allclose(kappa(keys, neg), float(np.mean(np.sum(brute(keys, neg) ** 2, 1))),
-                               rtol=1e-10)
+    np.testing.assert_allclose(_rule_kappa(keys, np.log(counts), q), _spread(pt), rtol=1e-9)
+    np.testing.assert_allclose(_rule_kappa(expanded, np.zeros(len(expanded)), q), _spread(pt),
+                               rtol=1e-9)
+    assert _spread(pt) < _spread(pa)  # over atoms, the heavy ones would count as one token each
+    for logw in (np.zeros(n), -rng.uniform(0.1, 2.0, size=n)):  # one token each
+        np.testing.assert_allclose(_rule_kappa(keys, logw, q), _spread(_attention64(q, keys, logw)),
+                                   rtol=1e-9)
+
+
+def test_V2second_isolation_beyond_the_shared_pattern(rng):
+    """V2'': the three forms of kappa agree (variance, collision less the mean's, half the mean
+    pairwise squared distance), and kappa lies in the bracket
+    rho(1-rho)(1-eta-sqrt(eps))_+^2 + (1-2eta)^2 (rho^2 - sum_t rho_t^2) <= kappa
+    <= rho + (1-rho) eps - (1-eta)^2 sum_t rho_t^2, for lookup queries of distinct atoms, of one
+    atom (a sink that nearly every query isolates) and of a few atoms, mixed with spread
+    queries, uniform and Dirichlet weights, eta in {0.05, 0.1, 0.3}; the sink case keeps a small
+    share of V2's kappa, the distinct lookups nearly all of it; the rule's kappa is the float64
+    value."""
+    n, d = 32, 32
+    inst = mkv.synthetic.lookup(jax.random.PRNGKey(0), n=n, d=d, dv=2, dtype=jnp.float64)
+    keys, look = np.asarray(inst.cache.keys), np.asarray(inst.queries)  # look[j] isolates atom j
+    spread_q = 0.5 * rng.normal(size=(40, d))
+    cases = {"distinct": (look[:24], spread_q), "sink": (look[np.zeros(24, int)], spread_q[:2]),
+             "few": (look[rng.integers(0, 3, size=24)], spread_q)}
+    share = {}
+    for name, (iso_q, other_q) in cases.items():
+        q = np.concatenate([iso_q, other_q])
+        pm = _attention64(q, keys, np.zeros(n))
+        for uniform, w in ((True, np.full(len(q), 1 / len(q))),
+                           (False, rng.dirichlet(np.ones(len(q))))):
+            pbar = w @ pm
+            kappa = float(w @ np.sum((pm - pbar) ** 2, axis=1))
+            collision = float(w @ np.sum(pm ** 2, axis=1))
+            np.testing.assert_allclose(kappa, collision - pbar @ pbar, rtol=1e-10)
+            pair = 0.5 * np.sum(w[:, None] * w[None, :]
+                                * np.sum((pm[:, None] - pm[None, :]) ** 2, axis=2))
+            np.testing.assert_allclose(kappa, pair, rtol=1e-10)
+            for eta in (0.05, 0.1, 0.3):
+                iso = pm.max(axis=1) >= 1 - eta
+                target = pm.argmax(axis=1)
+                rho_t = np.array([w[iso & (target == t)].sum() for t in range(n)])
+                rho = rho_t.sum()
+                eps = float(np.max(np.sum(pm[~iso] ** 2, axis=1)))
+                lower = (rho * (1 - rho) * max(0.0, 1 - eta - np.sqrt(eps)) ** 2
+                         + (1 - 2 * eta) ** 2 * (rho ** 2 - np.sum(rho_t ** 2)))
+                upper = rho + (1 - rho) * eps - (1 - eta) ** 2 * np.sum(rho_t ** 2)
+                assert lower - 1e-12 <= kappa <= upper + 1e-12, (name, eta, lower, kappa, upper)
+                assert rho >= len(iso_q) / len(q) - 1e-12 or not uniform  # the lookups isolate
+            share[name] = min(share.get(name, 1.0), kappa / collision)
+        np.testing.assert_allclose(_rule_kappa(keys, np.zeros(n), q[None]),
+                                   _spread(_attention64(q, keys, np.zeros(n))), rtol=1e-9)
+    assert share["sink"] < 0.2 < 0.8 < share["distinct"], share
 
 
 def test_ledoit_wolf_shrinkage(rng):
