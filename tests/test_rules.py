@@ -811,7 +811,7 @@ def test_minimax_subset_within_a_measured_factor_of_the_oracle():
     """At n = 12 on every synthetic family (2 seeds, m = 2 and 4; the observed queries are the
     evaluation queries), the subset variant of ``minimax`` (``merge=False``: the class of the
     L1 oracle) has risk at most 128x the oracle's, and at most 16x at m = 2: measured constants
-    (docs/theory.md §9.6; on 2026-12-03 the worst cells were 96x at m = 4 and 11.5x at m = 2),
+    (docs/theory.md §9.6; on 2026-12-07 the worst cells were 79x at m = 4 and 9.4x at m = 2),
     not proved ones. The oracle optimises the evaluation queries themselves; the rule serves its
     reference law (model draws and isolating probes as well)."""
     rule = mkv.rules.get("minimax", merge=False)
