@@ -123,16 +123,17 @@ def _model_draws(pre, u, n: int, horizon, theta, convention):
 
 def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta: float,
                   convention: str, agnostic: bool, logit_std: float, scale: float,
-                  probes: float = 1.0) -> Law:
+                  probes: float = 1.0, probe_share: str = "collision") -> Law:
     r"""The reference law of step 2 (docs/theory.md V2, V4): O(draws) query rows and one exact
     isolating probe per atom.
 
-    :math:`\kappa` is ``probes`` x the total variance of the observed (else drawn) attention
-    over *tokens* (V2, V2', V2''): :math:`\mathrm{mean}_i\lVert p(q_i)-\bar p\rVert^2`, the
-    collision probability less that of the mean pattern :math:`\bar p` -- the rate at which
-    queries isolate a token that an independent query does not (a sink that every query
-    isolates adds nothing) -- with an atom of log-weight :math:`b\ge0` (a summary's) standing
-    for :math:`e^b` tokens over which its attention is split evenly (at most 1).
+    :math:`\kappa` is ``probes`` x the collision probability of the observed (else drawn)
+    attention over *tokens* (V2, V2'): :math:`\mathrm{mean}_i\sum_jp_j(q_i)^2e^{-\max(b_j,0)}`,
+    an atom of log-weight :math:`b\ge0` (a summary's) standing for :math:`e^b` tokens over which
+    its attention is split evenly (on a cache of tokens, V2's value); with
+    ``probe_share="variance"`` the total variance of that attention,
+    :math:`\mathrm{mean}_i\lVert p(q_i)-\bar p\rVert^2` (V2''): the collision probability less
+    that of the mean pattern, so a sink that every query isolates adds nothing. At most 1.
 
     Query-aware: the ``g * p`` observed queries, weight :math:`\alpha(1-\kappa)` in all, and
     ``draws`` model draws (per head ``draws // g``), :math:`(1-\alpha)(1-\kappa)`, with
@@ -185,9 +186,11 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta
     pb = att[:, :n_base]  # the observed (else drawn) rows
     # over tokens: an atom of log-weight b >= 0 stands for e^b of them, its attention split evenly
     tokens = jnp.where(jnp.isfinite(logw), jnp.exp(jnp.maximum(logw, 0.0)), 1.0)
-    pbar = jnp.mean(pb, axis=1)  # the shared pattern: isolation the rows predict adds nothing
-    spread = jnp.mean(jnp.sum(pb * pb / tokens[:, None], axis=0)) - jnp.sum(pbar * pbar / tokens)
-    kappa = jnp.minimum(probes * jnp.maximum(spread, 0.0), 1.0)
+    share = jnp.mean(jnp.sum(pb * pb / tokens[:, None], axis=0))
+    if probe_share == "variance":  # less the shared pattern's: isolation the rows predict
+        pbar = jnp.mean(pb, axis=1)
+        share = jnp.maximum(share - jnp.sum(pbar * pbar / tokens), 0.0)
+    kappa = jnp.minimum(probes * share, 1.0)
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
     return Law(rows, (1 - kappa) * w, att, logz, kappa * prior, kappa, alpha)
 
@@ -640,7 +643,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
             window_frac: float = 0.125, response: str = "mass", selection: str = "value",
             merge: bool = True, sampled: float = 0.125, rounds: int = 2, pool: float = 1.5,
-            probes: float = 1.0, scale: float | None = None, iters: int = 100) -> Rule:
+            probes: float = 1.0, probe_share: str = "collision", scale: float | None = None,
+            iters: int = 100) -> Rule:
     r"""The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
 
     ``block=None`` treats everything between the sinks and the window as one block (one-shot
@@ -650,6 +654,9 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
     adaptive length-squared sampling in ``rounds`` rounds (V3); ``pool``: candidates per slot of the
     greedy; ``probes``: the isolating probes' share as a multiple of the collision probability
     :math:`\kappa` (V2; 0 drops them: the fit then serves the observed queries alone);
+    ``probe_share``: ``"collision"`` (V2 over tokens, V2') or ``"variance"`` (V2'': the
+    attention's total variance, which leaves out the pattern every query shares -- lower risk on
+    natural continuations, fewer retrievals of what no observed query saw; docs/theory.md §9.2);
     ``scale``: the attention temperature (default d^-1/2).
     """
     if response not in ("full", "mass"):
@@ -660,6 +667,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         raise ValueError("block and samples must be positive")
     if probes < 0:
         raise ValueError(f"probes must be >= 0, got {probes}")
+    if probe_share not in ("collision", "variance"):
+        raise ValueError(f"probe_share: expected 'collision' or 'variance', got {probe_share!r}")
     if not 0.0 <= sampled <= 1.0 or pool < 1.0:
         raise ValueError(f"sampled must lie in [0, 1] and pool be >= 1, got {sampled}, {pool}")
     if not isinstance(rounds, int) or rounds < 1:
@@ -694,7 +703,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         draws = min(max(128, n // 4), 256) if samples is None else samples
         law = reference_law(cache, queries, keys[0], draws=draws, horizon=horizon, theta=theta,
                             convention=convention, agnostic=agnostic, logit_std=logit_std,
-                            scale=tau, probes=probes)
+                            scale=tau, probes=probes, probe_share=probe_share)
         blocks = split_blocks(law, cache, lo, hi, size_b)
         m_b = allocate(law, blocks, free, used, response)
         slots = min(size_b, free)  # no block gets more: every block has this many
