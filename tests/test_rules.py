@@ -360,10 +360,8 @@ def _rule_kappa(keys, logw, q, share="collision"):
 
 
 def _attention64(q, keys, logw):
-    """Attention of the rows of ``q`` on the atoms, float64 ``[rows, n]``."""
-    s = q.reshape(-1, keys.shape[1]) @ keys.T * keys.shape[1] ** -0.5 + logw[None, :]
-    pm = np.exp(s - s.max(1, keepdims=True))
-    return pm / pm.sum(1, keepdims=True)
+    """Attention of the rows of ``q`` (any leading shape) on the atoms, float64 ``[rows, n]``."""
+    return np_attention(q.reshape(-1, keys.shape[1]), keys, np.zeros((len(keys), 1)), logw)[2]
 
 
 def _spread(pm, tokens=None):
