@@ -36,7 +36,7 @@ from . import tasks as tasks_mod
 from .cache import Cache, live_atoms, live_bytes
 from .model import (Model, bucket, buffer, concat, decode, empty_past, forward, generate,
                     pad_tokens)
-from .rules.base import Rule, pad
+from .rules.base import Rule, layer_summaries, pad
 
 
 class Prepared(NamedTuple):
@@ -171,7 +171,12 @@ def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
             return pad(rule(head, m, q[i, h], keys[i, h]), size).cache
         return pad(rule.padded(head, capacity, m, q[i, h], keys[i, h]), size).cache
 
-    out = [one(i, h) for i in range(L) for h in range(K)]
+    if rule.layer_shared:  # one order per layer from the mean score of its KV heads
+        out = [pad(s, size).cache for i in range(L) for s in layer_summaries(
+            rule, [Cache(past.keys[i, h], past.values[i, h], past.logw[i, h]) for h in range(K)],
+            list(q[i]), sizes[i], size, list(keys[i]))]
+    else:
+        out = [one(i, h) for i in range(L) for h in range(K)]
     return Cache(*(jnp.stack(field).reshape(L, K, *field[0].shape) for field in zip(*out)))
 
 

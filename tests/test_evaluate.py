@@ -205,3 +205,32 @@ def test_per_head_budgets_pad_with_empty_atoms(tmp_path):
         E.resolve("minimax@adakv")
     with pytest.raises(ValueError, match="unknown allocation"):
         E.resolve("snapkv@magic")
+
+
+def test_tova_keeps_one_set_per_layer_from_every_query_head():
+    """The evaluator compresses a model's cache with TOVA as the paper defines it: the last query's
+    attention averaged over every query head of the layer (all KV groups), one kept set for all the
+    layer's KV heads, the most recent token always kept; float64 NumPy reference."""
+    r = np.random.default_rng(5)
+    L, K, g, T, hd, m = 2, 3, 2, 30, 8, 7
+    past = mkv.Cache(jnp.asarray(r.standard_normal((L, K, T, hd))),
+                     jnp.asarray(r.standard_normal((L, K, T, hd))), jnp.zeros((L, K, T)))
+    queries = jnp.asarray(1.5 * r.standard_normal((L, K * g, 4, hd)))
+    out = E.compress(E.resolve("tova"), past, m, queries)
+    for i in range(L):
+        score = np.zeros(T)
+        for h in range(K * g):  # query head h reads KV head h // g
+            s = np.asarray(past.keys[i, h // g]) @ np.asarray(queries[i, h, -1]) / np.sqrt(hd)
+            e = np.exp(s - s.max())
+            score += e / e.sum() / (K * g)
+        order = [T - 1] + [j for j in np.argsort(-score, kind="stable") if j != T - 1]
+        want = np.sort(order[:m])
+        for h in range(K):
+            got = [int(np.flatnonzero((np.asarray(past.keys[i, h]) == row).all(1))[0])
+                   for row in np.asarray(out.keys[i, h])[np.isfinite(np.asarray(out.logw[i, h]))]]
+            assert got == want.tolist()
+    per_group = [sorted(np.asarray(mkv.rules.get("tova")(
+        mkv.Cache(past.keys[0, h], past.values[0, h]), m, queries[0, g * h:g * h + g]).kept).tolist())
+        for h in range(K)]
+    assert len({tuple(x) for x in per_group}) > 1  # the layer's set is not each group's own
+

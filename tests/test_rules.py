@@ -69,9 +69,14 @@ def test_snapkv(data):
 
 
 def test_tova(data):
+    """One KV head: the last query's attention averaged over the group; the last atom is kept
+    even when it ranks last (it is made to: its key points away from the last queries)."""
     c, q = data
-    score = np_causal_attention(q, np.asarray(c.keys))[:, -1].mean(0)
-    assert kept("tova", c, 9, q) == top_set(score, 9)
+    k = np.asarray(c.keys).copy()
+    k[-1] = -4.0 * q[:, -1].mean(0)
+    score = np_causal_attention(q, k)[:, -1].mean(0)
+    assert np.argmin(score) == N - 1
+    assert kept("tova", mkv.Cache(k, c.values), 9, q) == top_set(score, 9, [N - 1])
 
 
 def test_knorm_keydiff(data):

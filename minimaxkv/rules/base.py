@@ -46,6 +46,11 @@ class Rule(NamedTuple):
     score: Callable | None = None  # (cache, queries [g, p, d], key) -> [n], for scored rules
     # (cache, capacity, budget, queries, key) -> Summary of ``capacity`` atoms, ``budget`` traced
     upto: Callable | None = None
+    # scores [n] -> every atom in the order the rule keeps them (protected atoms first)
+    order: Callable | None = None
+    # one selection for every KV head of a layer, from ``score`` averaged over the layer's heads
+    # (:func:`layer_summaries`; a direct call on one KV head averages over its group only)
+    layer_shared: bool = False
 
     def padded(self, cache, capacity: int, budget, queries=None, key=None) -> Summary:
         """The rule at ``budget`` atoms followed by ``capacity - budget`` empty atoms (log-weight
@@ -178,8 +183,10 @@ def evict(cache: Cache, kept) -> Summary:
 
 
 def scored(name: str, score: Callable, *, sinks: int = 0, window: int = 0,
-           needs_queries: bool = False) -> Rule:
-    """A rule that keeps protected atoms and the top-scored others; ``score(cache, q, key) -> [n]``."""
+           needs_queries: bool = False, layer_shared: bool = False) -> Rule:
+    """A rule that keeps protected atoms and the top-scored others; ``score(cache, q, key) -> [n]``.
+    ``layer_shared``: the layer's KV heads keep one set, chosen on their mean score (see
+    :func:`layer_summaries`)."""
 
     def compress(cache, budget, queries, key):
         return evict(cache, select(score(cache, queries, key), budget, sinks, window))
@@ -188,7 +195,40 @@ def scored(name: str, score: Callable, *, sinks: int = 0, window: int = 0,
         return evict_upto(cache, priority(score(cache, queries, key), sinks, window), capacity,
                           budget)
 
-    return Rule(name, compress, needs_queries, score, upto)
+    return Rule(name, compress, needs_queries, score, upto,
+                lambda scores: priority(scores, sinks, window), layer_shared)
+
+
+def layer_summaries(rule: Rule, heads: list[Cache], queries: list, budgets, capacity: int,
+                    keys: list) -> list[Summary]:
+    """The summaries of a ``layer_shared`` rule for the KV heads of one layer: each head keeps the
+    first ``budgets[h]`` atoms of one order, the rule's order of the heads' mean score. With equal
+    GQA groups this mean is the mean over every query head of the layer (TOVA's definition).
+    Each summary has ``capacity`` atoms (empty ones after the budget, as :meth:`Rule.padded`)."""
+    if not rule.layer_shared or rule.order is None:
+        raise ValueError(f"rule {rule.name!r} does not select one set per layer")
+    heads = [validate(h) for h in heads]
+    n = heads[0].n
+    if any(h.n != n for h in heads) or len(queries) != len(heads) or len(budgets) != len(heads):
+        raise ValueError("layer_summaries: one cache of the same length, one query group and one "
+                         "budget per KV head")
+    for m in budgets:
+        _check.budget(int(m), capacity)
+    q = [group_queries(x, h.keys.shape[1]) for x, h in zip(queries, heads)]
+    return _layer_jitted(rule.score, rule.order)(heads, q, list(keys), capacity,
+                                                  jnp.asarray(budgets, jnp.int32))
+
+
+@lru_cache(maxsize=None)
+def _layer_jitted(score, order):
+    def run(heads, queries, keys, capacity, budgets):
+        mean = sum(score(h, q, k).astype(jnp.float32) for h, q, k in zip(heads, queries, keys))
+        first = order(mean / len(heads))
+        out = [evict_upto(h, first, capacity, budgets[i]) for i, h in enumerate(heads)]
+        return [Summary(Cache(*(x.astype(c.dtype) for x, c in zip(s.cache, h))), s.kept)
+                for s, h in zip(out, heads)]
+
+    return jax.jit(run, static_argnums=3)
 
 
 # ------------------------------------------------------------------------------ attention helpers

@@ -86,12 +86,15 @@ def snapkv(window: int = 64, kernel: int = 5, scale: float | None = None) -> Rul
 
 
 def tova(sinks: int = 0, scale: float | None = None) -> Rule:
-    """TOVA (Oren et al. 2024): attention of the last observed query, averaged over the heads."""
+    """TOVA (Oren et al. 2024): attention of the last observed query averaged over the query
+    heads -- every query head of the layer when the evaluator compresses a model's cache (one set
+    for the layer's KV heads, ``layer_shared``), the group's heads in a call on one KV head. The
+    most recent atom is always kept (as the field's reference library does)."""
 
     def score(cache, queries, key):
         return jnp.mean(head_attention(cache, queries, scale)[:, -1, :], axis=0)
 
-    return scored("tova", score, sinks=sinks, needs_queries=True)
+    return scored("tova", score, sinks=sinks, window=1, needs_queries=True, layer_shared=True)
 
 
 def knorm() -> Rule:
