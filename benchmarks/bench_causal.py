@@ -46,7 +46,7 @@ def streams(count: int, T: int):
     out = []
     for seed in range(count):
         st = synthetic.stream(jax.random.PRNGKey(seed), T=T, d=D, dv=D)
-        out.append((f"stream {seed}", st.keys, st.values, st.queries, 10000.0))
+        out.append((f"stream {seed}", st.keys, st.values, st.queries, st.theta))
     return out
 
 

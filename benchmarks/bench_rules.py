@@ -25,13 +25,14 @@ FIT_SAMPLES = ("snapkv+fit", "h2o+fit")
 
 
 def instance(n: int, seed: int = 0):
-    """A ``recency`` cache of n atoms and the queries of a GQA group, ``[G, P_OBS, D]``."""
+    """A ``recency`` cache of n atoms, the queries of a GQA group ``[G, P_OBS, D]`` and the
+    RoPE base."""
     import jax
 
     from minimaxkv import synthetic
 
     inst = synthetic.make("recency", jax.random.PRNGKey(seed), n=n, d=D, dv=D, p=G * P_OBS)
-    return inst.cache, inst.queries.reshape(G, P_OBS, D)
+    return inst.cache, inst.queries.reshape(G, P_OBS, D), inst.theta
 
 
 def rule_names() -> list[str]:
@@ -77,13 +78,13 @@ def main(argv=None):
     attend_s = {}
     key = jax.random.PRNGKey(1)
     for n in sizes:
-        cache, q = instance(n)
+        cache, q, theta = instance(n)
         budget = min(n // RATIO, MAX_BUDGET) if args.budget is None else args.budget
         qflat = q.reshape(-1, D)
         t = common.timed({"attend": lambda: mkv.attend(qflat, cache)}, rep, pause=0.05)
         attend_s[n] = t["attend"]["best_s"]
         for name in names:
-            rule = rules.get(name)
+            rule = rules.get(name, theta=theta)
             t = common.timed({name: lambda: rule(cache, budget, q, key).cache}, rep, pause=0.05)
             r = t[name]
             res[name][n] = {"first_s": r["first_s"], "best_s": r["best_s"],

@@ -41,7 +41,7 @@ def run(config: dict) -> dict:
     for name in tqdm(config["rules"], desc="causal"):
         hyper = {"block": config["block"]} if name.startswith("minimax") else {}
         t0 = time.perf_counter()
-        res = causal.run(rules.get(name, **hyper), st.keys, st.values, st.queries,
+        res = causal.run(rules.get(name, theta=st.theta, **hyper), st.keys, st.values, st.queries,
                          config["budget"], prefill=config["prefill"], block=config["block"],
                          progress=True)
         out[name] = {"errors": res.errors.tolist(), "nbytes": res.nbytes.tolist(),

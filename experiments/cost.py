@@ -70,10 +70,11 @@ def run(config: dict) -> dict:
     def head(n):
         inst = synthetic.make("power_law", jax.random.PRNGKey(config["seed"]), n=n, d=d, dv=d,
                               p=p + obs, dtype=jnp.float32)
-        return inst.cache, inst.queries[:p], inst.queries[p:], budgets.atoms(config["fraction"], n)
+        return (inst.cache, inst.queries[:p], inst.queries[p:], budgets.atoms(config["fraction"], n),
+                inst.theta)
 
     for n in tqdm(config["risk_ns"], desc="cost: risk"):
-        cache, probes, observed, m = head(n)
+        cache, probes, observed, m, _ = head(n)
         summary = rules.get("streaming_llm")(cache, m).cache
         for mode, chunk in (("dense", n), ("chunked", min(config["chunk"], n))):
             fn = jax.jit(lambda q, c, s, chunk=chunk: risk(q, c, s, chunk=chunk))
@@ -83,10 +84,10 @@ def run(config: dict) -> dict:
             row["steady"].append(steady)
             row["bytes"].append(_bytes(fn.lower(probes, cache, summary).compile()))
     for n in tqdm(config["ns"], desc="cost: rules"):
-        cache, probes, observed, m = head(n)
+        cache, probes, observed, m, theta = head(n)
         out["budgets"].append(m)
         for name in config["rules"]:
-            rule = rules.get(name)
+            rule = rules.get(name, theta=theta)
             key = jax.random.PRNGKey(1)
             first, steady = _timed(lambda: rule(cache, m, observed, key).cache.keys,
                                    config["repeats"])

@@ -105,7 +105,7 @@ def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
         m = budgets_mod.atoms(frac, n)
         row = {}
         for name in rule_names:
-            summ = rules.get(name)(c, m, q_obs)
+            summ = rules.get(name, theta=inst.theta, convention=inst.convention)(c, m, q_obs)
             row[name] = float(risk(q_eval, c, summ))
         row["L2 lower (worst case)"] = float(bounds.width_lower(q_eval, c, m)) * dv
         piv = scipy.linalg.qr(np.asarray(attention_weights(q_eval, c)), pivoting=True,
@@ -161,7 +161,8 @@ def causal_cmd(args) -> int:
           f"{'compress s':>12s}")
     for name in args.rules or CAUSAL_RULES:
         hyper = {"block": args.block} if name.startswith("minimax") else {}
-        res = causal.run(rules.get(name, **hyper), st.keys, st.values, st.queries, args.budget,
+        res = causal.run(rules.get(name, theta=st.theta, **hyper), st.keys, st.values, st.queries,
+                         args.budget,
                          prefill=args.prefill, block=args.block, progress=True)
         print(f"{name:20s}{res.prefill_risk:14.4g}{res.decode_risk:14.4g}{res.nbytes.max():11d}"
               f"{res.compress_seconds:12.2f}")

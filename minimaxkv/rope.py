@@ -5,9 +5,15 @@ Frequencies :math:`\omega_i = \theta^{-2i/d}`, :math:`i = 0..d/2-1`. At position
 
 * ``"half"`` (Hugging Face layout): pairs ``(x[i], x[i + d/2])``;
 * ``"interleaved"`` (original / GGUF layout): pairs ``(x[2i], x[2i+1])``.
+
+A base :math:`\theta = 0` stands for "no RoPE": every frequency is 0 and every rotation is the
+identity (the synthetic caches that have no positions use it, so the rules that model RoPE can be
+told so).
 """
 
 from __future__ import annotations
+
+import numbers
 
 import jax.numpy as jnp
 
@@ -22,7 +28,12 @@ def _check(d: int, convention: str):
 
 
 def frequencies(d: int, theta: float = 10000.0):
-    r""":math:`\omega_i = \theta^{-2i/d}`, ``[d/2]``."""
+    r""":math:`\omega_i = \theta^{-2i/d}`, ``[d/2]``; all 0 for ``theta = 0`` (no RoPE)."""
+    if isinstance(theta, numbers.Real):  # (a traced base is the model's own, not checked)
+        if not (theta == 0 or theta > 1):
+            raise ValueError(f"theta: expected a RoPE base > 1, or 0 for no RoPE, got {theta!r}")
+        if theta == 0:
+            return jnp.zeros((d // 2,), jnp.float32)
     return theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
 
 

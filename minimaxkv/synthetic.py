@@ -35,6 +35,10 @@ class Instance(NamedTuple):
     queries: Float[Array, "p d"]
     key_pos: Int[Array, " n"]
     query_pos: Int[Array, " p"]
+    # the RoPE base and pairing of keys and queries (0: no RoPE), for the rules that model RoPE:
+    # ``rules.get(name, theta=inst.theta, convention=inst.convention)``
+    theta: float = 0.0
+    convention: str = "half"
 
 
 def _sizes(n, d, dv, p):
@@ -43,10 +47,10 @@ def _sizes(n, d, dv, p):
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
 
 
-def _instance(keys, values, queries, dtype):
+def _instance(keys, values, queries, dtype, theta=0.0, convention="half"):
     n, p = keys.shape[0], queries.shape[0]
     return Instance(Cache(keys.astype(dtype), values.astype(dtype)), queries.astype(dtype),
-                    jnp.arange(n), jnp.arange(n, n + p))
+                    jnp.arange(n), jnp.arange(n, n + p), float(theta), convention)
 
 
 def isotropic(key, n=64, d=16, dv=16, p=32, *, logit_std=2.0, dtype=jnp.float32) -> Instance:
@@ -134,7 +138,7 @@ def recency(key, n=64, d=16, dv=16, p=32, *, theta=100.0, shared=2.0, logit_std=
                       convention)
     qpre = logit_std * (u + jax.random.normal(kq, (p, d))) / jnp.sqrt(2.0)
     q = rope.apply(qpre, jnp.arange(n, n + p), theta, convention)
-    return _instance(keys, jax.random.normal(kv, (n, dv)), q, dtype)
+    return _instance(keys, jax.random.normal(kv, (n, dv)), q, dtype, theta, convention)
 
 
 def lookup(key, n=16, d=16, dv=16, p=None, *, gap=8.0, dtype=jnp.float32) -> Instance:
@@ -181,6 +185,8 @@ class Stream(NamedTuple):
     keys: Float[Array, "T d"]
     values: Float[Array, "T dv"]
     queries: Float[Array, "T d"]
+    theta: float = 0.0  # RoPE base and pairing, as in :class:`Instance`
+    convention: str = "half"
 
 
 def stream(key, T=512, d=32, dv=16, *, theta=10000.0, shared=1.5, logit_std=2.0, topics=8,
@@ -204,4 +210,5 @@ def stream(key, T=512, d=32, dv=16, *, theta=10000.0, shared=1.5, logit_std=2.0,
     qpre = logit_std * (u / 2 + tk[(topic + 3) % topics] + jax.random.normal(kq, (T, d))) / 2
     queries = rope.apply(qpre, pos, theta, convention)
     values = tv[topic] + 0.5 * jax.random.normal(kv, (T, dv))
-    return Stream(keys.astype(dtype), values.astype(dtype), queries.astype(dtype))
+    return Stream(keys.astype(dtype), values.astype(dtype), queries.astype(dtype), float(theta),
+                  convention)

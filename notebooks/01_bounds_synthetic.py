@@ -196,7 +196,8 @@ for f, inst in small.items():
         row["oracle (L1)"].append(float(res.risk))
         row["best eviction"].append(float(res.eviction_risk))
         for r in oracle_rules:
-            row[r].append(float(risk(q, c, rules.get(r)(c, m, q))))
+            rule = rules.get(r, theta=inst.theta)  # the family's RoPE base (0: none)
+            row[r].append(float(risk(q, c, rule(c, m, q))))
     oracle_rows[f] = row
 
 fig, axes = plt.subplots(1, len(small), figsize=(4.2 * len(small), 3.6), squeeze=False)
@@ -240,8 +241,8 @@ for f in cfg["rule_families"]:
     inst = instance(f, n, p_obs + p_eval)
     c, q_obs, q_eval = inst.cache, inst.queries[:p_obs], inst.queries[p_obs:]
     ms = [max(1, round(fr * n)) for fr in cfg["fractions"]]
-    table = {r: [float(risk(q_eval, c, rules.get(r)(c, m, q_obs))) for m in ms]
-             for r in cfg["rules"]}
+    table = {r: [float(risk(q_eval, c, rules.get(r, theta=inst.theta)(c, m, q_obs)))
+                 for m in ms] for r in cfg["rules"]}
     table["L2' x dv (expected, value-blind)"] = [
         DV * float(bounds.width_average_lower(q_eval, c, m)) for m in ms]
     held[f] = (ms, table)

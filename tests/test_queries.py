@@ -36,7 +36,7 @@ def test_unshrunk_fit_of_too_few_queries_is_an_error(rng):
     assert np.all(np.isfinite(np.asarray(Q.fit_gaussian(obs, shrinkage=1e-3).chol)))
     c = mkv.Cache(jnp.asarray(rng.normal(size=(32, 8))), jnp.asarray(rng.normal(size=(32, 2))))
     with pytest.raises(ValueError, match="singular covariance"):
-        mkv.rules.get("expected_attention", shrinkage=0.0)(c, 8, jnp.asarray(obs))
+        mkv.rules.get("expected_attention", shrinkage=0.0, theta=0.0)(c, 8, jnp.asarray(obs))
 
 
 def test_gaussian_sampling_moments():

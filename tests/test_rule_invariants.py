@@ -15,6 +15,11 @@ ALL = rules.available()
 SUBSET_BASED = [r for r in ALL if r not in ("kmeans_merge", "minimax", "minimax_agnostic")]
 
 
+def get(name, **hyper):
+    """The registry's rule for these caches, which have no RoPE (base 0)."""
+    return rules.get(name, theta=0.0, **hyper)
+
+
 def instance(seed):
     inst = mkv.synthetic.power_law(jax.random.PRNGKey(seed), n=N, d=D, dv=DV, p=G * P,
                                    dtype=jnp.float64)
@@ -33,7 +38,7 @@ def oracles():
 @pytest.mark.parametrize("name", ALL)
 def test_full_budget_is_exact(name):
     c, q = instance(2)
-    s = rules.get(name)(c, N, q)
+    s = get(name)(c, N, q)
     assert float(mkv.risk(q.reshape(-1, D), c, s)) == 0.0
 
 
@@ -42,7 +47,7 @@ def test_budget_protection_determinism(name):
     """Shapes, protected atoms, and the same summary twice for one key (a rule's call is always
     the compiled ``compress``: base._jitted)."""
     c, q = instance(3)
-    rule = rules.get(name)
+    rule = get(name)
     key = jax.random.PRNGKey(7)
     s1, s2 = rule(c, M, q, key), rule(c, M, q, key)
     assert s1.cache.keys.shape == (M, D) and s1.cache.values.shape == (M, DV)
@@ -62,7 +67,7 @@ def test_budget_protection_determinism(name):
 @pytest.mark.parametrize("name", ALL)
 def test_vmap_over_heads_equals_loop(name):
     (c0, q0), (c1, q1) = instance(4), instance(5)
-    rule = rules.get(name)
+    rule = get(name)
     key = jax.random.PRNGKey(1)
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), c0, c1)
     qs = jnp.stack([q0, q1])
@@ -83,7 +88,7 @@ def test_oracle_below_eviction_on_every_subset_rules_support(name, oracles):
     """L1, what is proved: for n = 12 the oracle's risk is at most that of plain eviction on any
     support, in particular on the support each subset rule keeps. (A rule that refits log-weights
     and values may still beat the oracle, which is a local optimum in them: docs/theory.md L1.)"""
-    rule = rules.get(name)
+    rule = get(name)
     for c, q, orc in oracles:
         s = rule(c, M, q)
         live = np.isfinite(np.asarray(s.cache.logw))
@@ -98,8 +103,8 @@ def test_nested_eviction_is_not_monotone_in_budget():
     rule keeps {0} (exact) at budget 1 and {-1, 0} (error 1/4) at budget 2."""
     c = mkv.Cache(jnp.zeros((3, 2)), jnp.array([[1.0], [-1.0], [0.0]]))
     q = jnp.ones((1, 2))
-    r1 = float(mkv.risk(q, c, rules.get("window")(c, 1)))
-    r2 = float(mkv.risk(q, c, rules.get("window")(c, 2)))
+    r1 = float(mkv.risk(q, c, get("window")(c, 1)))
+    r2 = float(mkv.risk(q, c, get("window")(c, 2)))
     assert r1 == 0.0 and abs(r2 - 0.25) < 1e-12
 
 
@@ -107,7 +112,7 @@ def test_minimax_without_merge_is_a_subset_rule(oracles):
     """With ``merge=False`` the minimax rule keeps cache keys (a subset summary), so L1's proved
     part applies: the oracle is at most eviction on the rule's support."""
     for agnostic in (False, True):
-        rule = rules.get("minimax", merge=False, agnostic=agnostic)
+        rule = get("minimax", merge=False, agnostic=agnostic)
         for c, q, orc in oracles:
             s = rule(c, M, q)
             kept = np.asarray(s.kept)
@@ -115,7 +120,7 @@ def test_minimax_without_merge_is_a_subset_rule(oracles):
             assert float(orc.risk) <= _eviction_risk(q.reshape(-1, D), c, kept) * (1 + 1e-9)
 
 
-TRACED = [r for r in ALL if rules.get(r).upto is not None]
+TRACED = [r for r in ALL if get(r).upto is not None]
 # minimax_agnostic shares every step but the reference law with minimax (checked above and in
 # test_temperature_is_the_keys_scale); its runs of the two checks below, ~50 s of compilation,
 # are in the slow tier
@@ -133,7 +138,7 @@ def test_padded_equals_the_rule_at_its_budget_then_empty_atoms(name):
     """``rule.padded(c, capacity, m)`` against the rule called at m: where the rule has ``upto``
     (one program for every m) this is a second implementation of the same summary."""
     c, q = instance(6)
-    rule = rules.get(name)
+    rule = get(name)
     key = jax.random.PRNGKey(2)
     probes = np.random.default_rng(0).normal(size=(16, D))
     capacity = 7
@@ -165,8 +170,8 @@ def test_temperature_is_the_keys_scale(name):
     s = 0.37
     c_up = c._replace(keys=c.keys * (s * np.sqrt(D)))
     key = jax.random.PRNGKey(3)
-    got = rules.get(name, scale=s)(c, M, q, key)
-    ref = rules.get(name)(c_up, M, q, key)
+    got = get(name, scale=s)(c, M, q, key)
+    ref = get(name)(c_up, M, q, key)
     np.testing.assert_array_equal(np.asarray(got.kept), np.asarray(ref.kept))
     live = np.isfinite(np.asarray(ref.cache.logw))
     np.testing.assert_array_equal(np.isfinite(np.asarray(got.cache.logw)), live)
@@ -179,7 +184,7 @@ def test_temperature_is_the_keys_scale(name):
     if name.split("+")[0] in rules.TEMPERATURE_FREE:
         return
     if name == "minimax_agnostic":  # its isotropic draws have logit std fixed, sigma ~ 1/scale:
-        hot = rules.get(name, scale=30 * s)(c, M, q, key)  # the temperature cancels exactly
+        hot = get(name, scale=30 * s)(c, M, q, key)  # the temperature cancels exactly
         np.testing.assert_allclose(np.asarray(hot.cache.values), np.asarray(got.cache.values),
                                    rtol=1e-7, atol=1e-9)
         return
@@ -188,7 +193,7 @@ def test_temperature_is_the_keys_scale(name):
     inst = mkv.synthetic.power_law(jax.random.PRNGKey(9), n=48, d=D, dv=DV, p=G * P,
                                    dtype=jnp.float64)
     big, qb = inst.cache, inst.queries.reshape(G, P, D)
-    outs = [rules.get(name, scale=t)(big, 8, qb, key) for t in (s / 30, 30 * s)]
+    outs = [get(name, scale=t)(big, 8, qb, key) for t in (s / 30, 30 * s)]
     assert len({(tuple(np.ravel(o.kept)), tuple(np.round(np.ravel(o.cache.values), 9)))
                 for o in outs}) == 2
 
@@ -199,7 +204,7 @@ def test_summaries_keep_the_caches_dtype(name):
     the rule computes in, and its attention stays finite; the same through ``padded``."""
     c, q = instance(10)
     half = mkv.Cache(*(x.astype(jnp.float16) for x in c))
-    rule = rules.get(name)
+    rule = get(name)
     for s in (rule(half, M, q.astype(jnp.float16)), rule.padded(half, M + 2, M, q)):
         assert [x.dtype for x in s.cache] == [jnp.float16] * 3
         out = mkv.attend(q.reshape(-1, D).astype(jnp.float32),

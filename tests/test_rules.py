@@ -110,22 +110,49 @@ def np_rope(x, pos, theta):
     return np.concatenate([a * np.cos(ang) - b * np.sin(ang), a * np.sin(ang) + b * np.cos(ang)], -1)
 
 
-def test_expected_attention(data):
+@pytest.mark.parametrize("theta", [1e5, 0.0])
+def test_expected_attention(data, theta):
+    """Against a float64 NumPy re-implementation of the definition: the softmax runs over the atoms
+    after the 4 sinks (the authors' implementation); theta = 0 is a cache without RoPE (no
+    rotation at all); a call without the RoPE base is an error, not a silent default."""
     c, q = data
-    k, v = np.asarray(c.keys), np.asarray(c.values)
-    theta, horizon, shrink = 10000.0, 512, 1e-3
-    pre = np.stack([np_rope(qh, -np.arange(N - P, N), theta) for qh in q])
+    k, v = np.asarray(c.keys).copy(), np.asarray(c.values)
+    horizon, shrink, sinks = 512, 1e-3, 4
     eye = np.eye(D)
-    rbar = np.mean([np_rope(eye, np.full(D, t), theta).T for t in range(N, N + horizon)], axis=0)
+    if theta:
+        pre = np.stack([np_rope(qh, -np.arange(N - P, N), theta) for qh in q])
+        rbar = np.mean([np_rope(eye, np.full(D, t), theta).T for t in range(N, N + horizon)], 0)
+    else:
+        pre, rbar = q, eye
+    u = rbar @ pre[0].mean(0)
+    k[:sinks] += 10.0 * u / np.linalg.norm(u)  # sinks the first head's future queries look at
+    c = mkv.Cache(k, v)
     scores = []
     for qh in pre:
         mu, cov = qh.mean(0), np.cov(qh, rowvar=False)
         cov = (1 - shrink) * cov + shrink * np.trace(cov) / D * eye
         mu2, cov2 = rbar @ mu, rbar @ cov @ rbar.T
         logit = k @ mu2 / np.sqrt(D) + np.einsum("nd,de,ne->n", k, cov2, k) / D / 2
+        e = np.exp(logit[sinks:] - logit[sinks:].max())
+        scores.append(np.concatenate([np.zeros(sinks), e / e.sum()]) * np.linalg.norm(v, axis=1))
+    score = np.mean(scores, 0)
+    want = top_set(score, 15, range(sinks))
+    assert kept("expected_attention", c, 15, q, theta=theta) == want
+    got = np.asarray(rules.get("expected_attention", theta=theta).score(c, jnp.asarray(q), None))
+    assert np.all(np.isposinf(got[:sinks]))  # kept first also when heads compete (AdaKV)
+    np.testing.assert_allclose(got[sinks:], score[sinks:], rtol=1e-4)
+    # the softmax over all atoms weighs the group's heads differently: another set here
+    full = []
+    for qh in pre:
+        mu, cov = qh.mean(0), np.cov(qh, rowvar=False)
+        cov = (1 - shrink) * cov + shrink * np.trace(cov) / D * eye
+        logit = k @ (rbar @ mu) / np.sqrt(D) + np.einsum("nd,de,ne->n", k, rbar @ cov @ rbar.T,
+                                                         k) / D / 2
         e = np.exp(logit - logit.max())
-        scores.append(e / e.sum() * np.linalg.norm(v, axis=1))
-    assert kept("expected_attention", c, 15, q) == top_set(np.mean(scores, 0), 15, range(4))
+        full.append(e / e.sum() * np.linalg.norm(v, axis=1))
+    assert top_set(np.mean(full, 0), 15, range(sinks)) != want
+    with pytest.raises(ValueError, match="RoPE base"):
+        rules.get("expected_attention")(c, 15, q)
 
 
 def test_attention_matching_rms_and_fit(data):
@@ -837,7 +864,7 @@ def test_minimax_subset_within_a_measured_factor_of_the_oracle():
 def test_the_rope_base_reaches_the_rules_that_model_rope():
     """``get(name, theta=...)``: the rules of ROPE_AWARE are built at that RoPE base (their
     summary equals the factory's at that base, and on a cache rotated at base 10^5 differs from
-    the default base's), every other rule ignores it (the same rule object, so nothing
+    base 10^4's), every other rule ignores it (the same rule object, so nothing
     recompiles); the base of a capture is its model's."""
     from minimaxkv import capture
 
@@ -850,9 +877,10 @@ def test_the_rope_base_reaches_the_rules_that_model_rope():
         want = factory(c, 24, q, key).cache
         for a, b in zip(got, want):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        default = rules.get(name)(c, 24, q, key).cache
+        other = rules.get(name, theta=1e4)(c, 24, q, key).cache
         assert not all(np.array_equal(np.asarray(a), np.asarray(b))
-                       for a, b in zip(got, default)), name
+                       for a, b in zip(got, other)), name
+    assert inst.theta == 1e5  # the instance says its base
     for name in ("snapkv", "h2o", "tova", "knorm", "snapkv+fit", "kmeans_merge"):
         assert rules.get(name, theta=1e5, convention="half") is rules.get(name), name
     assert rules.get("knorm", scale=0.3) is rules.get("knorm")

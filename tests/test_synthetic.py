@@ -17,6 +17,21 @@ def test_shapes_and_positions(family):
     np.testing.assert_array_equal(inst.key_pos, np.arange(24))
     np.testing.assert_array_equal(inst.query_pos, np.arange(24, 29))
     mkv.validate(inst.cache)
+    assert inst.theta == (100.0 if family == "recency" else 0.0)  # the base it was built with
+
+
+def test_rope_base_zero_is_no_rotation(rng):
+    """theta = 0 (a cache without RoPE) rotates by the identity at every position; the
+    recency family built at a base reports it and its keys are that base's rotation."""
+    x = jnp.asarray(rng.normal(size=(5, 8)))
+    np.testing.assert_array_equal(np.asarray(mkv.rope.apply(x, jnp.arange(5) * 97, 0.0)),
+                                  np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(mkv.rope.rotations(jnp.arange(3), 8, 0.0)),
+                                  np.broadcast_to(np.eye(8), (3, 8, 8)))
+    with pytest.raises(ValueError, match="RoPE base"):
+        mkv.rope.apply(x, jnp.arange(5), 0.5)
+    st = synthetic.stream(jax.random.PRNGKey(0), T=16, d=8, dv=2, theta=500.0)
+    assert st.theta == 500.0 and st.convention == "half"
 
 
 def _eps_rank(family, seed=0, **kw):

@@ -9,9 +9,11 @@ Every rule takes the softmax temperature ``scale`` (default :math:`d^{-1/2}`, d 
 dimension), the model's attention scale, as ``get(name, scale=tau)``; the rules that never compute
 attention (``TEMPERATURE_FREE``) accept and ignore it. Likewise the rules that model RoPE
 (``ROPE_AWARE``: they undo the rotation of the observed queries and draw future ones) take the
-model's RoPE base ``theta`` (default 10^4; SmolLM2 uses 10^5) and ``convention`` as
+model's RoPE base ``theta`` (0 for a cache without RoPE; SmolLM2 uses 10^5) and ``convention`` as
 ``get(name, theta=model.config.rope_theta)``, and every other rule accepts and ignores them; the
-evaluator and the commands on captured caches pass the model's own base.
+evaluator and the commands on captured caches pass the model's own base, the commands on
+synthetic caches the instance's (``Instance.theta``). ``expected_attention`` has no default base
+(a call without one is an error); ``minimax`` defaults to 10^4.
 """
 
 from __future__ import annotations

@@ -114,26 +114,39 @@ def keydiff() -> Rule:
     return scored("keydiff", score)
 
 
-def expected_attention(horizon: int = 512, theta: float = 10000.0, convention: str = "half",
+def expected_attention(horizon: int = 512, theta: float | None = None, convention: str = "half",
                        sinks: int = 4, shrinkage: float = 1e-3, scale: float | None = None) -> Rule:
     r"""Expected Attention (Devoto, Jeblick & Jégou 2025).
 
     Observed queries are un-rotated to pre-RoPE (they sit at positions ``n-p..n-1``), a Gaussian
     :math:`N(\mu,\Sigma)` is fitted per query head, future queries are modelled as
     :math:`N(\bar R\mu, \bar R\Sigma\bar R^T)` with :math:`\bar R` the RoPE rotation averaged over
-    positions ``n .. n+horizon-1``, and
+    positions ``n .. n+horizon-1``, and for the atoms after the ``sinks`` first
 
-    .. math:: \text{score}_j = \mathrm{softmax}_j\big(\tau\mu'^Tk_j + \tfrac{\tau^2}2 k_j^T\Sigma'k_j + b_j\big)\,\lVert v_j\rVert,
+    .. math:: \text{score}_j = \mathrm{softmax}_{j \ge s}\big(\tau\mu'^Tk_j + \tfrac{\tau^2}2 k_j^T\Sigma'k_j + b_j\big)\,\lVert v_j\rVert,
 
-    the expected un-normalised attention (Gaussian moment generating function); mean over group.
+    the expected un-normalised attention (Gaussian moment generating function) normalised over
+    the non-sink atoms; mean over group. The sinks are kept (they score :math:`+\infty`).
+
+    ``theta`` is the RoPE base of the cache's keys and queries (the model's ``rope_theta``; 0 for
+    a cache without RoPE): it has no default, since a wrong base silently moves every score.
+    ``shrinkage = 0`` needs more observed queries than dimensions (else the covariance is
+    singular and :func:`minimaxkv.queries.fit_gaussian` refuses).
     """
+    if not shrinkage >= 0:
+        raise ValueError(f"expected_attention: shrinkage must be >= 0, got {shrinkage!r}")
 
     def score(cache, queries, key):
         g, p, d = queries.shape
         n = cache.n
+        if theta is None:
+            raise ValueError("expected_attention: pass the RoPE base of the cache, theta= (the "
+                             "model's config.rope_theta, e.g. 1e5 for SmolLM2; 0 for a cache "
+                             "without RoPE): rules.get('expected_attention', theta=...)")
         tau = default_scale(d) if scale is None else scale
         pre = rope.apply(queries.astype(jnp.float32), -query_positions(n, p), theta, convention)
         k = cache.keys.astype(jnp.float32)
+        s = min(sinks, n - 1)  # the softmax runs over the atoms after the sinks
 
         def one(qh):
             law = Q.rope_future(_fit(qh, shrinkage), n, horizon, theta, convention)
@@ -141,8 +154,11 @@ def expected_attention(horizon: int = 512, theta: float = 10000.0, convention: s
             cov = fut.chol @ fut.chol.T
             logit = tau * k @ fut.mean + 0.5 * tau**2 * jnp.einsum("nd,de,ne->n", k, cov, k,
                                                                    precision=HIGHEST)
-            return jax.nn.softmax(logit + cache.logw) * jnp.linalg.norm(
-                cache.values.astype(jnp.float32), axis=1)
+            sink = jnp.arange(n) < s
+            att = jax.nn.softmax(jnp.where(sink, -jnp.inf, logit + cache.logw))
+            # the sinks score +inf: kept first, also when heads compete for a budget (AdaKV)
+            return jnp.where(sink, jnp.inf, att * jnp.linalg.norm(
+                cache.values.astype(jnp.float32), axis=1))
 
         return jnp.mean(jax.vmap(one)(pre), axis=0)
 
