@@ -346,12 +346,19 @@ def _compressed_reading(model, prep, base, rule, m, observed, block, decode_bloc
 
 def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule], budgets, *,
           query_aware: bool = False, block: int | None = None, observed: int = 32,
-          max_new: int = 16, decode_block: int | None = None, done: list[dict] | None = None,
-          on_row=None, progress: bool = True) -> list[dict]:
-    """Every (task, rule, budget) against the task's full-cache reference.
+          max_new: int | None = None, decode_block: int | None = None,
+          done: list[dict] | None = None, on_row=None, progress: bool = True,
+          kept=budgets_mod.atoms) -> list[dict]:
+    """Every (task, rule, budget) against the task's full-cache reference, generating at most
+    ``max_new`` answer tokens (default: the task's own, ``Task.max_new``; RULER's length for its
+    tasks).
 
     With ``decode_block`` the continuation is decoded token by token and the state is compressed
     back to the budget whenever ``decode_block`` new tokens have accumulated.
+
+    ``kept(spec, n)`` turns each of ``budgets`` into atoms for a context of n tokens: by default
+    :func:`minimaxkv.budgets.atoms` (atoms or fractions kept);
+    :func:`minimaxkv.budgets.from_compression_ratio` reads them as kvpress's compression ratios.
 
     Rows already in ``done`` (same task seed/family, rule and budget) are kept and not recomputed;
     ``on_row(row)`` is called after every new row (e.g. to store it: an interrupted sweep
@@ -380,7 +387,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
         if observed > n:
             raise ValueError(f"observed: {observed} queries, but the prompt {task.family} (seed "
                              f"{task.seed}) has only {n} context tokens")
-        preps.append((task, prep, {float(b): budgets_mod.atoms(b, n) for b in budgets}))
+        preps.append((task, prep, {float(b): kept(b, n) for b in budgets}))
     total = len(task_list) * len(rules) * len(budgets)
     with tqdm(total=total, desc="evaluate", disable=not progress, file=sys.stderr) as bar:
         for task, prep, atoms in preps:
@@ -392,13 +399,14 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
                 continue
             t0 = time.perf_counter()
             base = prefill(model, prep.prefix, observed=observed)
-            full = read(model, prep, base, max_new)
+            new = max_new or task.max_new
+            full = read(model, prep, base, new)
             full_seconds = time.perf_counter() - t0
             for name, b in todo:
                 m = atoms[float(b)]
                 t0 = time.perf_counter()
                 got, state = _compressed_reading(model, prep, base, rules[name], m, observed,
-                                                 block, decode_block, max_new)
+                                                 block, decode_block, new)
                 row = {"family": task.family, "seed": task.seed, "rule": name,
                        "budget_spec": float(b), "budget": m, "prefix_tokens": n,
                        "query_aware": query_aware, "block": block, "decode_block": decode_block,

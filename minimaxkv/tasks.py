@@ -423,24 +423,24 @@ def _fit_ruler(build, tokens: int, max_new: int, count_tokens, wrap, name: str,
     return _split(prompt(over - 1))
 
 
-def _ruler(name, tokens, count_tokens, seed, wrap) -> Task:
+def _ruler(name, tokens, count_tokens, seed, wrap, max_new=None) -> Task:
+    limit = None
     if name in NIAH:
         build, answers = _niah(name, seed)
-        max_new, limit = MAX_NEW["niah"], None
     elif name == "vt":
-        (build, answers), max_new, limit = _vt(seed), MAX_NEW["vt"], None
+        build, answers = _vt(seed)
     elif name == "cwe":
         build, answers, limit = _cwe(seed, tokens)
-        max_new = MAX_NEW["cwe"]
     else:
-        (build, answers), max_new, limit = _fwe(seed, tokens), MAX_NEW["fwe"], None
+        build, answers = _fwe(seed, tokens)
+    max_new = max_new or MAX_NEW["niah" if name in NIAH else name]
     context, question = _fit_ruler(build, tokens, max_new, count_tokens, wrap, name, limit)
     return Task(name, context, question, answers, seed, "string_match_all", max_new)
 
 
 def make(family: str, tokens: int, count_tokens: Callable[[str], int], *, seed: int = 0,
          count: int = 4, chat: Callable[[str], str] | None = None,
-         haystack: str | None = None) -> Task:
+         haystack: str | None = None, max_new: int | None = None) -> Task:
     """Generate one task whose full prompt is about ``tokens`` tokens long.
 
     Args:
@@ -455,6 +455,8 @@ def make(family: str, tokens: int, count_tokens: Callable[[str], int], *, seed: 
         chat: ``user message -> prompt`` (e.g. ``tokenizer.chat``); the message is the
             instruction, the haystack and the question, and the answer lead-in follows the prompt.
         haystack: filler text of the legacy tasks (default: a noise paragraph).
+        max_new: the generation length of a RULER task, which its sizing leaves room for
+            (default RULER's, :data:`MAX_NEW`); the legacy tasks' is 16.
     """
     if family not in FAMILIES:
         raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
@@ -462,7 +464,10 @@ def make(family: str, tokens: int, count_tokens: Callable[[str], int], *, seed: 
         raise ValueError(f"count: expected >= 1, got {count}")
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise ValueError(f"tokens: expected a positive int, got {tokens!r}")
+    if max_new is not None and (isinstance(max_new, bool) or not isinstance(max_new, int)
+                                or max_new < 1):
+        raise ValueError(f"max_new: expected a positive int, got {max_new!r}")
     wrap = chat or (lambda user: user + "\n")
     if family in RULER:
-        return _ruler(family, tokens, count_tokens, seed, wrap)
+        return _ruler(family, tokens, count_tokens, seed, wrap, max_new)
     return _legacy(family, tokens, count_tokens, seed, count, wrap, haystack)

