@@ -33,10 +33,12 @@ SCALES = {
     "tiny": {"length": 500, "tasks": ("niah_single_1", "niah_multikey_2"), "prompts": 2,
              "ratios": (0.5, 0.875), "protocols": (True,), "max_new": 12, "observed": 8,
              "rules": ("streaming_llm", "snapkv")},
-    "quick": {"length": 4096, "tasks": tasks.RULER, "prompts": 5, "ratios": RATIOS,
-              "protocols": (True,), "max_new": None, "observed": 64,
-              "rules": ("streaming_llm", "snapkv", "tova", "expected_attention",
-                        "expected_attention@adakv", "minimax")},
+    # the tasks SmolLM2-135M solves with the full cache at 4,096 tokens (docs/bench.md); minimax
+    # waits for its fast selection (7 minutes per prompt at 4,096 tokens on 2 cores today)
+    "quick": {"length": 4096, "tasks": ("niah_single_1", "niah_single_2", "niah_single_3"),
+              "prompts": 16, "ratios": RATIOS, "protocols": (True,), "max_new": None,
+              "observed": 64, "rules": ("streaming_llm", "snapkv", "tova", "expected_attention",
+                                        "expected_attention@adakv")},
     "full": {"length": 8192, "tasks": tasks.RULER, "prompts": 10, "ratios": RATIOS,
              "protocols": (True, False), "max_new": None, "observed": 64,
              "rules": ("streaming_llm", "h2o", "snapkv", "snapkv@adakv", "tova", "knorm",

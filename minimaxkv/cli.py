@@ -531,6 +531,16 @@ def _check_args(args, fail, compare_default) -> None:
             except ValueError as err:
                 fail(f"--rules: {err}, each optionally as RULE@pyramid, RULE@adakv or "
                      "RULE@spectral")
+    elif args.command == "bench":
+        from . import bench
+        from .evaluate import resolve
+
+        try:
+            bench.config(args.scale, "", tasks=args.tasks, prompts=args.prompts)
+            for name in args.rules or []:
+                resolve(name)
+        except ValueError as err:
+            fail(str(err))
     elif args.command in ("compare", "causal", "analyze") and args.rules:
         for name in args.rules:
             if "@" in name:

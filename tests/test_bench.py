@@ -81,13 +81,11 @@ def test_leaderboard_aggregates_prompts_then_tasks():
     assert "| snapkv | 58.3 [" in md and "full cache 100.0" in md
 
 
-def test_bench_refuses_what_it_cannot_run(tiny_model, tmp_path, capsys):
+def test_bench_refuses_what_it_cannot_run(tiny_model):
     with pytest.raises(ValueError, match="RULER's tasks"):
         bench.config("tiny", "m", tasks=["passkey"])
     with pytest.raises(ValueError, match="compression ratio"):
         bench.config("tiny", "m", ratios=[1.0])
-    assert main(_bench(tiny_model, tmp_path) + ["--prompts", "0"]) == 2
-    assert "prompts" in capsys.readouterr().err
     from minimaxkv import model
 
     m = model.load(str(tiny_model))

@@ -60,6 +60,9 @@ def test_causal_command(capsys):
     ["compare", "--families", "nope"],
     ["evaluate", "--budgets", "1.5"],
     ["evaluate", "--rules", "nosuch"],
+    ["bench", "--tasks", "passkey"],
+    ["bench", "--rules", "nosuch"],
+    ["bench", "--prompts", "0"],
     ["frobnicate"],
 ])
 def test_user_errors_are_one_line_without_traceback(argv, capsys):
