@@ -18,7 +18,8 @@ token positions (keys at ``0..n-1``, queries after them) for causal use. Logits 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -28,15 +29,20 @@ from . import rope
 from .cache import Cache
 
 
-class Instance(NamedTuple):
-    """A cache with the queries that probe it and causal positions."""
+@partial(jax.tree_util.register_dataclass, data_fields=["cache", "queries", "key_pos",
+                                                          "query_pos"],
+         meta_fields=["theta", "convention"])
+@dataclass(frozen=True)
+class Instance:
+    """A cache with the queries that probe it and causal positions, and the RoPE base and
+    pairing of its keys and queries (``theta = 0``: no RoPE) for the rules that model RoPE:
+    ``rules.get(name, theta=inst.theta, convention=inst.convention)``. A pytree whose leaves
+    are the arrays (the base is static: instances ``vmap`` and ``jit``)."""
 
     cache: Cache
     queries: Float[Array, "p d"]
     key_pos: Int[Array, " n"]
     query_pos: Int[Array, " p"]
-    # the RoPE base and pairing of keys and queries (0: no RoPE), for the rules that model RoPE:
-    # ``rules.get(name, theta=inst.theta, convention=inst.convention)``
     theta: float = 0.0
     convention: str = "half"
 
@@ -179,13 +185,17 @@ def make(family: str, key, **kw) -> Instance:
     return FAMILIES[family](key, **kw)
 
 
-class Stream(NamedTuple):
-    """Per-token keys, values and queries of one head, token t at position t."""
+@partial(jax.tree_util.register_dataclass, data_fields=["keys", "values", "queries"],
+         meta_fields=["theta", "convention"])
+@dataclass(frozen=True)
+class Stream:
+    """Per-token keys, values and queries of one head, token t at position t, with the RoPE
+    base and pairing as in :class:`Instance`."""
 
     keys: Float[Array, "T d"]
     values: Float[Array, "T dv"]
     queries: Float[Array, "T d"]
-    theta: float = 0.0  # RoPE base and pairing, as in :class:`Instance`
+    theta: float = 0.0
     convention: str = "half"
 
 
