@@ -8,6 +8,10 @@ once (:mod:`minimaxkv.store`), so an interrupted run resumes where it stopped an
 table. Protocols: query-aware (compression sees the question, kvpress's default) and
 query-agnostic (the context is compressed before the question is read).
 
+Rows are keyed by what their result depends on (model, length, generation length, observed
+queries) and their identity (task, prompt, rule, ratio, protocol): runs with other tasks, prompts,
+rules or ratios at the same scale add their rows to the store and reuse those they share.
+
 Outputs (``bench-<scale>.*`` in the output folder): the store (``.json``), the leaderboard CSV
 (average over tasks: dataset, data_dir, model, method, compression_ratio, query_aware, score,
 ci_low, ci_high, n, bytes), the same per task (``-tasks.csv``, with a ``task`` column), a
@@ -79,6 +83,23 @@ def prompts(model, cfg: dict) -> list[tasks.Task]:
             for name in cfg["tasks"] for seed in range(cfg["prompts"])]
 
 
+ROW_CONFIG = ("model", "length", "max_new", "observed")  # what a row's result depends on
+
+
+def row_config(cfg: dict) -> dict:
+    """The part of a run's configuration its rows are keyed by: runs with other tasks, prompts,
+    rules, ratios or protocols share the rows they have in common."""
+    return {k: cfg[k] for k in ROW_CONFIG}
+
+
+def selected(rows: list[dict], cfg: dict) -> list[dict]:
+    """The rows of the run ``cfg`` among ``rows``."""
+    want = row_config(cfg)
+    return [r for r in rows if r["config"] == want and r["family"] in cfg["tasks"]
+            and r["seed"] < cfg["prompts"] and r["rule"] in cfg["rules"]
+            and r["budget_spec"] in cfg["ratios"] and r["query_aware"] in cfg["protocols"]]
+
+
 def run(model, cfg: dict, path, *, force: bool = False, progress: bool = True) -> list[dict]:
     """Compute the rows of ``cfg`` missing from the store at ``path`` (all with ``force``), storing
     each as it finishes; returns every row of ``cfg``."""
@@ -90,7 +111,7 @@ def run(model, cfg: dict, path, *, force: bool = False, progress: bool = True) -
     if force and not _readable(path):
         moved = store.set_aside(path)
         print(f"{path}: not a readable results store, set aside as {moved}", file=sys.stderr)
-    done = [] if force else store.of_config(store.read(path), cfg)
+    done = [] if force else selected(store.read(path), cfg)
     task_list = prompts(model, cfg)
     rules = {name: evaluate.resolve(name, theta=model.config.rope_theta) for name in cfg["rules"]}
     prov = provenance()
@@ -100,9 +121,9 @@ def run(model, cfg: dict, path, *, force: bool = False, progress: bool = True) -
             observed=cfg["observed"], max_new=cfg["max_new"], progress=progress,
             kept=from_compression_ratio,
             done=[r for r in done if r["query_aware"] == aware],
-            on_row=lambda row: store.add(path, [store.keyed({**row, "provenance": prov}, cfg,
-                                                            IDENT)]))
-    return store.of_config(store.read(path), cfg)
+            on_row=lambda row: store.add(path, [store.keyed({**row, "provenance": prov},
+                                                            row_config(cfg), IDENT)]))
+    return selected(store.read(path), cfg)
 
 
 def _readable(path: Path) -> bool:

@@ -51,6 +51,11 @@ def test_bench_interrupted_then_resumed_writes_the_same_table(tiny_model, tmp_pa
     assert list(table[0]) == list(bench.COLUMNS)
     assert {(t["method"], float(t["compression_ratio"])) for t in table} == \
         {("full", 0.0)} | {(m, x) for m in cfg["rules"] for x in cfg["ratios"]}
+    # a run with fewer prompts and one rule reuses the stored rows: nothing new is computed
+    before = (cut / "bench-tiny.json").read_text()
+    assert main(_bench(tiny_model, cut) + ["--prompts", "1", "--rules", "snapkv"]) == 0
+    assert (cut / "bench-tiny.json").read_text() == before
+    assert {t["method"] for t in _csv(cut / "bench-tiny.csv")} == {"full", "snapkv"}
 
 
 def test_leaderboard_aggregates_prompts_then_tasks():
