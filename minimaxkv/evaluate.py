@@ -283,7 +283,7 @@ def _read_running(model, prep, state, rule, budget, block, observed, max_new):
     for t in prep.cont[:len(prep.cont) - prep.answer]:
         row = gen_run.feed(int(t))
     gen, stop = [], model.tokenizer.eos
-    while len(gen) < max_new and (not gen or gen[-1] != stop):
+    while len(gen) < max_new and (not gen or gen[-1] != stop) and not _solved(model, prep, gen):
         gen.append(int(np.argmax(row)))
         row = gen_run.feed(gen[-1])
     text = model.tokenizer.decode(gen, skip_special=True)
@@ -291,8 +291,17 @@ def _read_running(model, prep, state, rule, budget, block, observed, max_new):
     return Reading(np.stack(rows), text, tasks_mod.score(prep.task, text)), run.past, seconds
 
 
+def _solved(model: Model, prep: Prepared, tokens) -> bool:
+    """Whether the greedy answer so far already scores 1: RULER's metrics only grow as text is
+    appended, so generation can stop there with the score of the whole greedy answer."""
+    return bool(tokens) and tasks_mod.score(
+        prep.task, model.tokenizer.decode(tokens, skip_special=True)) == 1.0
+
+
 def read(model: Model, prep: Prepared, state: State, max_new: int = 16) -> Reading:
-    """Teacher-force the continuation and generate a greedy answer after the question."""
+    """Teacher-force the continuation and generate a greedy answer after the question: up to
+    ``max_new`` tokens, stopping at the end-of-sequence token or once every gold answer is in
+    the text (the score cannot change after that: :func:`_solved`)."""
     p, cfg = model.params, model.config
     start = len(prep.prefix)
     # the past padded with empty atoms to the bucket of the prefix, the continuation with tokens
@@ -304,10 +313,13 @@ def read(model: Model, prep: Prepared, state: State, max_new: int = 16) -> Readi
     rows = np.concatenate([np.asarray(state.last)[None], cont[:-1]])
     question = prep.cont[:len(prep.cont) - prep.answer]
     if len(question):
-        gen = generate(model, question, max_new, past=past, start=start)
+        gen = generate(model, question, max_new, past=past, start=start,
+                       until=lambda toks: _solved(model, prep, toks))
     else:  # query-aware: the question is already in the prefix
         first = int(np.argmax(rows[0]))
-        gen = [first] + generate(model, [first], max_new - 1, past=past, start=start)
+        gen = [first] if max_new == 1 or _solved(model, prep, [first]) else [first] + generate(
+            model, [first], max_new - 1, past=past, start=start,
+            until=lambda toks: _solved(model, prep, [first] + toks))
     text = model.tokenizer.decode(gen, skip_special=True)
     return Reading(rows, text, tasks_mod.score(prep.task, text))
 

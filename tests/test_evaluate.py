@@ -234,3 +234,21 @@ def test_tova_keeps_one_set_per_layer_from_every_query_head():
         for h in range(K)]
     assert len({tuple(x) for x in per_group}) > 1  # the layer's set is not each group's own
 
+
+
+def test_generation_stops_once_the_answer_is_complete(smollm2, passkey):
+    """``generate(until=...)`` returns the uninterrupted greedy tokens up to the first prefix that
+    satisfies it; ``read`` stops there once the answer is in the text, with the score of the
+    whole greedy answer (RULER's metrics only grow as text is appended)."""
+    prep, full = passkey
+    ids = list(prep.prefix[-40:])
+    whole = M.generate(smollm2, ids, 10, stop=-1)
+    cut = M.generate(smollm2, ids, 10, stop=-1, until=lambda toks: len(toks) >= 4)
+    assert cut == whole[:4] and len(whole) == 10
+    assert full.score == 1.0 and prep.task.answers[0] in full.generated
+    longer = E.read(smollm2, prep, E.prefill(smollm2, prep.prefix), max_new=16)
+    assert longer.generated == full.generated  # solved before 8 tokens: nothing more is read
+    text = smollm2.tokenizer.decode(M.generate(smollm2, prep.cont[:len(prep.cont) - prep.answer],
+                                               16, past=E.prefill(smollm2, prep.prefix).past,
+                                               start=len(prep.prefix)), skip_special=True)
+    assert text.startswith(full.generated) and tasks.score(prep.task, text) == full.score

@@ -70,9 +70,10 @@ def logits(model: Model, ids) -> jnp.ndarray:
 
 
 def generate(model: Model, ids, steps: int, *, past=None, start: int = 0,
-             stop: int | None = None) -> list[int]:
+             stop: int | None = None, until=None) -> list[int]:
     """Greedy continuation of ``ids`` (run over ``past`` at positions from ``start``): up to
-    ``steps`` new token ids, ending early after ``stop`` (default: the tokenizer's EOS).
+    ``steps`` new token ids, ending early after ``stop`` (default: the tokenizer's EOS) or once
+    ``until(tokens)`` is true of the tokens so far.
 
     The prompt is padded to its :func:`bucket` length and the decoding buffer to the bucket of
     what it holds (padding: empty atoms), so prompts and pasts of nearby lengths share the
@@ -91,7 +92,7 @@ def generate(model: Model, ids, steps: int, *, past=None, start: int = 0,
     buf = buffer(past, bucket(slot + steps) - slot)
     tokens = [int(jnp.argmax(out.logits[-1]))]
     pos = start + T
-    while len(tokens) < steps and tokens[-1] != stop:
+    while len(tokens) < steps and tokens[-1] != stop and not (until and until(tokens)):
         row, buf = decode(model.params, model.config, tokens[-1], pos, buf, slot)
         tokens.append(int(jnp.argmax(row)))
         pos += 1
