@@ -3,9 +3,9 @@ format.
 
 One prompt is prefilled once and serves every rule and every ratio
 (:func:`minimaxkv.evaluate.sweep` with :func:`minimaxkv.budgets.from_compression_ratio`:
-``n_kept = int(T (1 - r))`` atoms per KV head, the fraction removed as kvpress counts it). Every finished (prompt, rule, ratio) row is stored at
-once (:mod:`minimaxkv.store`), so an interrupted run resumes where it stopped and ends with the same
-table. Protocols: query-aware (compression sees the question, kvpress's default) and
+``n_kept = int(T (1 - r))`` atoms per KV head, the fraction removed as kvpress counts it). Every
+finished (prompt, rule, ratio) row is stored at once (:mod:`minimaxkv.store`), so an interrupted
+run resumes where it stopped and ends with the same table. Protocols: query-aware (compression sees the question, kvpress's default) and
 query-agnostic (the context is compressed before the question is read).
 
 Rows are keyed by what their result depends on (model, length, generation length, observed
@@ -108,8 +108,8 @@ def run(model, cfg: dict, path, *, force: bool = False, progress: bool = True) -
     from .io import provenance
 
     path = Path(path)
-    if force and not _readable(path):
-        moved = store.set_aside(path)
+    moved = store.set_aside(path) if force else None  # only an unreadable store is moved
+    if moved is not None:
         print(f"{path}: not a readable results store, set aside as {moved}", file=sys.stderr)
     done = [] if force else selected(store.read(path), cfg)
     task_list = prompts(model, cfg)
@@ -124,14 +124,6 @@ def run(model, cfg: dict, path, *, force: bool = False, progress: bool = True) -
             on_row=lambda row: store.add(path, [store.keyed({**row, "provenance": prov},
                                                             row_config(cfg), IDENT)]))
     return selected(store.read(path), cfg)
-
-
-def _readable(path: Path) -> bool:
-    try:
-        store.read(path)
-        return True
-    except ValueError:
-        return False
 
 
 def _interval(per_task: list[np.ndarray], reps: int = 10_000, seed: int = 0):

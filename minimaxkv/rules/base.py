@@ -93,12 +93,14 @@ def _jitted(compress):
     is stored at the cache's dtypes (a rule may compute in float32 or wider): equal atoms are
     equal bytes."""
 
-    def stored(cache, size, *rest):
-        s = compress(cache, size, *rest)
-        return Summary(Cache(*(x.astype(c.dtype) for x, c in zip(s.cache, cache))), s.kept,
-                       s.mass_gap)
+    return jax.jit(lambda cache, size, *rest: _stored(compress(cache, size, *rest), cache),
+                   static_argnums=1)
 
-    return jax.jit(stored, static_argnums=1)
+
+def _stored(summary: Summary, cache: Cache) -> Summary:
+    """``summary`` at the dtypes of the ``cache`` it summarises."""
+    return summary._replace(cache=Cache(*(x.astype(c.dtype) for x, c in zip(summary.cache,
+                                                                            cache))))
 
 
 def pad(summary: Summary, capacity: int) -> Summary:
@@ -224,9 +226,8 @@ def _layer_jitted(score, order):
     def run(heads, queries, keys, capacity, budgets):
         mean = sum(score(h, q, k).astype(jnp.float32) for h, q, k in zip(heads, queries, keys))
         first = order(mean / len(heads))
-        out = [evict_upto(h, first, capacity, budgets[i]) for i, h in enumerate(heads)]
-        return [Summary(Cache(*(x.astype(c.dtype) for x, c in zip(s.cache, h))), s.kept)
-                for s, h in zip(out, heads)]
+        return [_stored(evict_upto(h, first, capacity, budgets[i]), h)
+                for i, h in enumerate(heads)]
 
     return jax.jit(run, static_argnums=3)
 
