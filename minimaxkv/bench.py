@@ -46,7 +46,7 @@ SCALES = {
     "full": {"length": 8192, "tasks": tasks.RULER, "prompts": 10, "ratios": RATIOS,
              "protocols": (True, False), "max_new": None, "observed": 64,
              "rules": ("streaming_llm", "h2o", "snapkv", "snapkv@adakv", "tova", "knorm",
-                       "keydiff", "expected_attention", "expected_attention@adakv",
+                       "keydiff", "expected_attention", "expected_attention@adakv", "kvzip",
                        "attention_matching", "minimax")},
 }
 IDENT = ("family", "seed", "rule", "budget_spec", "query_aware")

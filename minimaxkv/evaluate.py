@@ -32,6 +32,7 @@ import numpy as np
 
 from . import _check
 from . import budgets as budgets_mod
+from . import kvzip as kvzip_mod
 from . import tasks as tasks_mod
 from .cache import Cache, live_atoms, live_bytes
 from .model import (Model, bucket, buffer, concat, decode, empty_past, forward, generate,
@@ -77,10 +78,17 @@ class Allocated(NamedTuple):
 
 def resolve(name: str, **hyper):
     """A registry rule, or an :class:`Allocated` rule for ``"rule@alloc"``, built with
-    ``hyper`` (e.g. the model's RoPE base ``theta``; see :func:`minimaxkv.rules.get`)."""
+    ``hyper`` (e.g. the model's RoPE base ``theta``; see :func:`minimaxkv.rules.get`); ``"kvzip"``
+    is the model-level :class:`minimaxkv.kvzip.KVzip` (``hyper`` unused)."""
     from . import rules
+    from .kvzip import KVzip
 
     base, _, alloc = name.partition("@")
+    if base == "kvzip":  # a rule of the whole model, with its own allocation (mkv.kvzip)
+        if alloc:
+            raise ValueError(f"{name!r}: kvzip allocates over every layer and head itself; "
+                             "use 'kvzip'")
+        return KVzip()
     rule = rules.get(base, **hyper)
     if not alloc:
         return rule
@@ -345,11 +353,33 @@ def metrics(prep: Prepared, full: Reading, got: Reading, past: Cache, seconds: f
             "bytes": int(nbytes), "atoms": atoms, "compress_seconds": seconds}
 
 
-def _compressed_reading(model, prep, base, rule, m, observed, block, decode_block, max_new):
+def _kvzip_state(model, prep, base, rule, m, scored: dict) -> State:
+    """KVzip's one-shot compression of the full prefill ``base``; its scores (the reconstruction
+    passes, counted in the compression time) are computed once per prompt and kept in
+    ``scored`` for the other budgets."""
+    if m >= len(prep.prefix):
+        return State(base.past, base.last, 0.0)
+    t0 = time.perf_counter()
+    if "kvzip" not in scored:
+        scored["kvzip"] = kvzip_mod.scores(model, base.past, prep.prefix, rule)
+        scored["seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+    past = jax.block_until_ready(kvzip_mod.compress(model, base.past, prep.prefix, m, rule,
+                                                    scored["kvzip"]))
+    return State(past, base.last, scored["seconds"] + time.perf_counter() - t0)
+
+
+def _compressed_reading(model, prep, base, rule, m, observed, block, decode_block, max_new,
+                        scored=None):
     """The reading of ``prep`` with ``rule`` at ``m`` atoms: compressed once from the full
-    prefill ``base``, or causally every ``block`` prefill (and ``decode_block`` new) tokens."""
-    state = (compress_state(base, rule, m) if block is None else
-             prefill(model, prep.prefix, rule, m, observed=observed, block=block))
+    prefill ``base``, or causally every ``block`` prefill (and ``decode_block`` new) tokens;
+    ``scored``: the prompt's model-level scores computed so far (KVzip's)."""
+    if isinstance(rule, kvzip_mod.KVzip):
+        state = _kvzip_state(model, prep, base, rule, m, {} if scored is None else scored)
+    elif block is None:
+        state = compress_state(base, rule, m)
+    else:
+        state = prefill(model, prep.prefix, rule, m, observed=observed, block=block)
     if not decode_block:
         return read(model, prep, state, max_new), state
     got, past, extra = _read_running(model, prep, state, rule, m, decode_block, observed, max_new)
@@ -386,7 +416,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
 
     from . import programs
 
-    fixed = [name for name, r in rules.items() if isinstance(r, Allocated)]
+    fixed = [name for name, r in rules.items() if isinstance(r, (Allocated, kvzip_mod.KVzip))]
     if fixed and (block is not None or decode_block is not None):
         raise ValueError(f"rules {fixed} allocate per-head budgets: one-shot compression only "
                          "(no block or decode_block)")
@@ -414,11 +444,12 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
             new = max_new or task.max_new
             full = read(model, prep, base, new)
             full_seconds = time.perf_counter() - t0
+            scored: dict = {}
             for name, b in todo:
                 m = atoms[float(b)]
                 t0 = time.perf_counter()
                 got, state = _compressed_reading(model, prep, base, rules[name], m, observed,
-                                                 block, decode_block, new)
+                                                 block, decode_block, new, scored)
                 row = {"family": task.family, "seed": task.seed, "rule": name,
                        "budget_spec": float(b), "budget": m, "prefix_tokens": n,
                        "query_aware": query_aware, "block": block, "decode_block": decode_block,

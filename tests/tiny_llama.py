@@ -163,6 +163,12 @@ def write_hf(folder: Path, cfg: dict, w: dict):
 
 def reference_logits(cfg: dict, w: dict, ids) -> np.ndarray:
     """Float64 forward in the GGUF layout: permuted Q/K rows, RoPE on interleaved pairs."""
+    return reference_forward(cfg, w, ids)[0]
+
+
+def reference_forward(cfg: dict, w: dict, ids):
+    """:func:`reference_logits` and every layer's post-RoPE queries ``[T, H, hd]`` and keys
+    ``[T, Hkv, hd]`` (in the GGUF layout: their dot products are the model's)."""
     H, K, hd = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
     f = {k: np.asarray(v, np.float64) for k, v in w.items()}
     T = len(ids)
@@ -180,6 +186,7 @@ def reference_logits(cfg: dict, w: dict, ids) -> np.ndarray:
         out[..., 0::2], out[..., 1::2] = a * c - b * s, a * s + b * c
         return out
 
+    seen = []
     for layer in range(cfg["layers"]):
         p = f"{layer}."
         h = rms(x, f[p + "attn_norm"])
@@ -189,6 +196,7 @@ def reference_logits(cfg: dict, w: dict, ids) -> np.ndarray:
         q = rope_interleaved(q.reshape(T, H, hd))
         k = rope_interleaved(k.reshape(T, K, hd))
         v = v.reshape(T, K, hd)
+        seen.append((q, k))
         out = np.zeros((T, H, hd))
         for head in range(H):
             kv = head // (H // K)
@@ -200,4 +208,4 @@ def reference_logits(cfg: dict, w: dict, ids) -> np.ndarray:
         h = rms(x, f[p + "mlp_norm"])
         g = h @ f[p + "gate"].T
         x = x + ((g / (1 + np.exp(-g))) * (h @ f[p + "up"].T)) @ f[p + "down"].T
-    return rms(x, f["norm"]) @ f["head"].T
+    return rms(x, f["norm"]) @ f["head"].T, seen

@@ -278,7 +278,8 @@ def pad_tokens(ids) -> np.ndarray:
 
 def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
             past: Cache | None = None, *, n_queries: int = 0, all_logits: bool = True,
-            block: int = QUERY_BLOCK, length: int | None = None) -> Output:
+            block: int = QUERY_BLOCK, length: int | None = None,
+            beyond_context: bool = False) -> Output:
     r"""Run a chunk of tokens at positions ``start .. start+T-1`` over a past cache.
 
     Args:
@@ -295,6 +296,8 @@ def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
             queries are those of the real tokens. Padding comes after every real token, so
             causal attention keeps it out of their outputs; its keys and values are returned
             (append them with :func:`concat`'s ``length``).
+        beyond_context: allow positions past the model's context (RoPE extrapolated; KVzip's
+            reconstruction, :mod:`minimaxkv.kvzip`); otherwise they are an error.
 
     Returns:
         :class:`Output` with the chunk's keys and values, ready to be appended to ``past``.
@@ -307,7 +310,8 @@ def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
         raise ValueError(f"length: expected 1..{ids.shape[0]} real tokens, got {length}")
     if not 0 <= n_queries <= length:
         raise ValueError(f"n_queries: expected 0..{length}, got {n_queries}")
-    if isinstance(start, (int, np.integer)) and int(start) + length > cfg.context:
+    if not beyond_context and isinstance(start, (int, np.integer)) and \
+            int(start) + length > cfg.context:
         raise ValueError(f"positions {int(start)}..{int(start) + length - 1}: beyond the model's "
                          f"context of {cfg.context} tokens ({cfg.name})")
     if past is None:

@@ -1,0 +1,160 @@
+r"""KVzip (Kim et al. 2025, arXiv:2505.23416): query-agnostic scores from context reconstruction.
+
+A rule of the whole model, not of one head: after the prefill, the model is asked to repeat its
+context, and every cached pair is scored by the attention the repetition pays to it. As kvpress
+(``KVzipPress``) runs it:
+
+1. The context of n tokens is cut into chunks of ``chunk`` = 2,048 tokens. Chunk c is repeated
+   by one forward pass over the full cache of the context (positions n, n+1, ...) of the ids of
+   ``"\n\nRepeat the previous context exactly."`` (first chunk) or of
+   ``"\n\nRepeat the part of the previous context exactly, starting with"`` followed by the
+   last ``tail`` = 8 tokens of the previous chunk (later chunks), then ``"\n"`` (the turn's end
+   for a prompt without chat template) and the chunk's own tokens. Each pass is separate: the
+   cache holds the context alone when the next one starts.
+2. In every layer, the queries of all the pass's tokens (every query head, after RoPE) attend,
+   with the model's scale :math:`d^{-1/2}`, to a subset of keys: the first
+   ``min(sinks, start)`` keys of the sequence, the chunk's keys, and causally the pass's own keys.
+   A chunk key's score is the largest of these softmax weights over the queries and the query
+   heads of its KV head's group.
+3. The first ``sinks`` = 4 tokens score 1 (at least any attention weight: they are always kept).
+   The scores of every layer and KV head compete for one total (kvpress's default, not
+   layer-wise): the ``L Hkv m`` highest are kept, so heads and layers get different numbers of
+   atoms with mean m per head. Kept pairs stay exact (eviction).
+
+kvpress overwrites the sinks' score by the first chunk's when the prompt has no chat-template
+prefix (then ``start`` = 0); we keep the four sinks in every case, as the option's name says.
+Positions past the model's context are read by the reconstruction when n + chunk exceeds it
+(SmolLM2 at 8,192 tokens); kvpress runs the same positions (RoPE extrapolated).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .attention import default_scale
+from .cache import Cache
+from .model import Model, bucket, buffer, forward, pad_tokens
+
+FIRST = "\n\nRepeat the previous context exactly."
+LATER = "\n\nRepeat the part of the previous context exactly, starting with"
+SUFFIX = "\n"
+
+
+class KVzip(NamedTuple):
+    """KVzip's hyperparameters (kvpress's defaults): ``sinks`` always-kept first tokens,
+    ``chunk`` tokens repeated per reconstruction pass, ``tail`` tokens of the previous chunk
+    quoted in the later prompts."""
+
+    sinks: int = 4
+    chunk: int = 2048
+    tail: int = 8
+
+    @property
+    def name(self) -> str:
+        return "kvzip"
+
+
+class Pass(NamedTuple):
+    """One reconstruction pass: it scores the context's tokens ``lo:hi`` and reads ``ids``."""
+
+    lo: int
+    hi: int
+    ids: np.ndarray
+
+
+def passes(tokenizer, context, rule: KVzip = KVzip()) -> list[Pass]:
+    """The reconstruction passes of ``context`` (token ids): step 1 of the module's docstring."""
+    context = np.asarray(context, np.int32)
+    first, later, suffix = (np.asarray(tokenizer.encode(t), np.int32)
+                            for t in (FIRST, LATER, SUFFIX))
+    out = []
+    for lo in range(0, len(context), rule.chunk):
+        hi = min(lo + rule.chunk, len(context))
+        ask = first if lo == 0 else np.concatenate([later, context[max(0, lo - rule.tail):lo]])
+        out.append(Pass(lo, hi, np.concatenate([ask, suffix, context[lo:hi]])))
+    return out
+
+
+@partial(jax.jit, static_argnames=("sinks",))
+def _pass_scores(queries, sink_keys, chunk_keys, chunk_ok, own_keys, n_own, scale, sinks: int):
+    """Step 2 for every layer and KV head: ``queries [L, H, R, hd]`` and ``own_keys
+    [L, Hkv, R, hd]`` of the pass (its first ``n_own`` tokens real), ``sink_keys [L, Hkv, s, hd]``,
+    ``chunk_keys [L, Hkv, C, hd]`` (``chunk_ok [C]``: real, not padding). Returns ``[L, Hkv, C]``."""
+    L, H, R, hd = queries.shape
+    K, C = chunk_keys.shape[1], chunk_keys.shape[2]
+    q = queries.reshape(L * K, H // K, R, hd)
+    keys = jnp.concatenate([sink_keys, chunk_keys, own_keys], 2).reshape(L * K, -1, hd)
+    rows = jnp.arange(R)
+    seen = jnp.concatenate([jnp.ones((R, sinks), bool), jnp.broadcast_to(chunk_ok, (R, C)),
+                            rows[None, :] <= rows[:, None]], 1)  # [R, s + C + R]
+
+    def head(args):
+        qh, kh = args
+        logits = jnp.einsum("grd,nd->grn", qh, kh, preferred_element_type=jnp.float32) * scale
+        p = jax.nn.softmax(jnp.where(seen, logits, -jnp.inf), -1)[..., sinks:sinks + C]
+        return jnp.max(jnp.where((rows < n_own)[None, :, None], p, 0.0), (0, 1))
+
+    return lax.map(head, (q, keys)).reshape(L, K, C)
+
+
+def scores(model: Model, past: Cache, context, rule: KVzip = KVzip()) -> np.ndarray:
+    """KVzip's score of every pair of ``past`` (the full cache of ``context``, ``[L, Hkv, n, hd]``):
+    ``[L, Hkv, n]`` float32, the sinks at 1."""
+    cfg = model.config
+    n = past.keys.shape[2]
+    if len(context) != n:
+        raise ValueError(f"context: {len(context)} tokens, but the cache holds {n}")
+    # the cache padded to its bucket: contexts of nearby lengths share the model's program
+    padded = buffer(past, bucket(n) - n)
+    out = np.zeros(past.keys.shape[:3], np.float32)
+    for p in passes(model.tokenizer, context, rule):
+        ids = pad_tokens(p.ids)  # the padding reads after every real token: it changes nothing
+        got = forward(model.params, cfg, ids, n, padded, n_queries=len(ids), all_logits=False,
+                      beyond_context=True)
+        s = min(rule.sinks, p.lo)
+        width = bucket(p.hi - p.lo)
+        chunk = jnp.pad(past.keys[:, :, p.lo:p.hi], ((0, 0), (0, 0), (0, width - p.hi + p.lo),
+                                                     (0, 0)))
+        got_s = _pass_scores(got.queries, past.keys[:, :, :s], chunk,
+                             jnp.arange(width) < p.hi - p.lo, got.keys, len(p.ids),
+                             default_scale(cfg.head_dim), s)
+        out[:, :, p.lo:p.hi] = np.asarray(got_s)[:, :, :p.hi - p.lo]
+    out[:, :, :rule.sinks] = 1.0
+    return out
+
+
+def keep(score: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step 3: the ``L Hkv budget`` highest of ``score [L, Hkv, n]`` over every head (ties to the
+    earlier head and position). Returns ``idx [L, Hkv, w]``, each head's kept positions in
+    order then padding, and ``ok [L, Hkv, w]`` (False on padding), w the most any head keeps."""
+    L, K, n = score.shape
+    flat = score.reshape(-1)
+    chosen = np.zeros(flat.shape, bool)
+    chosen[np.argsort(-flat, kind="stable")[:L * K * budget]] = True
+    chosen = chosen.reshape(L, K, n)
+    width = int(chosen.sum(-1).max())
+    # kept positions first (in order), then the others: a stable sort on "not kept"
+    idx = np.argsort(~chosen, -1, kind="stable")[..., :width]
+    return idx, np.take_along_axis(chosen, idx, -1)
+
+
+def compress(model: Model, past: Cache, context, budget: int, rule: KVzip = KVzip(),
+             score: np.ndarray | None = None) -> Cache:
+    """``past`` with the pairs KVzip keeps at a mean of ``budget`` atoms per head (heads that
+    keep fewer than the widest are padded with empty atoms: log-weight -inf); ``score``: the
+    scores if already computed (they do not depend on the budget)."""
+    n = past.keys.shape[2]
+    if budget >= n:
+        return past
+    score = scores(model, past, context, rule) if score is None else score
+    idx, ok = keep(score, budget)
+    take = jnp.asarray(idx)
+    pick = [jnp.take_along_axis(x, take[..., None], 2) for x in (past.keys, past.values)]
+    logw = jnp.where(jnp.asarray(ok), jnp.take_along_axis(past.logw, take, 2), -jnp.inf)
+    return Cache(pick[0], pick[1], logw)
