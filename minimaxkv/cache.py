@@ -72,6 +72,18 @@ def live_atoms(cache: Cache) -> int:
     return int(np.isfinite(np.asarray(cache.logw)).sum())
 
 
+def compact(cache: Cache) -> Cache:
+    """The same atoms with the padding dropped: along the atom axis (the last but one of the keys,
+    any leading head axes), every head's live atoms first, in their order, then the cache cut to
+    the most live atoms any head holds (the others keep padding to that width)."""
+    live = np.isfinite(np.asarray(cache.logw))
+    width = int(live.sum(-1).max()) if live.size else 0
+    idx = jnp.asarray(np.argsort(~live, -1, kind="stable")[..., :width])
+    return Cache(jnp.take_along_axis(cache.keys, idx[..., None], -2),
+                 jnp.take_along_axis(cache.values, idx[..., None], -2),
+                 jnp.take_along_axis(cache.logw, idx, -1))
+
+
 def live_bytes(cache: Cache, itemsize: int | None = None) -> int:
     """Bytes of the atoms that count: a key (d), a value (d_v) and a log-weight each, at
     ``itemsize`` bytes per number (default: the keys' dtype)."""

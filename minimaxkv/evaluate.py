@@ -195,13 +195,33 @@ class State(NamedTuple):
     last: jnp.ndarray  # [V]
     seconds: float  # spent compressing
     queries: jnp.ndarray | None = None  # [L, H, w, hd] of the last tokens read (uncompressed)
+    observed: int = 0  # the last ``observed`` of ``queries`` are the rules' observed queries
+
+
+def reads_whole_prefix(rule) -> bool:
+    """Whether ``rule`` (a registry rule or an :class:`Allocated` one) reads every query of the
+    prefix (``Rule.whole_prefix``) rather than the observed ones."""
+    return not isinstance(rule, kvzip_mod.KVzip) and (
+        rule.rule if isinstance(rule, Allocated) else rule).whole_prefix
+
+
+def rule_queries(state: State, rule):
+    """The queries ``rule`` sees of a full prefill: the observed ones (the last
+    ``state.observed``), or, for a rule that reads the whole prefix (``Rule.whole_prefix``),
+    every one the state kept (all the prefix's with ``prefill(..., every_query=True)``)."""
+    q = state.queries
+    return q if reads_whole_prefix(rule) else q[:, :, q.shape[2] - state.observed:]
 
 
 def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = None, *,
-            observed: int = 32, block: int | None = None, key=None) -> State:
+            observed: int = 32, block: int | None = None, key=None,
+            every_query: bool = False) -> State:
     """Read ``ids``; with a rule, compress to ``budget`` atoms per head (after the whole prefix, or
-    causally after every ``block`` tokens). Without a rule the state keeps the queries of the last
-    ``observed`` tokens, so one full prefill serves every rule (:func:`compress_state`)."""
+    causally after every ``block`` tokens), the rule seeing the queries of the last ``observed``
+    tokens (after the whole prefix, a rule that reads the whole prefix sees every token's). Without
+    a rule the state keeps the queries of the last ``observed`` tokens (with ``every_query``, of
+    every token, for the rules that read the whole prefix: :func:`rule_queries`), so one full
+    prefill serves every rule (:func:`compress_state`)."""
     p, cfg = model.params, model.config
     ids = np.asarray(ids, np.int32)
     T = int(ids.shape[0])
@@ -213,22 +233,28 @@ def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = No
         size = int(chunk.shape[0])
         w = min(observed, size)
         # the chunk padded to its bucket (prompts of nearby lengths share the program)
-        out = forward(p, cfg, pad_tokens(chunk), lo, past, n_queries=w, all_logits=False,
-                      length=size)
+        padded = pad_tokens(chunk)
+        # every query of a one-shot prefill for a rule that reads the whole prefix
+        every = every_query if rule is None else (step == T and reads_whole_prefix(rule))
+        out = forward(p, cfg, padded, lo, past, n_queries=len(padded) if every else w,
+                      all_logits=False, length=size)
+        queries = out.queries[:, :, :size] if every else out.queries
         past = concat(past, out.keys[:, :, :size], out.values[:, :, :size])
         if rule is not None and past.keys.shape[2] > budget:
             key, sub = jax.random.split(key)
             t0 = time.perf_counter()
-            past = jax.block_until_ready(compress(rule, past, budget, out.queries, sub))
+            past = jax.block_until_ready(compress(rule, past, budget, queries, sub))
             spent += time.perf_counter() - t0
-    return State(past, out.logits[-1], spent, out.queries if rule is None else None)
+    if rule is not None:
+        return State(past, out.logits[-1], spent)
+    return State(past, out.logits[-1], spent, queries, w)
 
 
 def compress_state(full: State, rule: Rule, budget: int, key=None) -> State:
     """One-shot compression of a full prefill (the same result as ``prefill(..., rule, budget)``
     without reading the prefix again)."""
     t0 = time.perf_counter()
-    past = jax.block_until_ready(compress(rule, full.past, budget, full.queries,
+    past = jax.block_until_ready(compress(rule, full.past, budget, rule_queries(full, rule),
                                           jax.random.split(jax.random.PRNGKey(0) if key is None
                                                            else key)[1]))
     return State(past, full.last, time.perf_counter() - t0)
@@ -422,6 +448,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
                          "(no block or decode_block)")
     rows = list(done or [])
     have = {(r["family"], r["seed"], r["rule"], r["budget_spec"]) for r in rows}
+    every_query = any(reads_whole_prefix(r) for r in rules.values())
     preps = []
     for task in task_list:  # bad budgets or too many observed queries fail before any work
         prep = prepare(model, task, query_aware)
@@ -440,7 +467,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
             if not todo:
                 continue
             t0 = time.perf_counter()
-            base = prefill(model, prep.prefix, observed=observed)
+            base = prefill(model, prep.prefix, observed=observed, every_query=every_query)
             new = max_new or task.max_new
             full = read(model, prep, base, new)
             full_seconds = time.perf_counter() - t0

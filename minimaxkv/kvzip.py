@@ -4,25 +4,28 @@ A rule of the whole model, not of one head: after the prefill, the model is aske
 context, and every cached pair is scored by the attention the repetition pays to it. As kvpress
 (``KVzipPress``) runs it:
 
-1. The context of n tokens is cut into chunks of ``chunk`` = 2,048 tokens. Chunk c is repeated
-   by one forward pass over the full cache of the context (positions n, n+1, ...) of the ids of
-   ``"\n\nRepeat the previous context exactly."`` (first chunk) or of
+1. **The turn's frame.** With a chat template, its text before a user message's content is the
+   *prefix* (ChatML: the system turn and ``<|im_start|>user\n``) and its text after the content,
+   generation prompt included, the *suffix* (``<|im_end|>\n<|im_start|>assistant\n``); without
+   one, no prefix and the suffix ``"\n"``. A context that starts with the prefix's tokens is
+   reconstructed after them (they are not repeated); any other from its first token.
+2. **Passes.** The reconstructed tokens are cut into chunks of ``chunk`` = 2,048. Chunk c is
+   repeated by one forward pass over the full cache of the context (positions n, n+1, ...) of
+   the ids of ``"\n\nRepeat the previous context exactly."`` (first chunk) or of
    ``"\n\nRepeat the part of the previous context exactly, starting with"`` followed by the
-   last ``tail`` = 8 tokens of the previous chunk (later chunks), then ``"\n"`` (the turn's end
-   for a prompt without chat template) and the chunk's own tokens. Each pass is separate: the
-   cache holds the context alone when the next one starts.
-2. In every layer, the queries of all the pass's tokens (every query head, after RoPE) attend,
-   with the model's scale :math:`d^{-1/2}`, to a subset of keys: the first
-   ``min(sinks, start)`` keys of the sequence, the chunk's keys, and causally the pass's own keys.
-   A chunk key's score is the largest of these softmax weights over the queries and the query
-   heads of its KV head's group.
-3. The first ``sinks`` = 4 tokens score 1 (at least any attention weight: they are always kept).
-   The scores of every layer and KV head compete for one total (kvpress's default, not
-   layer-wise): the ``L Hkv m`` highest are kept, so heads and layers get different numbers of
-   atoms with mean m per head. Kept pairs stay exact (eviction).
+   last ``tail`` = 8 tokens of the previous chunk (later chunks), then the suffix and the chunk's
+   own tokens. Each pass is separate: the cache holds the context alone when the next one starts.
+3. **Scores.** In every layer, the queries of all the pass's tokens (every query head, after
+   RoPE) attend, with the model's scale :math:`d^{-1/2}`, to a subset of keys: the first
+   ``min(sinks, start)`` keys of the sequence (``start``: the chunk's first position), the
+   chunk's keys, and causally the pass's own keys. A chunk key's score is the largest of these
+   softmax weights over the queries and the query heads of its KV head's group. The first
+   ``sinks`` = 4 tokens score 1, above any other score, whatever a pass gave them (they are
+   never evicted); the prefix's other tokens, never repeated, score 0.
+4. **Allocation.** The scores of every layer and KV head compete for one total (kvpress's
+   default, not layer-wise): the ``L Hkv m`` highest are kept, so heads and layers get
+   different numbers of atoms with mean m per head. Kept pairs stay exact (eviction).
 
-kvpress overwrites the sinks' score by the first chunk's when the prompt has no chat-template
-prefix (then ``start`` = 0); we keep the four sinks in every case, as the option's name says.
 Positions past the model's context are read by the reconstruction when n + chunk exceeds it
 (SmolLM2 at 8,192 tokens); kvpress runs the same positions (RoPE extrapolated).
 """
@@ -43,7 +46,6 @@ from .model import Model, bucket, buffer, forward, pad_tokens
 
 FIRST = "\n\nRepeat the previous context exactly."
 LATER = "\n\nRepeat the part of the previous context exactly, starting with"
-SUFFIX = "\n"
 
 
 class KVzip(NamedTuple):
@@ -68,22 +70,38 @@ class Pass(NamedTuple):
     ids: np.ndarray
 
 
+def frame(tokenizer) -> tuple[str, str]:
+    """Step 1: the chat template's prefix and suffix around a user message (kvpress's way: a
+    dummy message with a separator, split), or ``("", "\n")`` without a template."""
+    dummy = "dummy context"
+    sep = "\n" + "#" * len(dummy)
+    text = tokenizer.chat(dummy + sep)
+    if text == dummy + sep:
+        return "", "\n"
+    before, suffix = text.split(sep)
+    return before.split(dummy)[0], suffix
+
+
 def passes(tokenizer, context, rule: KVzip = KVzip()) -> list[Pass]:
-    """The reconstruction passes of ``context`` (token ids): step 1 of the module's docstring."""
+    """The reconstruction passes of ``context`` (token ids): steps 1-2 of the module's
+    docstring."""
     context = np.asarray(context, np.int32)
-    first, later, suffix = (np.asarray(tokenizer.encode(t), np.int32)
-                            for t in (FIRST, LATER, SUFFIX))
+    prefix, suffix = frame(tokenizer)
+    pre = tokenizer.encode(prefix)
+    start = len(pre) if pre and list(context[:len(pre)]) == pre else 0
+    first, later, end = (np.asarray(tokenizer.encode(t), np.int32) for t in (FIRST, LATER, suffix))
     out = []
-    for lo in range(0, len(context), rule.chunk):
+    for lo in range(start, len(context), rule.chunk):
         hi = min(lo + rule.chunk, len(context))
-        ask = first if lo == 0 else np.concatenate([later, context[max(0, lo - rule.tail):lo]])
-        out.append(Pass(lo, hi, np.concatenate([ask, suffix, context[lo:hi]])))
+        ask = first if lo == start else np.concatenate(
+            [later, context[max(lo - rule.chunk, lo - rule.tail):lo]])
+        out.append(Pass(lo, hi, np.concatenate([ask, end, context[lo:hi]])))
     return out
 
 
 @partial(jax.jit, static_argnames=("sinks",))
 def _pass_scores(queries, sink_keys, chunk_keys, chunk_ok, own_keys, n_own, scale, sinks: int):
-    """Step 2 for every layer and KV head: ``queries [L, H, R, hd]`` and ``own_keys
+    """Step 3 for every layer and KV head: ``queries [L, H, R, hd]`` and ``own_keys
     [L, Hkv, R, hd]`` of the pass (its first ``n_own`` tokens real), ``sink_keys [L, Hkv, s, hd]``,
     ``chunk_keys [L, Hkv, C, hd]`` (``chunk_ok [C]``: real, not padding). Returns ``[L, Hkv, C]``."""
     L, H, R, hd = queries.shape
@@ -105,7 +123,7 @@ def _pass_scores(queries, sink_keys, chunk_keys, chunk_ok, own_keys, n_own, scal
 
 def scores(model: Model, past: Cache, context, rule: KVzip = KVzip()) -> np.ndarray:
     """KVzip's score of every pair of ``past`` (the full cache of ``context``, ``[L, Hkv, n, hd]``):
-    ``[L, Hkv, n]`` float32, the sinks at 1."""
+    ``[L, Hkv, n]`` float32 (steps 1-3)."""
     cfg = model.config
     n = past.keys.shape[2]
     if len(context) != n:
@@ -125,12 +143,12 @@ def scores(model: Model, past: Cache, context, rule: KVzip = KVzip()) -> np.ndar
                              jnp.arange(width) < p.hi - p.lo, got.keys, len(p.ids),
                              default_scale(cfg.head_dim), s)
         out[:, :, p.lo:p.hi] = np.asarray(got_s)[:, :, :p.hi - p.lo]
-    out[:, :, :rule.sinks] = 1.0
+    out[:, :, :rule.sinks] = 1.0  # softmax weights are at most 1: the sinks come first
     return out
 
 
 def keep(score: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """Step 3: the ``L Hkv budget`` highest of ``score [L, Hkv, n]`` over every head (ties to the
+    """Step 4: the ``L Hkv budget`` highest of ``score [L, Hkv, n]`` over every head (ties to the
     earlier head and position). Returns ``idx [L, Hkv, w]``, each head's kept positions in
     order then padding, and ``ok [L, Hkv, w]`` (False on padding), w the most any head keeps."""
     L, K, n = score.shape

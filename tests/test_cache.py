@@ -188,3 +188,35 @@ def test_live_bytes_count_keys_values_and_weights_of_real_atoms():
     assert live_atoms(c) == 30 - 3
     assert live_bytes(c) == 27 * (8 + 6 + 1) * 4
     assert live_bytes(c, itemsize=2) == 27 * 15 * 2
+
+
+def test_compact_drops_padding_and_keeps_every_output(rng):
+    """Padding (-inf) in the middle and at the end of heads holding different numbers of atoms:
+    the compacted cache holds each head's live atoms in order, is as wide as the fullest head,
+    and gives every query the same attention output (float64 reference)."""
+    from conftest import np_attention
+
+    L, K, n, d = 2, 3, 9, 4
+    keys, values, logw = (rng.standard_normal(s).astype(np.float32)
+                          for s in ((L, K, n, d), (L, K, n, d), (L, K, n)))
+    live = rng.random((L, K, n)) < 0.6
+    live[0, 0] = True  # one full head: the width stays n
+    live[1, 2] = False
+    live[1, 2, [2, 7]] = True
+    padded = mkv.Cache(jnp.asarray(keys), jnp.asarray(values),
+                       jnp.asarray(np.where(live, logw, -np.inf)))
+    got = mkv.cache.compact(padded)
+    assert got.keys.shape == (L, K, n, d) and mkv.cache.live_atoms(got) == live.sum()
+    cut = mkv.cache.compact(mkv.Cache(*(x[:, 1:] for x in padded)))
+    assert cut.keys.shape[2] == live[:, 1:].sum(-1).max() < n
+    q = rng.standard_normal((5, d))
+    for i in range(L):
+        for h in range(K):
+            keep = np.flatnonzero(live[i, h])
+            ok = np.isfinite(np.asarray(got.logw[i, h]))
+            assert ok[:len(keep)].all() and not ok[len(keep):].any()
+            np.testing.assert_array_equal(np.asarray(got.keys[i, h])[:len(keep)], keys[i, h, keep])
+            want = np_attention(q, keys[i, h, keep], values[i, h, keep], logw[i, h, keep])[0]
+            mine = np_attention(q, np.asarray(got.keys[i, h]), np.asarray(got.values[i, h]),
+                                np.asarray(got.logw[i, h]))[0]
+            np.testing.assert_allclose(mine, want, rtol=1e-12)

@@ -1,6 +1,7 @@
 """End-to-end evaluation: exactness at full budget, a hand-built window cache as second
 implementation, monotone degradation with the budget on SmolLM2, and the results table."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -252,3 +253,28 @@ def test_generation_stops_once_the_answer_is_complete(smollm2, passkey):
                                                16, past=E.prefill(smollm2, prep.prefix).past,
                                                start=len(prep.prefix)), skip_special=True)
     assert text.startswith(full.generated) and tasks.score(prep.task, text) == full.score
+
+
+def test_rules_that_read_the_whole_prefix_get_every_query(smollm2, passkey):
+    """``prefill(every_query=True)`` keeps the queries of every prompt token (equal to a forward
+    pass's), Expected Attention (``Rule.whole_prefix``) is given them all, SnapKV the observed
+    ones, and the one-shot summary equals the rule called on those queries directly."""
+    prep, _ = passkey
+    n = len(prep.prefix)
+    every = E.prefill(smollm2, prep.prefix, observed=16, every_query=True)
+    few = E.prefill(smollm2, prep.prefix, observed=16)
+    out = M.forward(smollm2.params, smollm2.config, jnp.asarray(prep.prefix), n_queries=n)
+    np.testing.assert_allclose(np.asarray(every.queries), np.asarray(out.queries), atol=1e-4)
+    ea = E.resolve("expected_attention", theta=smollm2.config.rope_theta)
+    snap = E.resolve("snapkv")
+    assert E.rule_queries(every, ea).shape[2] == n
+    np.testing.assert_array_equal(np.asarray(E.rule_queries(every, snap)),
+                                  np.asarray(every.queries[:, :, -16:]))
+    np.testing.assert_allclose(np.asarray(E.rule_queries(few, snap)),
+                               np.asarray(E.rule_queries(every, snap)), atol=1e-5)
+    key = jax.random.split(jax.random.PRNGKey(0))[1]
+    got = E.compress_state(every, ea, 40).past
+    want = E.compress(ea, every.past, 40, every.queries, key)
+    np.testing.assert_array_equal(np.asarray(got.keys), np.asarray(want.keys))
+    observed_only = E.compress(ea, every.past, 40, every.queries[:, :, -16:], key)
+    assert not np.array_equal(np.asarray(got.keys), np.asarray(observed_only.keys))

@@ -1,6 +1,8 @@
 """KVzip (mkv.kvzip): reconstruction scores against a float64 NumPy forward of the tiny model,
 the global allocation against a brute-force top-k, and the evaluator's use of it."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import tiny_llama
@@ -20,24 +22,33 @@ def tiny(tmp_path_factory):
     cfg = tiny_llama.config(len(tokens))
     stored = tiny_llama.write_gguf(folder / "tiny.gguf", cfg, tiny_llama.weights(cfg, seed=5))
     model = M.load(folder / "tiny.gguf")
-    context = np.random.default_rng(7).integers(3, cfg["vocab"], 100).astype(np.int32)
-    past = E.prefill(model, context).past
-    return dict(cfg=cfg, w=stored, model=model, context=context, past=past)
+    tok = model.tokenizer
+    words = np.random.default_rng(7).integers(3, cfg["vocab"], 100).astype(np.int32)
+    # a chat-formatted context starts with the template's user-turn prefix (kvpress skips it)
+    chat = np.concatenate([tok.encode("<|im_start|>user\n"), words]).astype(np.int32)
+    return dict(cfg=cfg, w=stored, model=model, plain=words, chat=chat,
+                past={k: E.prefill(model, c).past for k, c in (("plain", words), ("chat", chat))})
 
 
 def reference_scores(cfg, w, tokenizer, context, rule):
-    """KVzip's scores from the definition: for each pass, one float64 forward over context +
-    pass (the pass reads the whole context), then the softmax of the pass's queries over the
-    sinks, the chunk and the pass's own keys (causally), maximised over queries and group."""
+    """KVzip's scores from the definition, for the tiny model's ChatML template: the context
+    after the user-turn prefix (if it starts with it) in chunks; for each pass, one float64
+    forward over context + pass (the pass reads the whole context), then the softmax of the
+    pass's queries over the sinks, the chunk and the pass's own keys (causally), maximised over
+    queries and group; the first four tokens at 1 (never evicted), the rest of the prefix at
+    0."""
     H, K, hd = cfg["heads"], cfg["kv_heads"], cfg["head_dim"]
     n = len(context)
+    prefix = tokenizer.encode("<|im_start|>user\n")
+    start = len(prefix) if list(context[:len(prefix)]) == prefix else 0
     first = tokenizer.encode("\n\nRepeat the previous context exactly.")
     later = tokenizer.encode("\n\nRepeat the part of the previous context exactly, starting with")
+    suffix = tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n")
     out = np.zeros((cfg["layers"], K, n))
-    for lo in range(0, n, rule.chunk):
+    for lo in range(start, n, rule.chunk):
         hi = min(lo + rule.chunk, n)
-        ask = first if lo == 0 else later + list(context[max(0, lo - rule.tail):lo])
-        ids = list(context) + ask + tokenizer.encode("\n") + list(context[lo:hi])
+        ask = first if lo == start else later + list(context[lo - rule.tail:lo])
+        ids = list(context) + ask + suffix + list(context[lo:hi])
         _, layers = tiny_llama.reference_forward(cfg, w, ids)
         s = min(rule.sinks, lo)
         R = len(ids) - n
@@ -57,26 +68,35 @@ def reference_scores(cfg, w, tokenizer, context, rule):
     return out
 
 
-def test_scores_match_a_float64_reconstruction(tiny):
-    got = kvzip.scores(tiny["model"], tiny["past"], tiny["context"], RULE)
-    ref = reference_scores(tiny["cfg"], tiny["w"], tiny["model"].tokenizer, tiny["context"], RULE)
-    assert got.shape == ref.shape == (2, 2, 100)
-    assert len(kvzip.passes(tiny["model"].tokenizer, tiny["context"], RULE)) == 3
+@pytest.mark.parametrize("kind", ["chat", "plain"])
+def test_scores_match_a_float64_reconstruction(tiny, kind):
+    """Three passes; with the chat prefix its tokens after the sinks score 0 (never repeated),
+    without it the first pass scores every token but the sinks."""
+    context, past = tiny[kind], tiny["past"][kind]
+    got = kvzip.scores(tiny["model"], past, context, RULE)
+    ref = reference_scores(tiny["cfg"], tiny["w"], tiny["model"].tokenizer, context, RULE)
+    assert got.shape == ref.shape == (2, 2, len(context))
+    assert len(kvzip.passes(tiny["model"].tokenizer, context, RULE)) == 3
     np.testing.assert_allclose(got, ref, rtol=2e-4, atol=2e-6)
-    assert ref[:, :, 4:].min() < 0.05 < ref[:, :, 4:].max()  # the scores discriminate
+    start = len(context) - 100
+    assert ref[:, :, start:].min() < 0.05 < ref[:, :, start:].max()  # the scores discriminate
+    assert (got[:, :, :4] == 1).all()
+    assert (got[:, :, 4:start] == 0).all() and (start > 4) == (kind == "chat")
 
 
 def test_global_allocation_keeps_the_highest_scores_of_every_head(tiny):
     """The L Hkv m highest scores over all heads, each head its own count, positions in order;
     the compressed cache holds exactly those pairs, padded with empty atoms."""
-    ref = reference_scores(tiny["cfg"], tiny["w"], tiny["model"].tokenizer, tiny["context"], RULE)
-    score = kvzip.scores(tiny["model"], tiny["past"], tiny["context"], RULE)
-    past = tiny["past"]
-    for m in (24, 44, 65):  # budgets whose cut is no near-tie (asserted below)
-        flat = np.sort(ref.reshape(-1))[::-1]
-        assert flat[4 * m - 1] - flat[4 * m] > 1e-3  # no near-tie at the cut: the sets are defined
+    context, past = tiny["chat"], tiny["past"]["chat"]
+    ref = reference_scores(tiny["cfg"], tiny["w"], tiny["model"].tokenizer, context, RULE)
+    score = kvzip.scores(tiny["model"], past, context, RULE)
+    flat = np.sort(ref.reshape(-1))[::-1]
+    gap = flat[4 * np.arange(1, 100) - 1] - flat[4 * np.arange(1, 100)]  # at the cut of m atoms
+    # in each third of the budgets, the one whose cut is farthest from a tie (float32 vs float64)
+    for m in (1 + lo + int(np.argmax(gap[lo:lo + 30])) for lo in (5, 35, 65)):
+        assert gap[m - 1] > 1e-3  # no near-tie at the cut: the kept sets are defined
         want = ref >= flat[4 * m - 1]
-        got = kvzip.compress(tiny["model"], past, tiny["context"], m, RULE, score)
+        got = kvzip.compress(tiny["model"], past, context, m, RULE, score)
         ok = np.isfinite(np.asarray(got.logw))
         assert ok.sum() == 4 * m and got.keys.shape[2] == want.sum(-1).max()
         assert len(set(want.sum(-1).ravel())) > 1  # heads keep different numbers
@@ -111,3 +131,50 @@ def test_the_evaluator_runs_kvzip_once_per_prompt(smollm2, monkeypatch):
         E.resolve("kvzip@adakv")
     with pytest.raises(ValueError, match="one-shot"):
         E.sweep(smollm2, [task], rules, [0.5], block=64, progress=False)
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None
+                        for m in ("torch", "transformers", "accelerate", "kvpress")),
+                    reason="torch, transformers, accelerate and kvpress are optional")
+def test_scores_match_kvpress(smollm2, tmp_path):
+    """Second implementation: kvpress's ``KVzipPress`` on the same SmolLM2 weights
+    (``transformers`` reads the GGUF), the same chat-formatted prompt of two chunks; its scores
+    are read where it computes them (``score_val``, as it compresses: after it has raised the
+    four sinks above every other score)."""
+    import torch
+    from kvpress import KVzipPress
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+    path = M.smollm2_path()
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                              dtype=torch.float32, attn_implementation="sdpa")
+    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp_path)
+    hf.save_pretrained(tmp_path)  # KVzipPress loads the tokenizer from the model's folder
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
+                                              attn_implementation="sdpa").eval()
+    tok = smollm2.tokenizer
+    task = mkv.tasks.make("niah_single_2", 2600, lambda t: len(tok.encode(t)), chat=tok.chat)
+    ids = np.asarray(tok.encode(task.context), np.int32)
+    press = KVzipPress(compression_ratio=0.5)
+    seen = {}
+    post = press.compress_post
+    press.compress_post = lambda model: (post(model), seen.setdefault(
+        "score", press.score_val.clone()))
+    with torch.inference_mode(), press(hf):
+        hf(input_ids=torch.tensor(ids[None], dtype=torch.long), past_key_values=DynamicCache())
+    theirs = seen["score"][:, 0].float().numpy()
+    ours = kvzip.scores(smollm2, E.prefill(smollm2, ids).past, ids)
+    assert len(kvzip.passes(tok, ids)) == 2 and ours.shape == theirs.shape
+    assert (theirs[:, :, :4] > theirs[:, :, 4:].max()).all()  # kvpress's sinks: max + 1
+    np.testing.assert_allclose(ours[:, :, 4:], theirs[:, :, 4:], atol=2e-3)
+    for m in (len(ids) // 2, len(ids) // 8):
+        mine, kvp = (kept_mask(s, m) for s in (ours, theirs))
+        assert mine.sum() == kvp.sum() == 90 * m
+        assert (mine & kvp).sum() >= 0.99 * 90 * m
+
+
+def kept_mask(score, m):
+    idx, ok = kvzip.keep(score, m)
+    mask = np.zeros(score.shape, bool)
+    np.put_along_axis(mask, idx, ok, -1)  # the padding indices are positions not kept
+    return mask

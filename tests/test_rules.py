@@ -155,6 +155,28 @@ def test_expected_attention(data, theta):
         rules.get("expected_attention")(c, 15, q)
 
 
+def test_expected_attention_leaves_the_sinks_queries_out(rng):
+    """Given the queries of every token (as the evaluator passes them, ``Rule.whole_prefix``),
+    the statistics leave out those at the 4 sink positions (kvpress): perturbing them changes no
+    score, the same queries without them give the same scores, perturbing the next one does."""
+    n = 40
+    c = mkv.Cache(rng.normal(size=(n, D)), rng.normal(size=(n, DV)))
+    q = rng.normal(size=(G, n, D))
+    rule = rules.get("expected_attention", theta=1e4)
+    assert rule.whole_prefix
+
+    def score(x):
+        return np.asarray(rule.score(c, jnp.asarray(x), None))
+
+    base = score(q)
+    moved = q.copy()
+    moved[:, :4] += 5.0
+    np.testing.assert_array_equal(score(moved), base)
+    np.testing.assert_allclose(score(q[:, 4:]), base, rtol=1e-6)
+    moved[:, 4] += 5.0
+    assert np.abs(score(moved)[4:] - base[4:]).max() > 1e-3 * base[4:].max()
+
+
 def test_attention_matching_rms_and_fit(data):
     c, q = data
     k, v = np.asarray(c.keys), np.asarray(c.values)

@@ -289,7 +289,9 @@ def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
         past: a :class:`~minimaxkv.Cache` with leading ``[L, Hkv]`` axes (keys/values
             ``[L, Hkv, S, hd]``, log-weights ``[L, Hkv, S]``), e.g. a full prefix, a compressed
             summary or a fixed-capacity buffer; ``None`` for no past.
-        n_queries: also return the post-RoPE queries of the last ``n_queries`` tokens.
+        n_queries: also return the post-RoPE queries of the last ``n_queries`` tokens (of the
+            real ones; ``len(ids)``: of every position, padding included, so that one program
+            serves every ``length`` of a bucket).
         all_logits: logits of every token (``[T, V]``) or of the last one only (``[1, V]``).
         length: the first ``length`` tokens are the chunk, the rest padding (so chunks of
             nearby lengths share a program, see :func:`bucket`): the last logits and the
@@ -308,8 +310,8 @@ def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
     length = int(ids.shape[0]) if length is None else int(length)
     if not 1 <= length <= ids.shape[0]:
         raise ValueError(f"length: expected 1..{ids.shape[0]} real tokens, got {length}")
-    if not 0 <= n_queries <= length:
-        raise ValueError(f"n_queries: expected 0..{length}, got {n_queries}")
+    if not (0 <= n_queries <= length or n_queries == ids.shape[0]):
+        raise ValueError(f"n_queries: expected 0..{length} or {ids.shape[0]}, got {n_queries}")
     if not beyond_context and isinstance(start, (int, np.integer)) and \
             int(start) + length > cfg.context:
         raise ValueError(f"positions {int(start)}..{int(start) + length - 1}: beyond the model's "

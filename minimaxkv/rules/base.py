@@ -51,6 +51,9 @@ class Rule(NamedTuple):
     # one selection for every KV head of a layer, from ``score`` averaged over the layer's heads
     # (:func:`layer_summaries`; a direct call on one KV head averages over its group only)
     layer_shared: bool = False
+    # the rule's published form reads every query of the prefix, not the last few: the evaluator
+    # passes it the queries of all the cache's tokens in one-shot compression
+    whole_prefix: bool = False
 
     def padded(self, cache, capacity: int, budget, queries=None, key=None) -> Summary:
         """The rule at ``budget`` atoms followed by ``capacity - budget`` empty atoms (log-weight
@@ -185,10 +188,11 @@ def evict(cache: Cache, kept) -> Summary:
 
 
 def scored(name: str, score: Callable, *, sinks: int = 0, window: int = 0,
-           needs_queries: bool = False, layer_shared: bool = False) -> Rule:
+           needs_queries: bool = False, layer_shared: bool = False,
+           whole_prefix: bool = False) -> Rule:
     """A rule that keeps protected atoms and the top-scored others; ``score(cache, q, key) -> [n]``.
     ``layer_shared``: the layer's KV heads keep one set, chosen on their mean score (see
-    :func:`layer_summaries`)."""
+    :func:`layer_summaries`); ``whole_prefix``: see :class:`Rule`."""
 
     def compress(cache, budget, queries, key):
         return evict(cache, select(score(cache, queries, key), budget, sinks, window))
@@ -198,7 +202,7 @@ def scored(name: str, score: Callable, *, sinks: int = 0, window: int = 0,
                           budget)
 
     return Rule(name, compress, needs_queries, score, upto,
-                lambda scores: priority(scores, sinks, window), layer_shared)
+                lambda scores: priority(scores, sinks, window), layer_shared, whole_prefix)
 
 
 def layer_summaries(rule: Rule, heads: list[Cache], queries: list, budgets, capacity: int,

@@ -118,8 +118,9 @@ def expected_attention(horizon: int = 512, theta: float | None = None, conventio
                        sinks: int = 4, shrinkage: float = 1e-3, scale: float | None = None) -> Rule:
     r"""Expected Attention (Devoto, Jeblick & Jégou 2025).
 
-    Observed queries are un-rotated to pre-RoPE (they sit at positions ``n-p..n-1``), a Gaussian
-    :math:`N(\mu,\Sigma)` is fitted per query head, future queries are modelled as
+    Observed queries are un-rotated to pre-RoPE (they sit at positions ``n-p..n-1``; those at
+    the sink positions, when given, are left out), a Gaussian :math:`N(\mu,\Sigma)` is fitted
+    per query head, future queries are modelled as
     :math:`N(\bar R\mu, \bar R\Sigma\bar R^T)` with :math:`\bar R` the RoPE rotation averaged over
     positions ``n .. n+horizon-1``, and for the atoms after the ``sinks`` first
 
@@ -127,6 +128,9 @@ def expected_attention(horizon: int = 512, theta: float | None = None, conventio
 
     the expected un-normalised attention (Gaussian moment generating function) normalised over
     the non-sink atoms; mean over group. The sinks are kept (they score :math:`+\infty`).
+
+    As published, the statistics come from every query of the prefix after the sinks: the
+    evaluator passes them all (``Rule.whole_prefix``); a direct call uses the queries it is given.
 
     ``theta`` is the RoPE base of the cache's keys and queries (the model's ``rope_theta``; 0 for
     a cache without RoPE): it has no default, since a wrong base silently moves every score.
@@ -145,6 +149,8 @@ def expected_attention(horizon: int = 512, theta: float | None = None, conventio
                              "without RoPE): rules.get('expected_attention', theta=...)")
         tau = default_scale(d) if scale is None else scale
         pre = rope.apply(queries.astype(jnp.float32), -query_positions(n, p), theta, convention)
+        # the queries of the sink tokens are left out of the statistics (kvpress)
+        pre = pre[:, min(max(0, sinks - (n - p)), p - 1):]
         k = cache.keys.astype(jnp.float32)
         s = min(sinks, n - 1)  # the softmax runs over the atoms after the sinks
 
@@ -162,7 +168,8 @@ def expected_attention(horizon: int = 512, theta: float | None = None, conventio
 
         return jnp.mean(jax.vmap(one)(pre), axis=0)
 
-    return scored("expected_attention", score, sinks=sinks, needs_queries=True)
+    return scored("expected_attention", score, sinks=sinks, needs_queries=True,
+                  whole_prefix=True)
 
 
 def _fit(q, shrinkage):
