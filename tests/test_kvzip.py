@@ -1,7 +1,6 @@
 """KVzip (mkv.kvzip): reconstruction scores against a float64 NumPy forward of the tiny model,
-the global allocation against a brute-force top-k, and the evaluator's use of it."""
-
-import importlib.util
+the global allocation against a brute-force top-k, and the evaluator's use of it (kvpress's own
+KVzipPress: tests/test_kvpress.py)."""
 
 import numpy as np
 import pytest
@@ -131,50 +130,3 @@ def test_the_evaluator_runs_kvzip_once_per_prompt(smollm2, monkeypatch):
         E.resolve("kvzip@adakv")
     with pytest.raises(ValueError, match="one-shot"):
         E.sweep(smollm2, [task], rules, [0.5], block=64, progress=False)
-
-
-@pytest.mark.skipif(any(importlib.util.find_spec(m) is None
-                        for m in ("torch", "transformers", "accelerate", "kvpress")),
-                    reason="torch, transformers, accelerate and kvpress are optional")
-def test_scores_match_kvpress(smollm2, tmp_path):
-    """Second implementation: kvpress's ``KVzipPress`` on the same SmolLM2 weights
-    (``transformers`` reads the GGUF), the same chat-formatted prompt of two chunks; its scores
-    are read where it computes them (``score_val``, as it compresses: after it has raised the
-    four sinks above every other score)."""
-    import torch
-    from kvpress import KVzipPress
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
-
-    path = M.smollm2_path()
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                              dtype=torch.float32, attn_implementation="sdpa")
-    AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).save_pretrained(tmp_path)
-    hf.save_pretrained(tmp_path)  # KVzipPress loads the tokenizer from the model's folder
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
-                                              attn_implementation="sdpa").eval()
-    tok = smollm2.tokenizer
-    task = mkv.tasks.make("niah_single_2", 2600, lambda t: len(tok.encode(t)), chat=tok.chat)
-    ids = np.asarray(tok.encode(task.context), np.int32)
-    press = KVzipPress(compression_ratio=0.5)
-    seen = {}
-    post = press.compress_post
-    press.compress_post = lambda model: (post(model), seen.setdefault(
-        "score", press.score_val.clone()))
-    with torch.inference_mode(), press(hf):
-        hf(input_ids=torch.tensor(ids[None], dtype=torch.long), past_key_values=DynamicCache())
-    theirs = seen["score"][:, 0].float().numpy()
-    ours = kvzip.scores(smollm2, E.prefill(smollm2, ids).past, ids)
-    assert len(kvzip.passes(tok, ids)) == 2 and ours.shape == theirs.shape
-    assert (theirs[:, :, :4] > theirs[:, :, 4:].max()).all()  # kvpress's sinks: max + 1
-    np.testing.assert_allclose(ours[:, :, 4:], theirs[:, :, 4:], atol=2e-3)
-    for m in (len(ids) // 2, len(ids) // 8):
-        mine, kvp = (kept_mask(s, m) for s in (ours, theirs))
-        assert mine.sum() == kvp.sum() == 90 * m
-        assert (mine & kvp).sum() >= 0.99 * 90 * m
-
-
-def kept_mask(score, m):
-    idx, ok = kvzip.keep(score, m)
-    mask = np.zeros(score.shape, bool)
-    np.put_along_axis(mask, idx, ok, -1)  # the padding indices are positions not kept
-    return mask
