@@ -195,7 +195,7 @@ class State(NamedTuple):
     last: jnp.ndarray  # [V]
     seconds: float  # spent compressing
     queries: jnp.ndarray | None = None  # [L, H, w, hd] of the last tokens read (uncompressed)
-    observed: int = 0  # the last ``observed`` of ``queries`` are the rules' observed queries
+    observed: int | None = None  # the last ``observed`` of ``queries`` are the rules' (all: None)
 
 
 def reads_whole_prefix(rule) -> bool:
@@ -210,7 +210,9 @@ def rule_queries(state: State, rule):
     ``state.observed``), or, for a rule that reads the whole prefix (``Rule.whole_prefix``),
     every one the state kept (all the prefix's with ``prefill(..., every_query=True)``)."""
     q = state.queries
-    return q if reads_whole_prefix(rule) else q[:, :, q.shape[2] - state.observed:]
+    if reads_whole_prefix(rule) or state.observed is None:
+        return q
+    return q[:, :, q.shape[2] - state.observed:]
 
 
 def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = None, *,
