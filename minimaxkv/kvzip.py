@@ -72,7 +72,8 @@ class Pass(NamedTuple):
 
 def frame(tokenizer) -> tuple[str, str]:
     """Step 1: the chat template's prefix and suffix around a user message (kvpress's way: a
-    dummy message with a separator, split), or ``("", "\n")`` without a template."""
+    dummy message with a separator, split), or an empty prefix and a newline without a
+    template."""
     dummy = "dummy context"
     sep = "\n" + "#" * len(dummy)
     text = tokenizer.chat(dummy + sep)
@@ -126,6 +127,9 @@ def scores(model: Model, past: Cache, context, rule: KVzip = KVzip()) -> np.ndar
     ``[L, Hkv, n]`` float32 (steps 1-3)."""
     cfg = model.config
     n = past.keys.shape[2]
+    if model.tokenizer is None:
+        raise ValueError("kvzip: the model has no tokenizer (tokenizer.json) to write the "
+                         "reconstruction prompt with")
     if len(context) != n:
         raise ValueError(f"context: {len(context)} tokens, but the cache holds {n}")
     # the cache padded to its bucket: contexts of nearby lengths share the model's program
@@ -168,6 +172,8 @@ def compress(model: Model, past: Cache, context, budget: int, rule: KVzip = KVzi
     keep fewer than the widest are padded with empty atoms: log-weight -inf); ``score``: the
     scores if already computed (they do not depend on the budget)."""
     n = past.keys.shape[2]
+    if budget < 1:
+        raise ValueError(f"budget: expected at least 1 atom per head, got {budget}")
     if budget >= n:
         return past
     score = scores(model, past, context, rule) if score is None else score
