@@ -41,7 +41,7 @@ import numpy as np
 from jax import lax
 
 from .attention import default_scale
-from .cache import Cache
+from .cache import Cache, compact
 from .model import Model, bucket, buffer, forward, pad_tokens
 
 FIRST = "\n\nRepeat the previous context exactly."
@@ -151,19 +151,13 @@ def scores(model: Model, past: Cache, context, rule: KVzip = KVzip()) -> np.ndar
     return out
 
 
-def keep(score: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
-    """Step 4: the ``L Hkv budget`` highest of ``score [L, Hkv, n]`` over every head (ties to the
-    earlier head and position). Returns ``idx [L, Hkv, w]``, each head's kept positions in
-    order then padding, and ``ok [L, Hkv, w]`` (False on padding), w the most any head keeps."""
-    L, K, n = score.shape
+def keep(score: np.ndarray, budget: int) -> np.ndarray:
+    """Step 4: a mask ``[L, Hkv, n]`` of the ``L Hkv budget`` highest of ``score`` over every
+    head (ties to the earlier head and position)."""
     flat = score.reshape(-1)
     chosen = np.zeros(flat.shape, bool)
-    chosen[np.argsort(-flat, kind="stable")[:L * K * budget]] = True
-    chosen = chosen.reshape(L, K, n)
-    width = int(chosen.sum(-1).max())
-    # kept positions first (in order), then the others: a stable sort on "not kept"
-    idx = np.argsort(~chosen, -1, kind="stable")[..., :width]
-    return idx, np.take_along_axis(chosen, idx, -1)
+    chosen[np.argsort(-flat, kind="stable")[:score.shape[0] * score.shape[1] * budget]] = True
+    return chosen.reshape(score.shape)
 
 
 def compress(model: Model, past: Cache, context, budget: int, rule: KVzip = KVzip(),
@@ -177,8 +171,5 @@ def compress(model: Model, past: Cache, context, budget: int, rule: KVzip = KVzi
     if budget >= n:
         return past
     score = scores(model, past, context, rule) if score is None else score
-    idx, ok = keep(score, budget)
-    take = jnp.asarray(idx)
-    pick = [jnp.take_along_axis(x, take[..., None], 2) for x in (past.keys, past.values)]
-    logw = jnp.where(jnp.asarray(ok), jnp.take_along_axis(past.logw, take, 2), -jnp.inf)
-    return Cache(pick[0], pick[1], logw)
+    chosen = jnp.asarray(keep(score, budget))
+    return compact(Cache(past.keys, past.values, jnp.where(chosen, past.logw, -jnp.inf)))

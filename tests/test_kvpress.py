@@ -49,14 +49,6 @@ def run_press(hf, press, ids):
         hf(input_ids=torch.tensor(ids[None], dtype=torch.long), past_key_values=DynamicCache())
 
 
-def kept_mask(score, m):
-    """The pairs :func:`minimaxkv.kvzip.keep` keeps of ``score`` [L, Hkv, n] at m per head."""
-    idx, ok = kvzip.keep(score, m)
-    mask = np.zeros(score.shape, bool)
-    np.put_along_axis(mask, idx, ok, -1)  # the padding indices are positions not kept
-    return mask
-
-
 def test_kvzip_scores_match_kvzippress(smollm2, hf):
     """kvpress's ``KVzipPress`` on a chat-formatted prompt of two passes; its scores are read
     where it computes them (``score_val``, as it compresses: after it has raised the four sinks
@@ -76,7 +68,7 @@ def test_kvzip_scores_match_kvzippress(smollm2, hf):
     assert (theirs[:, :, :4] > theirs[:, :, 4:].max()).all()  # kvpress's sinks: max + 1
     np.testing.assert_allclose(ours[:, :, 4:], theirs[:, :, 4:], atol=2e-3)
     for m in (len(ids) // 2, len(ids) // 8):
-        mine, kvp = (kept_mask(s, m) for s in (ours, theirs))
+        mine, kvp = (kvzip.keep(s, m) for s in (ours, theirs))
         assert mine.sum() == kvp.sum() == 90 * m
         assert (mine & kvp).sum() >= 0.99 * 90 * m
 
