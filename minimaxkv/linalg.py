@@ -49,12 +49,29 @@ def nnls_gram(h, g, iters: int = 2000, lower=0.0, upper=jnp.inf, exact_up_to: in
     :math:`O(1/t^2)` in objective). The step is exact
     (``eigvalsh``) up to k = ``exact_up_to``, then a power-iteration estimate x 1.1.
     """
-    lip = jnp.maximum(largest_eigenvalue(h, exact_up_to), 1e-30)
+    lip = largest_eigenvalue(h, exact_up_to)
+    return fista(lambda z: _mm(h, z), g, lip, iters, lower, upper, x0)
+
+
+def nnls_factored(b, g, diag, iters: int = 2000, lower=0.0, upper=jnp.inf, x0=None):
+    r""":func:`nnls_gram` for :math:`H=B^TB+\mathrm{diag}(d)` with ``b [r, k]``, r < k, never
+    formed: products with H cost O(r k) instead of O(k^2), and the step is
+    :math:`1/(\lambda_{\max}(BB^T)+\max_s d_s)`, an upper bound on :math:`\lambda_{\max}(H)`
+    from the exact eigenvalues of the r x r matrix :math:`BB^T`."""
+    lip = jnp.linalg.eigvalsh(_mm(b, b.T))[-1] + jnp.max(diag)
+    return fista(lambda z: _mm(b.T, _mm(b, z)) + diag * z, g, lip, iters, lower, upper, x0)
+
+
+def fista(hmul, g, lip, iters: int, lower, upper, x0=None):
+    r"""FISTA (Beck & Teboulle 2009) with a gradient-based restart for
+    :math:`\min_{l\le c\le u} c^THc - 2g^Tc`, H known through ``hmul`` (z -> Hz) and ``lip``
+    :math:`\ge\lambda_{\max}(H)`; ``iters`` steps of size 1/``lip`` from ``x0`` (default 0)."""
+    lip = jnp.maximum(lip, 1e-30)
     x0 = jnp.clip(jnp.zeros_like(g) if x0 is None else x0, lower, upper)
 
     def body(_, st):
         x, z, t = st
-        grad = _mm(h, z) - g
+        grad = hmul(z) - g
         xn = jnp.clip(z - grad / lip, lower, upper)
         tn = 0.5 * (1 + jnp.sqrt(1 + 4 * t * t))
         restart = jnp.dot(z - xn, xn - x) > 0

@@ -1,5 +1,7 @@
 """Fitting primitives against SciPy / NumPy solvers."""
 
+import itertools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -34,32 +36,45 @@ def test_box_constrained_nnls(rng):
 
 def test_mass_kernel_matches_augmented_lsq_linear(rng):
     """fit.mass_coefficients (weights, pull to 1, box) against SciPy's bounded least squares
-    on the stacked rows [sqrt(w) M; sqrt(pi) I] with targets [sqrt(w) t; sqrt(pi)]."""
+    on the stacked rows [sqrt(w) M; sqrt(pi) I] with targets [sqrt(w) t; sqrt(pi)]: in Gram
+    form (r > k) and through the factor (r < k, the k x k Gram matrix never formed)."""
     from scipy.optimize import lsq_linear
 
-    for lo, hi in ((0.0, np.inf), (np.exp(-3), np.exp(3))):
-        m, t = rng.uniform(size=(30, 6)), rng.uniform(0.5, 2.0, size=30)
-        w, pull = rng.uniform(0.1, 1.0, size=30), np.r_[0.0, 0.0, rng.uniform(0.1, 2.0, size=4)]
+    for (r, k, exact), (lo, hi) in itertools.product(((30, 6, 512), (8, 20, 0)),
+                                                      ((0.0, np.inf), (np.exp(-3), np.exp(3)))):
+        m, t = rng.uniform(size=(r, k)), rng.uniform(0.5, 2.0, size=r)
+        w = rng.uniform(0.1, 1.0, size=r)
+        pull = (np.r_[0.0, 0.0, rng.uniform(0.1, 2.0, size=k - 2)] if r > k
+                else rng.uniform(0.1, 2.0, size=k))  # r < k: a pull on every atom, one optimum
         stacked = np.vstack([np.sqrt(w)[:, None] * m, np.diag(np.sqrt(pull))])
         ref = lsq_linear(stacked, np.r_[np.sqrt(w) * t, np.sqrt(pull)], bounds=(lo, hi),
                          tol=1e-14).x
         got = fit.mass_coefficients(jnp.asarray(m), jnp.asarray(t), jnp.asarray(w),
-                                    pull=jnp.asarray(pull), bounds=(lo, hi), iters=20000)
+                                    pull=jnp.asarray(pull), bounds=(lo, hi), iters=20000,
+                                    exact_up_to=exact)
         np.testing.assert_allclose(np.asarray(got), ref, atol=1e-6)
 
 
 def test_value_kernel_matches_augmented_lstsq(rng):
     """fit.fitted_values (weights, per-slot ridge, prior) against NumPy's least squares on
-    [sqrt(w) P; sqrt(lam) I] and [sqrt(w) A; sqrt(lam) V0]; without a ridge, the minimum-norm
-    solution of a rank-deficient system."""
+    [sqrt(w) P; sqrt(lam) I] and [sqrt(w) A; sqrt(lam) V0], with more queries than slots (the
+    k x k normal equations) and fewer (the r x r push-through form), with and without a prior
+    and weights; without a ridge, the minimum-norm solution of a rank-deficient system."""
+    for r, k in ((25, 5), (6, 40)):
+        p, a, w = rng.uniform(size=(r, k)), rng.normal(size=(r, 3)), rng.uniform(0.1, 1, size=r)
+        lam, v0 = rng.uniform(0.01, 1.0, size=k), rng.normal(size=(k, 3))
+        for wt, prior in ((w, v0), (None, None)):
+            sw = np.sqrt(np.ones(r) if wt is None else wt)[:, None]
+            v_ref = np.zeros((k, 3)) if prior is None else prior
+            ref = np.linalg.lstsq(np.vstack([sw * p, np.diag(np.sqrt(lam))]),
+                                  np.vstack([sw * a, np.sqrt(lam)[:, None] * v_ref]),
+                                  rcond=None)[0]
+            got = fit.fitted_values(jnp.asarray(p), jnp.asarray(a),
+                                    None if wt is None else jnp.asarray(wt),
+                                    ridge=jnp.asarray(lam),
+                                    prior=None if prior is None else jnp.asarray(prior))
+            np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-10, atol=1e-12)
     p, a, w = rng.uniform(size=(25, 5)), rng.normal(size=(25, 3)), rng.uniform(0.1, 1, size=25)
-    lam, v0 = rng.uniform(0.01, 1.0, size=5), rng.normal(size=(5, 3))
-    ref = np.linalg.lstsq(np.vstack([np.sqrt(w)[:, None] * p, np.diag(np.sqrt(lam))]),
-                          np.vstack([np.sqrt(w)[:, None] * a, np.sqrt(lam)[:, None] * v0]),
-                          rcond=None)[0]
-    got = fit.fitted_values(jnp.asarray(p), jnp.asarray(a), jnp.asarray(w),
-                            ridge=jnp.asarray(lam), prior=jnp.asarray(v0))
-    np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-10, atol=1e-12)
     deficient = np.c_[p, p[:, :1]]  # a repeated column: many solutions, one of minimum norm
     ref = np.linalg.lstsq(np.sqrt(w)[:, None] * deficient, np.sqrt(w)[:, None] * a,
                           rcond=None)[0]

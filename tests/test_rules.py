@@ -357,13 +357,21 @@ def test_V1_blocked_greedy_is_the_greedy(rng):
     ends a batch when the best column lies outside it, which must not change the order: equal
     to the greedy on the rows of A (float64, explicit projections) for every shortlist size,
     with forced and invalid columns, a target fitted after 3 columns (the fall-back to
-    pivoting) and the value-blind mode."""
+    pivoting) and the value-blind mode; and, for an operator of a few query rows over private
+    rows (A = [X; diag(sqrt(mu))], the value-class operator's shape), with the residual rows
+    formed through the factor X^T once more steps are taken than X has rows."""
     from minimaxkv.rules.minimax import gram_order
 
-    for trial in range(6):
+    for trial in range(12):
         r, cols, k = 80, 50, 30
-        a = rng.random((r, cols)) ** (1 + trial)
-        y = (a[:, :3] @ rng.normal(size=(3, 4)) if trial == 1 else rng.normal(size=(r, 4)))
+        a = rng.random((r, cols)) ** (1 + trial % 6)
+        factor = None
+        if trial >= 6:  # 6 query rows over one private row per column
+            x = rng.random((6, cols)) ** (1 + trial % 6)
+            a = np.concatenate([x, np.diag(np.sqrt(rng.random(cols) * np.mean(x * x)))])
+            factor = jnp.asarray(x.T)
+        y = (a[:, :3] @ rng.normal(size=(3, 4)) if trial % 6 == 1
+             else rng.normal(size=(a.shape[0], 4)))
         forced = rng.random(cols) < 0.1
         valid = rng.random(cols) < 0.9
         for target in (y, None):
@@ -371,7 +379,8 @@ def test_V1_blocked_greedy_is_the_greedy(rng):
             for w in (1, 4, 32, 64):
                 got = gram_order(jnp.asarray(a.T @ a),
                                  None if target is None else jnp.asarray(a.T @ target), k,
-                                 jnp.asarray(forced), jnp.asarray(valid), shortlist=w)
+                                 jnp.asarray(forced), jnp.asarray(valid), shortlist=w,
+                                 factor=factor)
                 assert np.asarray(got).tolist() == want, (trial, target is None, w)
             short = gram_order(jnp.asarray(a.T @ a),
                                None if target is None else jnp.asarray(a.T @ target), k,
