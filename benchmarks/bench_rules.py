@@ -55,7 +55,7 @@ def main(argv=None):
     import jax
 
     import minimaxkv as mkv
-    from minimaxkv import rules
+    from minimaxkv import budgets, rules
 
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--rules", nargs="+", default=None, help="only these rules (default: all)")
@@ -64,6 +64,9 @@ def main(argv=None):
                    "assignment: temporaries + arguments + outputs)")
     p.add_argument("--budget", type=int, default=None,
                    help=f"atoms at every n (default n/{RATIO}, at most {MAX_BUDGET})")
+    p.add_argument("--ratio", type=float, default=None,
+                   help="compression ratio at every n, the fraction removed as kvpress counts "
+                   "it: budget int(n (1 - ratio)) atoms")
     args = p.parse_args(argv)
     rep = common.repeats(args)
     sizes = args.sizes or ([512, 1024] if args.quick else [512, 1024, 2048, 4096, 8192])
@@ -72,6 +75,8 @@ def main(argv=None):
         rules.get(name)  # an unknown name fails before any timing
     if args.budget is not None and not 1 <= args.budget < min(sizes):
         p.error(f"--budget must lie in [1, {min(sizes) - 1}]")
+    if args.ratio is not None and (args.budget is not None or not 0 < args.ratio < 1):
+        p.error("--ratio must lie in (0, 1) and cannot be given with --budget")
     mach = common.machine()
     print(common.machine_line(mach), flush=True)
     res = {name: {} for name in names}
@@ -79,7 +84,9 @@ def main(argv=None):
     key = jax.random.PRNGKey(1)
     for n in sizes:
         cache, q, theta = instance(n)
-        budget = min(n // RATIO, MAX_BUDGET) if args.budget is None else args.budget
+        budget = (args.budget if args.budget is not None else
+                  budgets.from_compression_ratio(args.ratio, n) if args.ratio is not None else
+                  min(n // RATIO, MAX_BUDGET))
         qflat = q.reshape(-1, D)
         t = common.timed({"attend": lambda: mkv.attend(qflat, cache)}, rep, pause=0.05)
         attend_s[n] = t["attend"]["best_s"]
@@ -98,8 +105,9 @@ def main(argv=None):
         return f"{x * 1e3:.2f}" if x < 1 else f"{x * 1e3:.0f}"
 
     lo, hi = sizes[0], sizes[-1]
-    what = (f"n/{RATIO} (at most {MAX_BUDGET})" if args.budget is None else
-            f"{args.budget} atoms at every n")
+    what = (f"{args.budget} atoms at every n" if args.budget is not None else
+            f"int(n (1 - {args.ratio})) atoms (compression ratio {args.ratio})"
+            if args.ratio is not None else f"n/{RATIO} (at most {MAX_BUDGET})")
     print(f"\nSteady-state compression time per head (ms; best of {rep}), budget {what}, "
           f"{G}x{P_OBS} observed queries; slope = log-log growth from n = {lo} to {hi}; "
           f"'x attend' = rule / one attention pass at n = {hi}")
@@ -124,9 +132,11 @@ def main(argv=None):
         [[name] + [f"{res[name][n]['first_s']:.2f}" for n in sizes]
          + [f"{res[name][hi]['first_s'] / res[name][hi]['best_s']:.0f}"] for name in names])
     tag = ("-" + "-".join(n.replace("+", "_") for n in args.rules) if args.rules else "") + (
-        f"-m{args.budget}" if args.budget is not None else "")  # a partial run keeps its own file
+        f"-m{args.budget}" if args.budget is not None else
+        f"-r{args.ratio}" if args.ratio is not None else "")  # a partial run keeps its own file
     common.save("bench_rules" + tag, args, {"sizes": sizes, "budget_ratio": RATIO,
-                                      "fixed_budget": args.budget, "group": G,
+                                      "fixed_budget": args.budget, "ratio": args.ratio,
+                                      "group": G,
                                       "observed": P_OBS, "d": D, "rules": res,
                                       "attend_s": attend_s, "tables": [steady, first]})
 

@@ -38,16 +38,18 @@ def mass_coefficients(cols, target, weights=None, *, pull=None, start=None,
     per-query unit shared with ``target`` :math:`t` ``[r]``), ``weights`` :math:`w` ``[r]``
     (default 1), ``pull`` :math:`\pi` ``[k]`` (default 0; a kept atom's private isolating probe,
     docs/theory.md section 9.2). Solved in Gram form by :func:`minimaxkv.linalg.nnls_gram` from
-    ``start`` (default 0) with ``iters`` FISTA steps; with fewer reference queries than atoms
-    (r < k) and more atoms than ``exact_up_to``, through the factor (never forming the k x k
-    Gram matrix, :func:`minimaxkv.linalg.nnls_factored`). Pure and traceable; no input checks.
+    ``start`` (default 0) with ``iters`` FISTA steps; with fewer than half as many reference
+    queries as atoms (2r < k) and more atoms than ``exact_up_to``, through the factor (never
+    forming the k x k Gram matrix, :func:`minimaxkv.linalg.nnls_factored`; its r x r
+    eigenvalue exact up to ``exact_up_to`` as well). Pure and traceable; no input checks.
     """
     r, k = cols.shape
-    if r < k and k > exact_up_to:
+    if 2 * r < k and k > exact_up_to:
         b = cols if weights is None else cols * jnp.sqrt(weights)[:, None]
         g = linalg.matmul(b.T, target if weights is None else jnp.sqrt(weights) * target)
         diag = jnp.zeros((k,), cols.dtype) if pull is None else pull
-        return linalg.nnls_factored(b, g + diag, diag, iters, bounds[0], bounds[1], x0=start)
+        return linalg.nnls_factored(b, g + diag, diag, iters, bounds[0], bounds[1],
+                                    exact_up_to=exact_up_to, x0=start)
     mw = cols if weights is None else cols * weights[:, None]
     h, g = linalg.matmul(mw.T, cols), linalg.matmul(mw.T, target)
     if pull is not None:
@@ -65,7 +67,8 @@ def fitted_values(attn, target, weights=None, *, ridge=None, prior=None):
     query), ``target`` :math:`A` ``[r, dv]``, ``weights`` :math:`w` ``[r]`` (default 1),
     ``ridge`` :math:`\lambda` (a scalar or ``[k]``, > 0; Cholesky) and ``prior`` :math:`V^0`
     ``[k, dv]`` (default 0). ``ridge=None``: the minimum-norm least-squares solution (SVD).
-    With a ridge and fewer reference queries than atoms (r < k), by the push-through identity
+    With a ridge and fewer than half as many reference queries as atoms (2r < k), by the
+    push-through identity
     :math:`(B^TB+\Lambda)^{-1}B^T=\Lambda^{-1}B^T(I_r+B\Lambda^{-1}B^T)^{-1}`,
     :math:`B=W^{1/2}\hat P`: :math:`\hat V=V^0+\Lambda^{-1}B^T(I_r+B\Lambda^{-1}B^T)^{-1}
     W^{1/2}(A-\hat PV^0)`, an r x r system, O(r^2 k) instead of O(k^3).
@@ -76,7 +79,7 @@ def fitted_values(attn, target, weights=None, *, ridge=None, prior=None):
         return jnp.linalg.lstsq(sw * attn, sw * target)[0]
     lam = jnp.broadcast_to(jnp.asarray(ridge, attn.dtype), (attn.shape[1],))
     r, k = attn.shape
-    if r < k:
+    if 2 * r < k:
         sw = jnp.ones((r,), attn.dtype) if weights is None else jnp.sqrt(weights)
         b = attn * sw[:, None]
         err = sw[:, None] * (target if prior is None else target - linalg.matmul(attn, prior))

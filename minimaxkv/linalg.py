@@ -53,12 +53,15 @@ def nnls_gram(h, g, iters: int = 2000, lower=0.0, upper=jnp.inf, exact_up_to: in
     return fista(lambda z: _mm(h, z), g, lip, iters, lower, upper, x0)
 
 
-def nnls_factored(b, g, diag, iters: int = 2000, lower=0.0, upper=jnp.inf, x0=None):
+def nnls_factored(b, g, diag, iters: int = 2000, lower=0.0, upper=jnp.inf,
+                  exact_up_to: int = 512, x0=None):
     r""":func:`nnls_gram` for :math:`H=B^TB+\mathrm{diag}(d)` with ``b [r, k]``, r < k, never
-    formed: products with H cost O(r k) instead of O(k^2), and the step is
-    :math:`1/(\lambda_{\max}(BB^T)+\max_s d_s)`, an upper bound on :math:`\lambda_{\max}(H)`
-    from the exact eigenvalues of the r x r matrix :math:`BB^T`."""
-    lip = jnp.linalg.eigvalsh(_mm(b, b.T))[-1] + jnp.max(diag)
+    formed: products with H cost O(r k) instead of O(k^2). The step is
+    :math:`1/(\lambda_{\max}(BB^T)+\max_s d_s)` (Weyl: an upper bound on
+    :math:`\lambda_{\max}(H)`, as the nonzero spectra of :math:`B^TB` and :math:`BB^T`
+    coincide), the r x r eigenvalue by :func:`largest_eigenvalue` (exact up to r =
+    ``exact_up_to``)."""
+    lip = largest_eigenvalue(_mm(b, b.T), exact_up_to) + jnp.max(diag)
     return fista(lambda z: _mm(b.T, _mm(b, z)) + diag * z, g, lip, iters, lower, upper, x0)
 
 

@@ -305,10 +305,13 @@ def gram_order(gram, corr, k: int, forced=None, valid=None, steps=None, shortlis
     value-class operator's query rows and private rows): column l's residual inner products
     with an unchosen column i are :math:`g_{il}-f_i^THf_l` with
     :math:`H=\sum_tq_tq_t^T` ``[r, r]`` over the F-parts :math:`q_t` of the orthonormal basis
-    so far (the private parts of the basis lie on chosen columns only), so a batch's rows cost
-    O(w r L) once more than r steps are taken, instead of O(w t L) at step t."""
+    so far (the private parts of the basis lie on chosen columns only; docs/theory.md V1(c)),
+    so a batch's rows cost O(w r L) once more than r steps are taken, instead of O(w t L) at
+    step t, for O(r^2) more a step (H's update): used when k > 2r, else ignored."""
     size = gram.shape[0]
     dt = gram.dtype
+    if factor is not None and k <= 2 * factor.shape[1]:
+        factor = None  # too few steps past the factor's rank to repay H's updates
     eps = jnp.finfo(dt).eps
     tiny = 1e-300 if dt == jnp.float64 else 1e-30
     valid = jnp.ones((size,), bool) if valid is None else valid
