@@ -76,16 +76,20 @@ def smollm2():
 
 # the child: ``minimaxkv argv`` whose first stored row is followed by a SIGINT to itself, so the
 # interruption lands right after that row however fast the run (a parent polling the store can
-# miss a run that finishes while it waits for a time slice)
+# miss a run that finishes while it waits for a time slice). The signal is raised in the calling
+# thread, whose pending handlers run before ``raise_signal`` returns (``os.kill`` lets the kernel
+# pick a thread, and the interrupt may surface later, where it can be lost); its handler is set
+# explicitly, as Python keeps an ignored SIGINT inherited from the parent
 _INTERRUPTED_CHILD = """
-import os, signal, sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from minimaxkv import store
 from minimaxkv.cli import main
 add = store.add
 def add_then_interrupt(*args, **kwargs):
     rows = add(*args, **kwargs)
     store.add = add
-    os.kill(os.getpid(), signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
     return rows
 store.add = add_then_interrupt
 sys.exit(main(sys.argv[1:]))
