@@ -206,7 +206,7 @@ def compressed_caches(m, ids, rules, kept) -> tuple:
     from minimaxkv import evaluate as E
     from minimaxkv.cache import compact
 
-    chosen = {name: E.resolve(name, theta=m.config.rope_theta) for name in rules}
+    chosen = {name: E.resolve(name, **m.config.rule_hyper) for name in rules}
     state = E.prefill(m, ids, observed=OBSERVED,
                       every_query=any(E.reads_whole_prefix(r) for r in chosen.values()))
     caches = {"full cache": {"rule": "full cache", "kept": 1.0, "past": state.past,

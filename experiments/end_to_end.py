@@ -36,7 +36,7 @@ def run(config: dict) -> dict:
     task_list = [tasks.make(config["task"], config["tokens"], lambda t: len(tok.encode(t)),
                             seed=config["seed"] + i, chat=tok.chat)
                  for i in range(config["samples"])]
-    chosen = {name: evaluate.resolve(name, theta=model.config.rope_theta)
+    chosen = {name: evaluate.resolve(name, **model.config.rule_hyper)
               for name in config["rules"]}
     rows = evaluate.sweep(model, task_list, chosen, config["budgets"],
                           query_aware=config["query_aware"], observed=config["observed"],

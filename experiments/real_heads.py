@@ -35,9 +35,9 @@ def run(config: dict) -> dict:
     from minimaxkv import analyze, capture, rules
 
     cap = common.smollm2_capture(config["text"], config["tokens"])
-    theta = capture.rope_theta(cap)  # the model's RoPE base, for the rules that model RoPE
+    hyper = capture.rule_hyper(cap)  # the model's RoPE and scale, for the rules that use them
     rows = analyze.analyze(cap, config["budgets"],
-                           {r: rules.get(r, theta=theta) for r in config["rules"]},
+                           {r: rules.get(r, **hyper) for r in config["rules"]},
                            future=config["future"], observed=config["observed"],
                            eps=config["eps"], heads=config["heads"], spectrum=True)
     return {"rows": rows, "layers": cap.layers, "kv_heads": cap.kv_heads, "group": cap.group,

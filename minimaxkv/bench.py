@@ -113,7 +113,7 @@ def run(model, cfg: dict, path, *, force: bool = False, progress: bool = True) -
         print(f"{path}: not a readable results store, set aside as {moved}", file=sys.stderr)
     done = [] if force else selected(store.read(path), cfg)
     task_list = prompts(model, cfg)
-    rules = {name: evaluate.resolve(name, theta=model.config.rope_theta) for name in cfg["rules"]}
+    rules = {name: evaluate.resolve(name, **model.config.rule_hyper) for name in cfg["rules"]}
     prov = provenance()
     for aware in cfg["protocols"]:
         evaluate.sweep(

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from . import __version__, io
+from . import __version__, io, rope
 from .cache import Cache
 
 
@@ -57,14 +57,26 @@ def text_hash(ids) -> str:
     return hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]
 
 
-def rope_theta(cap: Captured) -> float:
-    """The RoPE base of the model a capture was taken from (its recorded configuration's
-    ``rope_theta``), which the rules that model RoPE need (:data:`minimaxkv.rules.ROPE_AWARE`)."""
-    theta = (cap.meta.get("config") or {}).get("rope_theta")
+def rope_theta(cap: Captured):
+    """The RoPE of the model a capture was taken from (its recorded configuration's
+    ``rope_theta``, with ``rope_scaling`` as a :class:`minimaxkv.rope.Llama3` where the model
+    scales its frequencies), which the rules that model RoPE need
+    (:data:`minimaxkv.rules.ROPE_AWARE`)."""
+    config = cap.meta.get("config") or {}
+    theta = config.get("rope_theta")
     if not isinstance(theta, (int, float)) or isinstance(theta, bool) or not theta > 0:
         raise ValueError(f"capture of {cap.meta.get('model')!r}: its metadata records no RoPE "
                          "base (config.rope_theta); capture it again with minimaxkv capture")
-    return float(theta)
+    scaling = config.get("rope_scaling")
+    return float(theta) if scaling is None else rope.Llama3(float(theta), *scaling)
+
+
+def rule_hyper(cap: Captured) -> dict:
+    """What the rules take from the capture's model (see ``Config.rule_hyper``): its RoPE as
+    ``theta`` and its attention temperature as ``scale`` (recorded, else ``head_dim ** -0.5``)."""
+    scale = (cap.meta.get("config") or {}).get("attn_scale")
+    return {"theta": rope_theta(cap),
+            "scale": cap.keys.shape[-1] ** -0.5 if scale is None else float(scale)}
 
 
 def capture(model, ids, *, source: str = "") -> Captured:

@@ -228,8 +228,8 @@ def _analyze_rows(args):
             raise ValueError(f"--layers {bad}: the capture has layers 0..{cap.layers - 1}")
         heads = [(i, h) for i in args.layers for h in range(cap.kv_heads)]
     names = list(args.rules or ANALYZE_RULES)
-    theta = capture.rope_theta(cap)  # the model's RoPE base, for the rules that model RoPE
-    chosen = {name: rules.get(name, theta=theta) for name in names}
+    hyper = capture.rule_hyper(cap)  # the model's RoPE and scale, for the rules that use them
+    chosen = {name: rules.get(name, **hyper) for name in names}
     spectrum = bool(getattr(args, "plot", None))
     config = {"command": "analyze",
               "capture": {k: cap.meta.get(k) for k in ("model", "tokens", "text_sha256")},
@@ -381,7 +381,7 @@ def evaluate_cmd(args) -> int:
     task_list = [tasks.make(args.task, args.length, lambda t: len(tok.encode(t)), seed=args.seed + i,
                             chat=tok.chat) for i in range(args.samples)]
     names = args.rules or list(EVALUATE_RULES)
-    chosen = {name: evaluate.resolve(name, theta=m.config.rope_theta) for name in names}
+    chosen = {name: evaluate.resolve(name, **m.config.rule_hyper) for name in names}
     config = {"command": "evaluate", "model": m.config.name, "task": args.task,
               "length": args.length, "query_aware": args.query_aware, "block": args.block,
               "observed": args.observed, "max_new": args.max_new, "decode_block": args.decode_block}

@@ -16,7 +16,7 @@ context, and every cached pair is scored by the attention the repetition pays to
    last ``tail`` = 8 tokens of the previous chunk (later chunks), then the suffix and the chunk's
    own tokens. Each pass is separate: the cache holds the context alone when the next one starts.
 3. **Scores.** In every layer, the queries of all the pass's tokens (every query head, after
-   RoPE) attend, with the model's scale :math:`d^{-1/2}`, to a subset of keys: the first
+   RoPE) attend, with the model's scale :math:`\tau` (:math:`d^{-1/2}`), to a subset of keys: the first
    ``min(sinks, start)`` keys of the sequence (``start``: the chunk's first position), the
    chunk's keys, and causally the pass's own keys. A chunk key's score is the largest of these
    softmax weights over the queries and the query heads of its KV head's group. The first
@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .attention import default_scale
 from .cache import Cache, compact
 from .model import Model, bucket, buffer, forward, pad_tokens
 
@@ -145,7 +144,7 @@ def scores(model: Model, past: Cache, context, rule: KVzip = KVzip()) -> np.ndar
                                                      (0, 0)))
         got_s = _pass_scores(got.queries, past.keys[:, :, :s], chunk,
                              jnp.arange(width) < p.hi - p.lo, got.keys, len(p.ids),
-                             default_scale(cfg.head_dim), s)
+                             cfg.scale, s)
         out[:, :, p.lo:p.hi] = np.asarray(got_s)[:, :, :p.hi - p.lo]
     out[:, :, :rule.sinks] = 1.0  # softmax weights are at most 1: the sinks come first
     return out

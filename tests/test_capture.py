@@ -56,6 +56,28 @@ def test_capture_matches_reference_attention(tiny, tmp_path):
         back.head(2, 0)
 
 
+def test_a_capture_keeps_what_the_rules_take_from_its_model(tmp_path):
+    """A Llama-3 model's scaled RoPE and its attention scale survive the file: the rules built
+    from the loaded capture are the rules built from the model, and the scaling reaches them
+    (Expected Attention keeps other atoms under the unscaled base)."""
+    tokens, _, _ = tiny_llama.vocabulary()
+    cfg = tiny_llama.config(len(tokens), scaling=(4.0, 1.0, 4.0, 16))
+    tiny_llama.write_hf(tmp_path / "hf", cfg, tiny_llama.weights(cfg, 2))
+    m = M.load(tmp_path / "hf")
+    m = m._replace(config=m.config._replace(attn_scale=0.3))
+    ids = np.random.default_rng(1).integers(0, cfg["vocab"], 64)
+    back = capture.load(capture.save(tmp_path / "c.safetensors", capture.capture(m, ids)))
+    hyper = capture.rule_hyper(back)
+    assert hyper == m.config.rule_hyper and hyper["theta"] == mkv.rope.Llama3(1e4, 4.0, 1.0, 4.0, 16)
+    assert hyper["scale"] == 0.3
+    cache, q = back.head(1, 0)
+    kept = {}
+    for theta in (hyper["theta"], 1e4):
+        rule = mkv.rules.get("expected_attention", theta=theta, scale=0.3)
+        kept[theta] = np.asarray(rule(cache, 12, q.reshape(-1, 8)[-32:]).cache.keys)
+    assert not np.array_equal(*kept.values())
+
+
 def test_corrupt_truncated_and_empty_files_are_refused(tiny, tmp_path):
     m, cfg, _ = tiny
     cap = capture.capture(m, np.arange(20) % cfg["vocab"])

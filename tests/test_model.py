@@ -2,6 +2,7 @@
 chunked prefill over a past cache, and SmolLM2-135M itself (perplexity, transformers cross-check)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import jax
@@ -60,6 +61,108 @@ def test_qwen2_style_biases(tmp_path):
     ids = _ids(50, cfg["vocab"], 2)
     ref = tiny_llama.reference_logits(cfg, w, ids)
     assert np.abs(np.asarray(M.logits(m, ids), np.float64) - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+# each architecture's own feature, and what the reference becomes without it (to show it matters)
+ARCHS = {"llama3": (dict(kind="llama", scaling=(4.0, 1.0, 4.0, 128)), dict(scaling=None)),
+         "qwen2": (dict(kind="qwen2"), dict(qwen=False)),
+         "qwen3": (dict(kind="qwen3", head_dim=12), dict(kind="llama")),
+         "mistral": (dict(kind="mistral", window=50), dict(window=None))}
+
+
+def _arch(arch, folder, dialect="hub", seed=7):
+    tokens, _, _ = tiny_llama.vocabulary()
+    cfg = tiny_llama.config(len(tokens), **ARCHS[arch][0])
+    w = tiny_llama.weights(cfg, seed)
+    tiny_llama.write_hf(folder, cfg, w, dialect)
+    return cfg, w
+
+
+@pytest.mark.parametrize("dialect", ["hub", "v5"])
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_architectures_match_float64_reference(tmp_path, arch, dialect):
+    """Llama 3's scaled RoPE past its original context (128 < 300 tokens), Qwen2's biases, Qwen3's
+    per-head query/key norms (head_dim 12 != dim / heads) and Mistral's sliding window (50 < 300)
+    from config.json in either dialect: logits equal the float64 reference, which differs by far
+    more without the feature."""
+    cfg, w = _arch(arch, tmp_path, dialect)
+    m = M.load(tmp_path)
+    ids = _ids(300, cfg["vocab"], 5)  # > one query block: the window crosses tile borders
+    ours = np.asarray(M.logits(m, ids), np.float64)
+    ref = tiny_llama.reference_logits(cfg, w, ids)
+    scale = np.abs(ref).max()
+    assert np.abs(ours - ref).max() < 1e-4 * scale
+    without = tiny_llama.reference_logits({**cfg, **ARCHS[arch][1]}, w, ids)
+    assert np.abs(ours - without).max() > 1e-2 * scale
+
+
+def test_both_dialects_give_one_config(tmp_path):
+    tokens, _, _ = tiny_llama.vocabulary()
+    cfg = tiny_llama.config(len(tokens), scaling=(8.0, 1.0, 4.0, 8192))
+    hub, v5 = tiny_llama.hf_config(cfg, "hub"), tiny_llama.hf_config(cfg, "v5")
+    assert "rope_scaling" in hub and "rope_parameters" in v5 and "rope_theta" not in v5
+    c = M.hf_config(hub)
+    assert c == M.hf_config(v5) and c.rope == mkv.rope.Llama3(1e4, 8.0, 1.0, 4.0, 8192)
+    assert c.rule_hyper == {"theta": c.rope, "scale": 8 ** -0.5}
+    plain = M.hf_config(tiny_llama.hf_config(tiny_llama.config(len(tokens)), "v5"))
+    assert plain.rope == 1e4 and plain.rope_scaling is None
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"model_type": "gemma"}, "model_type 'gemma'"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}, "RoPE type 'yarn'"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "RoPE type 'linear'"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3 RoPE scaling lacks"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}}, "disagree"),
+    ({"rope_parameters": {"full_attention": {"rope_theta": 1e4}}}, "rope_parameters"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"use_sliding_window": True}, "use_sliding_window"),
+    ({"layer_types": ["full_attention", "sliding_attention"]}, "layer_types"),
+    ({"quantization_config": {"bits": 4}, "attn_logit_softcapping": 50.0},
+     "attn_logit_softcapping, quantization_config not understood"),
+    ({"hidden_size": None}, "required field 'hidden_size'"),
+])
+def test_config_fields_that_change_the_computation_are_refused_by_name(change, match):
+    """config.json fields the model does not implement are a one-line error naming them, never
+    silently ignored (e.g. transformers 5's ``rope_parameters`` used to fall back to theta 1e4)."""
+    tokens, _, _ = tiny_llama.vocabulary()
+    hf = tiny_llama.hf_config(tiny_llama.config(len(tokens)))
+    hf.update(change)
+    hf = {k: v for k, v in hf.items() if v is not None}
+    with pytest.raises(ValueError, match=match):
+        M.hf_config(hf)
+
+
+def test_attention_scale_is_the_config_s(tiny):
+    """The logits' temperature is ``Config.scale`` (here 0.2 instead of 8^-1/2) everywhere."""
+    m = tiny["gguf"]
+    cfg = m.config._replace(attn_scale=0.2)
+    ids = _ids(40, cfg.vocab, 3)
+    ours = np.asarray(M.forward(m.params, cfg, jnp.asarray(ids)).logits, np.float64)
+    ref = tiny_llama.reference_logits({**tiny["cfg"], "scale": 0.2}, tiny["w"], ids)
+    assert np.abs(ours - ref).max() < 1e-4 * np.abs(ref).max()
+    assert cfg.rule_hyper["scale"] == 0.2 and m.config.scale == 8 ** -0.5
+
+
+def test_sliding_window_with_a_past_is_exact_inside_the_window_and_refused_beyond(tmp_path):
+    """A past cache carries no positions, so it cannot be windowed: a chunk over a past equals the
+    full forward while every position lies within the window, and past it is a clear error (in
+    decoding too)."""
+    cfg, _ = _arch("mistral", tmp_path)
+    m = M.load(tmp_path)
+    ids = jnp.asarray(_ids(50, cfg["vocab"], 8))  # positions 0..49: within the window of 50
+    full = M.forward(m.params, m.config, ids).logits
+    head = M.forward(m.params, m.config, ids[:30])
+    past = M.concat(M.empty_past(m.config), head.keys, head.values)
+    tail = M.forward(m.params, m.config, ids[30:], 30, past).logits
+    np.testing.assert_allclose(np.asarray(tail), np.asarray(full[30:]), atol=2e-4)
+    with pytest.raises(ValueError, match="sliding window of 50"):
+        M.forward(m.params, m.config, jnp.asarray(_ids(21, cfg["vocab"])), 30, past)
+    buf = M.buffer(past, 30)
+    with pytest.raises(ValueError, match="sliding window of 50"):
+        M.decode(m.params, m.config, 1, 50, buf, 30)
 
 
 @pytest.mark.parametrize("block", [1, 7, 64])
@@ -279,6 +382,48 @@ def test_smollm2_matches_transformers(smollm2, water_ids):
         v_ref = kv.layers[layer].values[0].numpy() if hasattr(kv, "layers") else kv[layer][1][0].numpy()
         np.testing.assert_allclose(np.asarray(ours.keys[layer]), k_ref, atol=1e-3, rtol=1e-4)
         np.testing.assert_allclose(np.asarray(ours.values[layer]), v_ref, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None
+                    or importlib.util.find_spec("torch") is None,
+                    reason="torch and transformers are optional")
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_architectures_match_transformers(tmp_path, arch):
+    """Independent implementation: each tiny architecture built and saved by ``transformers``
+    (its config.json in the dialect it writes, then rewritten in the hub's), loaded here; logits
+    agree to 1e-4 of their scale."""
+    import torch
+    import transformers as tf
+
+    tokens, _, _ = tiny_llama.vocabulary()
+    cfg = tiny_llama.config(len(tokens), **ARCHS[arch][0])
+    hf = tiny_llama.hf_config(cfg, "v5")
+    kind = hf.pop("model_type")
+    hf.pop("torch_dtype")
+    config = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config,
+              "mistral": tf.MistralConfig}[kind](**hf)
+    config._attn_implementation = "eager"
+    model = tf.AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
+    folder = tmp_path / "ours"
+    tiny_llama.write_hf(folder, cfg, tiny_llama.weights(cfg, 4))
+    from safetensors.torch import load_file
+    missing, unexpected = model.load_state_dict(load_file(folder / "model.safetensors"),
+                                                strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    model.save_pretrained(tmp_path / "tf")
+    ids = _ids(300, cfg["vocab"], 6)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids[None])).logits[0].double().numpy()
+    written = json.loads((tmp_path / "tf" / "config.json").read_text())
+    hub = {k: v for k, v in written.items() if k != "rope_parameters"}
+    rope = dict(written["rope_parameters"])
+    hub["rope_theta"] = rope.pop("rope_theta")
+    if rope["rope_type"] != "default":
+        hub["rope_scaling"] = rope
+    for dialect in (written, hub):
+        (tmp_path / "tf" / "config.json").write_text(json.dumps(dialect))
+        ours = np.asarray(M.logits(M.load(tmp_path / "tf"), ids), np.float64)
+        assert np.abs(ours - ref).max() < 1e-4 * np.abs(ref).max()
 
 
 def test_bfloat16_storage_stays_close(tiny):

@@ -41,9 +41,16 @@ def vocabulary():
     return tokens, merges, types
 
 
-def config(vocab: int, qwen: bool = False) -> dict:
-    return dict(vocab=vocab, dim=32, layers=2, heads=4, kv_heads=2, head_dim=8, hidden=48,
-                theta=10000.0, eps=1e-5, qwen=qwen)
+def config(vocab: int, qwen: bool = False, *, kind: str | None = None, head_dim: int = 8,
+           scaling: tuple | None = None, window: int | None = None) -> dict:
+    """The tiny model's hyper-parameters. ``kind``: ``llama`` (default; ``scaling`` = Llama 3's
+    RoPE ``(factor, low_freq_factor, high_freq_factor, original_context)``), ``qwen2`` (Q/K/V
+    biases; ``qwen=True`` says the same), ``qwen3`` (per-head query/key RMSNorm; ``head_dim``
+    need not be dim / heads) or ``mistral`` (``window``: sliding-window attention)."""
+    kind = kind or ("qwen2" if qwen else "llama")
+    return dict(vocab=vocab, dim=32, layers=2, heads=4, kv_heads=2, head_dim=head_dim, hidden=48,
+                theta=10000.0, eps=1e-5, qwen=kind == "qwen2", kind=kind, scaling=scaling,
+                window=window)
 
 
 def weights(cfg: dict, seed: int = 0) -> dict:
@@ -66,6 +73,9 @@ def weights(cfg: dict, seed: int = 0) -> dict:
         if cfg["qwen"]:
             for b, n in (("bq", H * hd), ("bk", K * hd), ("bv", K * hd)):
                 w[p + b] = (0.3 * rng.standard_normal(n)).astype(np.float32)
+        if cfg.get("kind") == "qwen3":
+            for b in ("q_norm", "k_norm"):
+                w[p + b] = (1 + 0.5 * rng.standard_normal(hd)).astype(np.float32)
     return w
 
 
@@ -134,24 +144,46 @@ def write_gguf(path: Path, cfg: dict, w: dict, *, quantize: bool = True) -> dict
     return stored
 
 
-def write_hf(folder: Path, cfg: dict, w: dict):
+def hf_config(cfg: dict, dialect: str = "hub") -> dict:
+    """config.json of the tiny model: ``hub`` puts the RoPE in top-level ``rope_theta`` /
+    ``rope_scaling`` (as the model hub's checkpoints do), ``v5`` in ``rope_parameters`` (as
+    transformers 5 writes it)."""
+    hf = {"model_type": cfg.get("kind", "qwen2" if cfg["qwen"] else "llama"),
+          "vocab_size": cfg["vocab"], "hidden_size": cfg["dim"], "num_hidden_layers": cfg["layers"],
+          "num_attention_heads": cfg["heads"], "num_key_value_heads": cfg["kv_heads"],
+          "head_dim": cfg["head_dim"], "intermediate_size": cfg["hidden"],
+          "rms_norm_eps": cfg["eps"], "tie_word_embeddings": False,
+          "max_position_embeddings": 512, "hidden_act": "silu", "torch_dtype": "float32"}
+    rope = {"rope_type": "default", "rope_theta": cfg["theta"]}
+    if cfg.get("scaling"):
+        factor, low, high, original = cfg["scaling"]
+        rope = {"rope_type": "llama3", "rope_theta": cfg["theta"], "factor": factor,
+                "low_freq_factor": low, "high_freq_factor": high,
+                "original_max_position_embeddings": original}
+    if cfg.get("window"):
+        hf["sliding_window"] = cfg["window"]
+    if dialect == "v5":
+        hf["rope_parameters"] = rope
+    else:
+        hf["rope_theta"] = rope.pop("rope_theta")
+        if rope["rope_type"] != "default":
+            hf["rope_scaling"] = rope
+    return hf
+
+
+def write_hf(folder: Path, cfg: dict, w: dict, dialect: str = "hub"):
     """Write ``w`` as a Hugging Face directory (config.json + model.safetensors + tokenizer)."""
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    hf = {"model_type": "qwen2" if cfg["qwen"] else "llama", "vocab_size": cfg["vocab"],
-          "hidden_size": cfg["dim"], "num_hidden_layers": cfg["layers"],
-          "num_attention_heads": cfg["heads"], "num_key_value_heads": cfg["kv_heads"],
-          "intermediate_size": cfg["hidden"], "rope_theta": cfg["theta"],
-          "rms_norm_eps": cfg["eps"], "tie_word_embeddings": False,
-          "max_position_embeddings": 512, "hidden_act": "silu"}
-    (folder / "config.json").write_text(json.dumps(hf))
+    (folder / "config.json").write_text(json.dumps(hf_config(cfg, dialect)))
     names = {"attn_norm": "input_layernorm.weight", "mlp_norm": "post_attention_layernorm.weight",
              "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight",
              "v": "self_attn.v_proj.weight", "o": "self_attn.o_proj.weight",
              "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight",
              "down": "mlp.down_proj.weight", "bq": "self_attn.q_proj.bias",
-             "bk": "self_attn.k_proj.bias", "bv": "self_attn.v_proj.bias"}
+             "bk": "self_attn.k_proj.bias", "bv": "self_attn.v_proj.bias",
+             "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight"}
     t = {"model.embed_tokens.weight": w["embed"], "model.norm.weight": w["norm"],
          "lm_head.weight": w["head"]}
     for key, a in w.items():
@@ -174,7 +206,18 @@ def reference_forward(cfg: dict, w: dict, ids):
     T = len(ids)
     x = f["embed"][np.asarray(ids)]
     pos = np.arange(T)
-    ang = pos[:, None] * cfg["theta"] ** (-np.arange(0, hd, 2) / hd)[None, :]  # [T, hd/2]
+    omega = cfg["theta"] ** (-np.arange(0, hd, 2) / hd)
+    if cfg.get("scaling"):  # Llama 3: each frequency by its wavelength against the old context
+        factor, low, high, original = cfg["scaling"]
+        for i, w_i in enumerate(omega):
+            turns = original * w_i / (2 * np.pi)  # old context / wavelength
+            if turns < low:  # long wavelength: interpolated
+                omega[i] = w_i / factor
+            elif turns <= high:  # between: a blend
+                mix = (turns - low) / (high - low)
+                omega[i] = (1 - mix) * w_i / factor + mix * w_i
+    ang = pos[:, None] * omega[None, :]  # [T, hd/2]
+    window = cfg.get("window") or T + 1
 
     def rms(x, g):
         return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + cfg["eps"]) * g
@@ -193,15 +236,19 @@ def reference_forward(cfg: dict, w: dict, ids):
         q = h @ permute(f[p + "q"], H).T + (permute(f[p + "bq"], H) if cfg["qwen"] else 0)
         k = h @ permute(f[p + "k"], K).T + (permute(f[p + "bk"], K) if cfg["qwen"] else 0)
         v = h @ f[p + "v"].T + (f[p + "bv"] if cfg["qwen"] else 0)
-        q = rope_interleaved(q.reshape(T, H, hd))
-        k = rope_interleaved(k.reshape(T, K, hd))
+        q, k = q.reshape(T, H, hd), k.reshape(T, K, hd)
+        if cfg.get("kind") == "qwen3":  # RMSNorm of each head's vector, weights in GGUF order
+            q, k = rms(q, permute(f[p + "q_norm"], 1)), rms(k, permute(f[p + "k_norm"], 1))
+        q = rope_interleaved(q)
+        k = rope_interleaved(k)
         v = v.reshape(T, K, hd)
         seen.append((q, k))
         out = np.zeros((T, H, hd))
         for head in range(H):
             kv = head // (H // K)
-            s = q[:, head] @ k[:, kv].T / np.sqrt(hd)
-            s = np.where(pos[None, :] <= pos[:, None], s, -np.inf)
+            s = q[:, head] @ k[:, kv].T * cfg.get("scale", hd ** -0.5)
+            seen_by = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - window)
+            s = np.where(seen_by, s, -np.inf)
             e = np.exp(s - s.max(1, keepdims=True))
             out[:, head] = (e / e.sum(1, keepdims=True)) @ v[:, kv]
         x = x + out.reshape(T, H * hd) @ f[p + "o"].T

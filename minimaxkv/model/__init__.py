@@ -1,4 +1,5 @@
-"""A real transformer for end-to-end checks: Llama-family models in JAX, loaded from disk.
+"""A real transformer for end-to-end checks: Llama-family models in JAX, loaded from disk
+(SmolLM2 from its GGUF; Llama 2/3.x, Qwen2, Qwen3 and Mistral from Hugging Face directories).
 
 Example:
     >>> import minimaxkv as mkv
@@ -18,7 +19,8 @@ import numpy as np
 
 from .llama import (Config, Layers, Output, Params, bucket, buffer, concat, decode, empty_past,
                     forward, pad_tokens, rms_norm)
-from .loaders import SMOLLM2_INSTALL, load_gguf, load_hf, permute, smollm2_path, unpermute
+from .loaders import (SMOLLM2_INSTALL, hf_config, load_gguf, load_hf, permute, smollm2_path,
+                      unpermute)
 from .tokenizer import Tokenizer
 
 DEFAULT = "smollm2"
@@ -101,5 +103,6 @@ def generate(model: Model, ids, steps: int, *, past=None, start: int = 0,
 
 
 __all__ = ["Config", "Layers", "Model", "Output", "Params", "Tokenizer", "SMOLLM2_INSTALL",
-           "bucket", "buffer", "concat", "decode", "empty_past", "forward", "generate", "load", "pad_tokens",
+           "bucket", "buffer", "concat", "decode", "empty_past", "forward", "generate", "hf_config", "load",
+           "pad_tokens",
            "load_gguf", "load_hf", "logits", "permute", "rms_norm", "smollm2_path", "unpermute"]

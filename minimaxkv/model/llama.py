@@ -8,8 +8,13 @@ One layer (Touvron et al. 2023; Qwen2 adds biases to the Q/K/V projections):
     x' &= h + W_{down}\big(\mathrm{silu}(W_{gate}\bar h)\odot W_{up}\bar h\big),
     \quad \bar h = \mathrm{RMSNorm}(h)
 
-with grouped-query attention (``heads / kv_heads`` query heads share a key/value head) and
-:math:`\mathrm{RMSNorm}(x) = x / \sqrt{\overline{x^2} + \epsilon}\odot w`.
+with grouped-query attention (``heads / kv_heads`` query heads share a key/value head),
+attention logits :math:`\tau\langle q, k\rangle` (:math:`\tau` = ``Config.scale``,
+:math:`d^{-1/2}` in every supported family) and
+:math:`\mathrm{RMSNorm}(x) = x / \sqrt{\overline{x^2} + \epsilon}\odot w`. The variants: Qwen3
+normalizes each head's query and key (an RMSNorm over the head dimension, its own weights) before
+RoPE; Llama 3.x scales RoPE's frequencies (:class:`minimaxkv.rope.Llama3`); Mistral attends over a
+sliding window (a token sees the ``window`` positions up to its own).
 
 The attention of a chunk of new tokens reads a **past cache** per layer and KV head -- keys
 ``[L, Hkv, S, hd]`` (post-RoPE), values and log-weights ``[L, Hkv, S]`` -- with the log-weights added
@@ -59,11 +64,32 @@ class Config(NamedTuple):
     tied: bool = True
     qkv_bias: bool = False
     context: int = 8192
+    rope_scaling: Optional[tuple] = None  # Llama 3.x: (factor, low, high, original context)
+    qk_norm: bool = False  # Qwen3: RMSNorm of each head's query and key before RoPE
+    window: Optional[int] = None  # sliding-window attention (Mistral): positions seen per token
+    attn_scale: Optional[float] = None  # tau of the attention logits; None: head_dim ** -0.5
 
     @property
     def group(self) -> int:
         """Query heads per key/value head."""
         return self.heads // self.kv_heads
+
+    @property
+    def rope(self) -> float | rope.Llama3:
+        """The model's RoPE as the rules and :mod:`minimaxkv.rope` take it (``theta=``)."""
+        return self.rope_theta if self.rope_scaling is None else rope.Llama3(
+            self.rope_theta, *self.rope_scaling)
+
+    @property
+    def scale(self) -> float:
+        """The attention temperature tau (the rules' ``scale=``)."""
+        return self.head_dim ** -0.5 if self.attn_scale is None else self.attn_scale
+
+    @property
+    def rule_hyper(self) -> dict:
+        """What the rules take from the model: ``rules.get(name, **cfg.rule_hyper)`` (its RoPE as
+        ``theta``, its temperature as ``scale``)."""
+        return {"theta": self.rope, "scale": self.scale}
 
     def cache_bytes(self, atoms: int, itemsize: int = 4) -> int:
         """Bytes of a cache with ``atoms`` atoms in every layer and KV head (keys, values, log-weights)."""
@@ -71,7 +97,8 @@ class Config(NamedTuple):
 
 
 class Layers(NamedTuple):
-    """Per-layer weights stacked along a leading ``[L]`` axis; biases ``None`` unless Qwen2-style."""
+    """Per-layer weights stacked along a leading ``[L]`` axis; biases ``None`` unless Qwen2-style,
+    per-head query/key norms ``None`` unless Qwen3-style."""
 
     attn_norm: Float[Array, "L D"]
     wq: Float[Array, "L D Hhd"]
@@ -85,6 +112,8 @@ class Layers(NamedTuple):
     bq: Optional[Float[Array, "L Hhd"]] = None
     bk: Optional[Float[Array, "L Khd"]] = None
     bv: Optional[Float[Array, "L Khd"]] = None
+    q_norm: Optional[Float[Array, "L hd"]] = None  # Qwen3
+    k_norm: Optional[Float[Array, "L hd"]] = None
 
 
 class Params(NamedTuple):
@@ -121,16 +150,21 @@ def empty_past(cfg: Config, dtype=jnp.float32) -> Cache:
                  jnp.zeros(shape[:-1], jnp.float32))
 
 
-def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
+def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK, *,
+              scale: float | None = None, window: int | None = None):
     r"""Grouped-query attention of a chunk over its past cache and, causally, over itself.
 
     Args:
         q: ``[T, H, hd]`` chunk queries; k, v: ``[T, Hkv, hd]`` chunk keys / values.
         past_k, past_v: ``[Hkv, S, hd]``; past_b: ``[Hkv, S]`` log-weights (``-inf`` = empty).
+        scale: tau (default ``hd ** -0.5``).
+        window: if given, a chunk token sees only the chunk tokens less than ``window`` positions
+            before it (sliding-window attention; the past is seen whole: the caller checks that
+            every past atom lies within every window).
 
     Returns:
-        ``[T, H, hd]``: :math:`\sum_j e^{s_j}v_j/\sum_j e^{s_j}`, :math:`s_j = \langle q,k_j\rangle/
-        \sqrt{hd} + b_j` over the past atoms and the chunk tokens at or before the query.
+        ``[T, H, hd]``: :math:`\sum_j e^{s_j}v_j/\sum_j e^{s_j}`, :math:`s_j = \tau\langle q,k_j
+        \rangle + b_j` over the past atoms and the chunk tokens at or before the query.
 
     Queries go in blocks of ``block`` tokens (a ``lax.scan``, so the program does not grow with
     ``T``); the ``g`` query heads of a KV head are rows of one matrix. A block folds in the past
@@ -147,7 +181,8 @@ def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
     tk = KEY_TILE if tq % KEY_TILE == 0 else tq  # tiles divide the block: diagonal tiles align
     nq = -(-T // tq)
     pad = nq * tq - T  # padded queries are dropped; padded keys sit after every real query
-    qg = jnp.pad(q.astype(f32) * hd ** -0.5, ((0, pad), (0, 0), (0, 0)))
+    qg = jnp.pad(q.astype(f32) * (hd ** -0.5 if scale is None else scale),
+                 ((0, pad), (0, 0), (0, 0)))
     # [nq, Hkv, tq * g, hd], rows ordered (token, head of the group)
     qg = jnp.swapaxes(qg.reshape(nq, tq, kvh, g, hd), 1, 2).reshape(nq, kvh, tq * g, hd)
     kc = jnp.pad(jnp.swapaxes(k, 0, 1).astype(f32), ((0, 0), (0, pad), (0, 0)))  # [Hkv, T', hd]
@@ -159,8 +194,11 @@ def attention(q, k, v, past_k, past_v, past_b, block: int = QUERY_BLOCK):
         kt = lax.dynamic_slice_in_dim(kc, j * tk, tk, 1)
         vt = lax.dynamic_slice_in_dim(vc, j * tk, tk, 1)
         s = jnp.einsum("kmd,ksd->kms", qb, kt)
+        kpos = j * tk + jnp.arange(tk)[None, :]
         if masked:
-            s = jnp.where(j * tk + jnp.arange(tk)[None, :] <= qpos[:, None], s, -jnp.inf)
+            s = jnp.where(kpos <= qpos[:, None], s, -jnp.inf)
+        if window is not None:
+            s = jnp.where(kpos > qpos[:, None] - window, s, -jnp.inf)
         return fold(state, s, vt, precision=None)
 
     def run(_, xs):
@@ -191,10 +229,14 @@ def _layer(cfg: Config, positions, n_queries: int, block: int, length):
         q, k, v = _mm(h, lp.wq), _mm(h, lp.wk), _mm(h, lp.wv)
         if cfg.qkv_bias:
             q, k, v = q + lp.bq, k + lp.bk, v + lp.bv
-        q = rope.apply(q.reshape(T, cfg.heads, cfg.head_dim), positions[:, None], cfg.rope_theta)
-        k = rope.apply(k.reshape(T, cfg.kv_heads, cfg.head_dim), positions[:, None], cfg.rope_theta)
+        q = q.reshape(T, cfg.heads, cfg.head_dim)
+        k = k.reshape(T, cfg.kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q, k = rms_norm(q, lp.q_norm, cfg.norm_eps), rms_norm(k, lp.k_norm, cfg.norm_eps)
+        q = rope.apply(q, positions[:, None], cfg.rope)
+        k = rope.apply(k, positions[:, None], cfg.rope)
         v = v.reshape(T, cfg.kv_heads, cfg.head_dim)
-        a = attention(q, k, v, pk, pv, pb, block)
+        a = attention(q, k, v, pk, pv, pb, block, scale=cfg.scale, window=cfg.window)
         x = x + _mm(a.reshape(T, -1), lp.wo)
         h = rms_norm(x, lp.mlp_norm, cfg.norm_eps)
         x = x + _mm(jax.nn.silu(_mm(h, lp.w_gate)) * _mm(h, lp.w_up), lp.w_down)
@@ -326,8 +368,20 @@ def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
     if past.values.shape != past.keys.shape or past.logw.shape != past.keys.shape[:-1]:
         raise ValueError(f"past: values {tuple(past.values.shape)} and logw "
                          f"{tuple(past.logw.shape)} do not match keys {tuple(past.keys.shape)}")
+    if past.keys.shape[2] and isinstance(start, (int, np.integer)):
+        _check_window(cfg, int(start) + length - 1)
     return _forward(params, cfg, ids, jnp.asarray(start, jnp.int32), past, n_queries,
                     all_logits, block, length=jnp.asarray(length, jnp.int32))
+
+
+def _check_window(cfg: Config, last: int):
+    """A past cache does not say where its atoms sit, so with sliding-window attention every one
+    must lie within every window: the last position may be at most ``window - 1``."""
+    if cfg.window is not None and last >= cfg.window:
+        raise ValueError(f"position {last}: past the sliding window of {cfg.window} tokens of "
+                         f"{cfg.name}, where a past cache (whose atoms carry no positions) cannot "
+                         f"be windowed; run prompts of at most {cfg.window} tokens, or one "
+                         "forward without a past")
 
 
 def concat(past: Cache, keys, values, length: int | None = None) -> Cache:
@@ -369,6 +423,7 @@ def decode(params: Params, cfg: Config, token: int, pos: int, buf: Cache, slot: 
     ``queries=True`` also the token's post-RoPE queries ``[L, H, 1, hd]``."""
     if not 0 <= slot < buf.keys.shape[2]:
         raise ValueError(f"slot: the buffer holds {buf.keys.shape[2]} atoms, got slot {slot}")
+    _check_window(cfg, int(pos))
     row, buf, q = _decode(params, cfg, jnp.asarray(token, jnp.int32), jnp.asarray(pos, jnp.int32),
                           buf, jnp.asarray(slot, jnp.int32), queries, _per_layer(params))
     return (row, buf, q) if queries else (row, buf)
