@@ -416,41 +416,29 @@ def evaluate_cmd(args) -> int:
     return 0
 
 
-def _repo_root() -> Path:
-    """The repository holding ``experiments/`` and ``paper_figures/`` (editable install)."""
-    root = Path(__file__).resolve().parent.parent
-    missing = [d for d in ("experiments", "paper_figures") if not (root / d / "common.py").is_file()]
-    if missing:
-        raise SystemExit(f"minimaxkv: error: `figures` needs the repository's {' and '.join(missing)}"
-                         f" folder(s) next to the package (looked in {root}); install the "
-                         "repository in editable mode: pip install -e .")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return root
-
-
 def figures_cmd(args) -> int:
     """Compute every missing or stale experiment result at ``--scale``, then draw every figure.
 
-    Each experiment to compute runs in a process of its own (``python -m experiments.NAME``):
-    what it compiled is released when it ends, and its failure -- even a crash of the compiler --
-    loses nothing the others stored. The processes share a persistent compilation cache in
-    ``<results>/.xla-cache``. Every figure whose result exists is then drawn; the command
-    exits non-zero if an experiment or a figure failed."""
+    Each experiment to compute runs in a process of its own (``python -m
+    minimaxkv.experiments.NAME``): what it compiled is released when it ends, and its failure --
+    even a crash of the compiler -- loses nothing the others stored. The processes share a
+    persistent compilation cache in ``<results>/.xla-cache``. Every figure whose result exists is
+    then drawn; the command exits non-zero if an experiment or a figure failed. Results and
+    figures go to ``--results`` / ``--figures`` (default ``./results``, ``./figures``)."""
 
-    root = _repo_root()
-    from experiments import common
-    from paper_figures import common as figs
+    from .experiments import common
+    from .paper_figures import common as figs
 
     names = args.only or list(common.EXPERIMENTS)
     for name in names:
         common.check_name(name)
     common.check_scale(args.scale)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    results = Path(args.results or common.results_dir()).resolve()
+    figures = Path(args.figures or common.figures_dir()).resolve()
+    env = dict(os.environ, MINIMAXKV_RESULTS=str(results), MINIMAXKV_FIGURES=str(figures))
     # one persistent compilation cache for the experiments' processes: a program one of them
     # compiled (or that a cleared cache drops) is read back from disk, not compiled again
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(common.results_dir() / ".xla-cache"))
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(results / ".xla-cache"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     t0 = time.perf_counter()
@@ -458,10 +446,10 @@ def figures_cmd(args) -> int:
     try:
         for name in names:
             t1 = time.perf_counter()
-            if not args.force and common.cached(name, args.scale) is not None:
-                print(f"{name}: reused {common.result_path(name, args.scale)}", flush=True)
+            if not args.force and common.cached(name, args.scale, results) is not None:
+                print(f"{name}: reused {common.result_path(name, args.scale, results)}", flush=True)
                 continue
-            cmd = [sys.executable, "-m", f"experiments.{name}", "--scale", args.scale]
+            cmd = [sys.executable, "-m", f"{common.__package__}.{name}", "--scale", args.scale]
             code = run_child(cmd + ["--force"] * args.force, env)
             took = f"{time.perf_counter() - t1:.1f} s"
             if code != 0:
@@ -470,7 +458,7 @@ def figures_cmd(args) -> int:
                       "go on", flush=True)
             else:
                 what = "recomputed (--force)" if args.force else "computed (missing or stale)"
-                print(f"{name}: {what} {common.result_path(name, args.scale)} ({took})",
+                print(f"{name}: {what} {common.result_path(name, args.scale, results)} ({took})",
                       flush=True)
     except KeyboardInterrupt:
         print("\nminimaxkv: interrupted; every result computed so far is stored (a rerun "
@@ -478,7 +466,7 @@ def figures_cmd(args) -> int:
         return 130
     for name in names:
         try:
-            paths = figs.render(name, args.scale)
+            paths = figs.render(name, args.scale, results=results, out=figures)
         except FileNotFoundError:
             print(f"figure {name}: not drawn (no up-to-date result)", flush=True)
             continue
@@ -718,6 +706,10 @@ def main(argv=None) -> int:
     fp.add_argument("--only", nargs="+", default=None, metavar="NAME",
                     help="only these experiments/figures (default: all)")
     fp.add_argument("--force", action="store_true", help="recompute even if a cached result matches")
+    fp.add_argument("--results", default=None, metavar="DIR",
+                    help="result folder (default $MINIMAXKV_RESULTS, else ./results)")
+    fp.add_argument("--figures", default=None, metavar="DIR",
+                    help="figure folder (default $MINIMAXKV_FIGURES, else ./figures)")
     fp.set_defaults(func=figures_cmd)
     args = parser.parse_args(argv)
     _check_args(args, sub.choices[args.command].error, cp.get_default)

@@ -1,6 +1,6 @@
 """Figures drawn by the library itself (the command line's plots); matplotlib, Agg backend.
 
-The paper figures (``paper_figures/``) that show the same objects call these functions, so each
+The paper figures (:mod:`minimaxkv.paper_figures`) that show the same objects call these functions, so each
 picture is defined once.
 """
 

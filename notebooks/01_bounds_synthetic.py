@@ -274,4 +274,4 @@ for f, (ms, table) in held.items():
 
 # %% [markdown]
 # The same table for any family and rule set is `minimaxkv compare`; the cached experiment behind
-# the paper figure is `experiments/risk_vs_budget.py`.
+# the paper figure is `minimaxkv/experiments/risk_vs_budget.py`.

@@ -5,7 +5,6 @@ fixture); the checks compare its numbers with independent computations where one
 """
 
 import math
-import sys
 from pathlib import Path
 
 import jax
@@ -13,17 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import common  # noqa: E402
-from experiments.lookup_support import l3_support, support_needed  # noqa: E402
-from paper_figures import common as figs  # noqa: E402
-
-import minimaxkv as mkv  # noqa: E402
-from minimaxkv import bounds, compressibility, rules, synthetic  # noqa: E402
-from minimaxkv.cli import main  # noqa: E402
+import minimaxkv as mkv
+from minimaxkv import bounds, compressibility, rules, synthetic
+from minimaxkv.cli import main
+from minimaxkv.experiments import common
+from minimaxkv.experiments.lookup_support import l3_support, support_needed
+from minimaxkv.paper_figures import common as figs
 
 
 @pytest.fixture(scope="module")
@@ -280,16 +274,17 @@ def test_cost_memory_chunked_below_dense(tiny):
 def test_cli_figures_computes_in_a_process_of_its_own_and_survives_a_failure(
         tiny, tmp_path, monkeypatch, capsys):
     """A missing result is computed by a child process (its record has the peak mapping count
-    where /proc exists) and its figure drawn; a child that fails (here: a folder stands where its
-    result file must go, so nothing can be stored) makes the command exit 1 naming it, and the
+    where /proc exists) and its figure drawn, by default under the current folder (any folder:
+    the experiments are modules of the package); a child that fails (here: a folder stands where
+    its result file must go, so nothing can be stored) makes the command exit 1 naming it, and the
     figures whose results exist are still drawn."""
     import shutil
 
     root, _ = tiny
     results, figures = tmp_path / "results", tmp_path / "figures"
-    results.mkdir()
-    monkeypatch.setenv("MINIMAXKV_RESULTS", str(results))
-    monkeypatch.setenv("MINIMAXKV_FIGURES", str(figures))
+    monkeypatch.delenv("MINIMAXKV_RESULTS", raising=False)
+    monkeypatch.delenv("MINIMAXKV_FIGURES", raising=False)
+    monkeypatch.chdir(tmp_path)
     assert main(["figures", "--scale", "tiny", "--only", "spectra"]) == 0
     out = capsys.readouterr().out
     assert "spectra: computed" in out and (figures / "spectra.png").is_file()
@@ -301,8 +296,8 @@ def test_cli_figures_computes_in_a_process_of_its_own_and_survives_a_failure(
     broken.mkdir()
     shutil.copy(root / "causal-tiny.json", broken / "causal-tiny.json")
     (broken / "spectra-tiny.json").mkdir()  # a folder where the result file must go
-    monkeypatch.setenv("MINIMAXKV_RESULTS", str(broken))
-    assert main(["figures", "--scale", "tiny", "--only", "spectra", "causal"]) == 1
+    assert main(["figures", "--scale", "tiny", "--only", "spectra", "causal",
+                 "--results", str(broken)]) == 1
     out = capsys.readouterr()
     assert "spectra: FAILED" in out.out and "causal: reused" in out.out
     assert "figure causal:" in out.out and "figure spectra: not drawn" in out.out

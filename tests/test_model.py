@@ -96,6 +96,21 @@ def test_architectures_match_float64_reference(tmp_path, arch, dialect):
     assert np.abs(ours - without).max() > 1e-2 * scale
 
 
+def test_a_bfloat16_checkpoint_loads(tmp_path):
+    """Checkpoints ship in bfloat16: its weights load (as float32) and give the reference's
+    logits on the bfloat16-rounded weights."""
+    import ml_dtypes
+
+    cfg, w = _arch("qwen3", tmp_path)
+    tiny_llama.write_hf(tmp_path, cfg, w, dtype=ml_dtypes.bfloat16)
+    rounded = {k: np.asarray(v, ml_dtypes.bfloat16).astype(np.float32) for k, v in w.items()}
+    assert any(not np.array_equal(rounded[k], w[k]) for k in w)
+    ids = _ids(60, cfg["vocab"], 2)
+    ours = np.asarray(M.logits(M.load(tmp_path), ids), np.float64)
+    ref = tiny_llama.reference_logits(cfg, rounded, ids)
+    assert np.abs(ours - ref).max() < 1e-4 * np.abs(ref).max()
+
+
 def test_both_dialects_give_one_config(tmp_path):
     tokens, _, _ = tiny_llama.vocabulary()
     cfg = tiny_llama.config(len(tokens), scaling=(8.0, 1.0, 4.0, 8192))

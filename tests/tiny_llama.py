@@ -171,8 +171,9 @@ def hf_config(cfg: dict, dialect: str = "hub") -> dict:
     return hf
 
 
-def write_hf(folder: Path, cfg: dict, w: dict, dialect: str = "hub"):
-    """Write ``w`` as a Hugging Face directory (config.json + model.safetensors + tokenizer)."""
+def write_hf(folder: Path, cfg: dict, w: dict, dialect: str = "hub", dtype=np.float32):
+    """Write ``w`` as a Hugging Face directory (config.json + model.safetensors + tokenizer),
+    its tensors stored in ``dtype`` (e.g. ``ml_dtypes.bfloat16``, as checkpoints ship)."""
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,7 +191,8 @@ def write_hf(folder: Path, cfg: dict, w: dict, dialect: str = "hub"):
         if "." in key:
             layer, name = key.split(".")
             t[f"model.layers.{layer}.{names[name]}"] = a
-    save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, str(folder / "model.safetensors"))
+    save_file({k: np.ascontiguousarray(v, dtype) for k, v in t.items()},
+              str(folder / "model.safetensors"))
 
 
 def reference_logits(cfg: dict, w: dict, ids) -> np.ndarray:

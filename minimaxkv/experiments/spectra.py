@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from experiments import common
+from minimaxkv.experiments import common
 
 CONFIGS = {
     "tiny": {"n": 16, "p": 8, "d": 16, "dv": 8, "eps": [0.01, 0.05, 0.1], "seed": 0},
@@ -18,7 +18,7 @@ CONFIGS = {
     "full": {"n": 1024, "p": 512, "d": 64, "dv": 64, "eps": [0.01, 0.05, 0.1], "seed": 0},
 }
 
-FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
+FLOAT64 = True  # computed in float64: common.compute sets it for the run
 
 
 def run(config: dict) -> dict:

@@ -10,7 +10,7 @@ spectral allocation); they are drawn as Pareto points of (bytes, KL).
 
 from __future__ import annotations
 
-from experiments import common
+from minimaxkv.experiments import common
 
 RULES = ("streaming_llm", "snapkv", "tova", "expected_attention", "attention_matching", "minimax",
          "snapkv@pyramid", "snapkv@adakv", "minimax@spectral")

@@ -1,14 +1,16 @@
 """Shared machinery of the experiments: paths, config hashes and cached results.
 
-Every experiment module ``experiments/<name>.py`` exposes ``CONFIGS = {"tiny", "quick", "full"}``
+Every experiment module ``minimaxkv/experiments/<name>.py`` exposes ``CONFIGS = {"tiny", "quick", "full"}``
 and a pure ``run(config) -> dict`` (JSON-serialisable). :func:`ensure` stores the result of
 ``run`` atomically at ``results/<name>-<scale>.json`` with its config, a hash of the config and
 of the experiment's source (:func:`key`), seed and provenance, and reuses that file while the hash
 matches (the library's code is not in the hash: recompute with ``force`` after changing it).
 An interrupted run keeps every result already stored.
 
-Folders: ``results/`` and ``paper_figures/out/`` at the repository root, overridable with the
-environment variables ``MINIMAXKV_RESULTS`` and ``MINIMAXKV_FIGURES`` (or a ``root`` argument).
+Folders: ``results/`` and ``figures/`` under the current folder (never inside the installed
+package), overridable with the environment variables ``MINIMAXKV_RESULTS`` and
+``MINIMAXKV_FIGURES`` (``minimaxkv figures --results DIR --figures DIR`` sets them) or a ``root``
+argument.
 """
 
 from __future__ import annotations
@@ -23,20 +25,19 @@ from pathlib import Path
 
 from minimaxkv import io
 
-REPO = Path(__file__).resolve().parent.parent
 SCALES = ("tiny", "quick", "full")
 EXPERIMENTS = ("risk_vs_budget", "spectra", "aware_vs_agnostic", "causal", "lookup_support",
                "real_heads", "end_to_end", "cost")
 
 
 def results_dir(root=None) -> Path:
-    """Folder of cached results: ``root``, else ``$MINIMAXKV_RESULTS``, else ``<repo>/results``."""
-    return Path(root or os.environ.get("MINIMAXKV_RESULTS") or REPO / "results")
+    """Folder of cached results: ``root``, else ``$MINIMAXKV_RESULTS``, else ``./results``."""
+    return Path(root or os.environ.get("MINIMAXKV_RESULTS") or Path.cwd() / "results")
 
 
 def figures_dir(root=None) -> Path:
-    """Folder of figures: ``root``, else ``$MINIMAXKV_FIGURES``, else ``<repo>/paper_figures/out``."""
-    return Path(root or os.environ.get("MINIMAXKV_FIGURES") or REPO / "paper_figures" / "out")
+    """Folder of figures: ``root``, else ``$MINIMAXKV_FIGURES``, else ``./figures``."""
+    return Path(root or os.environ.get("MINIMAXKV_FIGURES") or Path.cwd() / "figures")
 
 
 def check_name(name: str) -> str:
@@ -52,8 +53,8 @@ def check_scale(scale: str) -> str:
 
 
 def module(name: str):
-    """The experiment module ``experiments.<name>``."""
-    return importlib.import_module(f"experiments.{check_name(name)}")
+    """The experiment module ``minimaxkv.experiments.<name>``."""
+    return importlib.import_module(f"{__package__}.{check_name(name)}")
 
 
 def config(name: str, scale: str) -> dict:
@@ -167,8 +168,10 @@ def smollm2_capture(text: str, tokens: int):
 
 
 def main(name: str, argv=None) -> int:
-    """``python -m experiments.<name> [--scale S] [--force]``: compute or reuse one result."""
-    ap = argparse.ArgumentParser(prog=f"experiments.{name}", description=module(name).__doc__)
+    """``python -m minimaxkv.experiments.<name> [--scale S] [--force]``: compute or reuse one
+    result."""
+    ap = argparse.ArgumentParser(prog=f"python -m {__package__}.{name}",
+                                 description=module(name).__doc__)
     ap.add_argument("--scale", default="quick", choices=SCALES)
     ap.add_argument("--force", action="store_true", help="recompute even if cached")
     args = ap.parse_args(argv)

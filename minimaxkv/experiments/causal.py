@@ -11,7 +11,7 @@ import time
 
 from tqdm import tqdm
 
-from experiments import common
+from minimaxkv.experiments import common
 
 RULES = ("minimax", "streaming_llm", "snapkv", "attention_matching", "gvote", "kmeans_merge")
 
@@ -24,7 +24,7 @@ CONFIGS = {
              "rules": list(RULES), "seed": 0},
 }
 
-FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
+FLOAT64 = True  # computed in float64: common.compute sets it for the run
 
 
 def run(config: dict) -> dict:

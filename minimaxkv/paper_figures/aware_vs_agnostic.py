@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from paper_figures import common
+from minimaxkv.paper_figures import common
 
 STYLE = {"minimax": ("black", "-"), "minimax_agnostic": ("black", "--"),
          "snapkv": ("tab:blue", "-"), "expected_attention": ("tab:blue", "--"),

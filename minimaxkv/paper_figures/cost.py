@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from paper_figures import common
+from minimaxkv.paper_figures import common
 
 
 def draw(record):

@@ -11,7 +11,7 @@ relative risk across heads.
 
 from __future__ import annotations
 
-from experiments import common
+from minimaxkv.experiments import common
 
 RULES = ("minimax", "snapkv", "expected_attention", "streaming_llm")
 
@@ -27,7 +27,7 @@ CONFIGS = {
              "seed": 0},
 }
 
-FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
+FLOAT64 = True  # computed in float64: common.compute sets it for the run
 
 
 def run(config: dict) -> dict:

@@ -6,7 +6,7 @@ The drawing is :func:`minimaxkv.plots.heads_figure` (also the plot of ``minimaxk
 from __future__ import annotations
 
 from minimaxkv import plots
-from paper_figures import common
+from minimaxkv.paper_figures import common
 
 
 def draw(record):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from experiments import common
+from minimaxkv.experiments import common
 
 RULES = ("streaming_llm", "snapkv", "tova", "expected_attention", "gvote", "kmeans_merge",
          "attention_matching", "minimax", "minimax_agnostic")

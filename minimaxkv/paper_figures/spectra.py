@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from paper_figures import common
+from minimaxkv.paper_figures import common
 
 
 def _tail(e):

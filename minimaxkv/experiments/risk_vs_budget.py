@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from experiments import common
+from minimaxkv.experiments import common
 
 RULES = ("window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
          "expected_attention", "leverage", "gvote", "kmeans_merge", "attention_matching",
@@ -28,7 +28,7 @@ CONFIGS = {
              "rules": list(RULES), "seed": 0},
 }
 
-FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
+FLOAT64 = True  # computed in float64: common.compute sets it for the run
 
 
 def run(config: dict) -> dict:

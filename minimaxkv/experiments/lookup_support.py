@@ -16,7 +16,7 @@ import math
 import numpy as np
 from tqdm import tqdm
 
-from experiments import common
+from minimaxkv.experiments import common
 
 CONFIGS = {
     "tiny": {"ns": [8, 16], "fractions": [0.5], "targets": [0.5, 0.1], "dv": 8,
@@ -28,7 +28,7 @@ CONFIGS = {
              "dv": 64, "gap": 8.0, "seed": 0},
 }
 
-FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
+FLOAT64 = True  # computed in float64: common.compute sets it for the run
 
 
 def support_needed(ms, risks, n: int, target: float) -> float:

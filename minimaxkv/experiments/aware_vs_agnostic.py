@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from experiments import common
+from minimaxkv.experiments import common
 
 PAIRS = (("minimax", "minimax_agnostic"), ("snapkv", "expected_attention"))
 REFERENCE = "refit on eval queries"
@@ -27,7 +27,7 @@ CONFIGS = {
              "fractions": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5], "seeds": [0, 1, 2, 3]},
 }
 
-FLOAT64 = True  # computed in float64: experiments.common.compute sets it for the run
+FLOAT64 = True  # computed in float64: common.compute sets it for the run
 
 
 def run(config: dict) -> dict:

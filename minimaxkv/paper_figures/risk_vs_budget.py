@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from paper_figures import common
+from minimaxkv.paper_figures import common
 
 HIGHLIGHT = {"minimax": ("black", "-", 2.2), "minimax_agnostic": ("0.35", "--", 1.6)}
 

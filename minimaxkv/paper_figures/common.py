@@ -1,8 +1,8 @@
 """Shared plotting helpers: Agg backend, one style, atomic PNG + PDF output.
 
-Each figure module ``paper_figures/<name>.py`` exposes ``draw(record) -> Figure`` for the cached
-result record of experiment ``<name>`` (see :mod:`experiments.common`); :func:`render` loads that
-record and writes ``<out>/<name>.png`` and ``.pdf``.
+Each figure module ``minimaxkv/paper_figures/<name>.py`` exposes ``draw(record) -> Figure`` for
+the cached result record of experiment ``<name>`` (see :mod:`minimaxkv.experiments.common`);
+:func:`render` loads that record and writes ``<out>/<name>.png`` and ``.pdf``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from experiments import common  # noqa: E402
+from minimaxkv.experiments import common  # noqa: E402
 from minimaxkv import io  # noqa: E402
 
 from minimaxkv.plots import FLOOR, budget_axis, floor  # noqa: E402,F401  (one place for each)
@@ -40,7 +40,7 @@ def save(fig, out_dir, name: str) -> list[Path]:
 
 def render(name: str, scale: str, *, results=None, out=None, record=None) -> list[Path]:
     """Draw figure ``name`` from the cached result at ``scale``; returns the files written."""
-    mod = importlib.import_module(f"paper_figures.{common.check_name(name)}")
+    mod = importlib.import_module(f"{__package__}.{common.check_name(name)}")
     record = record or common.load(name, scale, results)
     return save(mod.draw(record), common.figures_dir(out), name)
 
@@ -57,8 +57,9 @@ def subtitle(record) -> str:
 
 
 def main(name: str, argv=None) -> int:
-    """``python -m paper_figures.<name> [--scale S]``: draw one figure from its cached result."""
-    ap = argparse.ArgumentParser(prog=f"paper_figures.{name}")
+    """``python -m minimaxkv.paper_figures.<name> [--scale S]``: draw one figure from its cached
+    result."""
+    ap = argparse.ArgumentParser(prog=f"python -m {__package__}.{name}")
     ap.add_argument("--scale", default="quick", choices=common.SCALES)
     args = ap.parse_args(argv)
     for p in render(name, args.scale):
