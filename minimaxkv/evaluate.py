@@ -151,9 +151,11 @@ def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
     attention ignores and :func:`metrics` does not count) by :meth:`~minimaxkv.rules.Rule.padded`,
     which compiles one program for all the budgets when the rule allows it.
 
-    Heads are compressed one at a time through the rule's own compiled function (one compile per
-    rule and shape): a batch of all heads in one executable (``vmap``) stalled XLA:CPU on the
-    ``minimax`` rule at n = 1.5k, and one head at a time also bounds the memory."""
+    Every head goes through one compiled program (:func:`minimaxkv.rules.base.compress_heads`, a
+    ``lax.map`` over the heads: the memory of one head; a ``vmap`` of every head stalled XLA:CPU
+    on the ``minimax`` rule at n = 1.5k); per-head budgets need the rule's traced-budget form
+    (``upto``), without it the heads go one at a time. A ``layer_shared`` rule selects one set per
+    layer (:func:`minimaxkv.rules.base.layer_summaries`)."""
     L, K, n, hd = past.keys.shape
     if budget >= n:
         return past
@@ -183,9 +185,42 @@ def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
         out = [pad(s, size).cache for i in range(L) for s in layer_summaries(
             rule, [Cache(past.keys[i, h], past.values[i, h], past.logw[i, h]) for h in range(K)],
             list(q[i]), sizes[i], size, list(keys[i]))]
+    elif (sizes == top).all() or rule.upto is not None:
+        return _compress_batched(rule, past, sizes, capacity, size, q, keys)
     else:
         out = [one(i, h) for i in range(L) for h in range(K)]
     return Cache(*(jnp.stack(field).reshape(L, K, *field[0].shape) for field in zip(*out)))
+
+
+def _compress_batched(rule, past: Cache, sizes, capacity: int, size: int, q, keys) -> Cache:
+    """:func:`compress` in one program for every head: heads kept whole stay exact, the others
+    are compressed to their budgets (inside ``capacity`` atoms if they differ); all padded to
+    ``size`` atoms."""
+    from .rules.base import compress_heads
+
+    L, K, n, hd = past.keys.shape
+    flat = sizes.ravel()
+    heads = Cache(*(x.reshape(L * K, *x.shape[2:]) for x in past))
+    qs, ks = q.reshape(L * K, *q.shape[2:]), keys.reshape(L * K, -1)
+    if (flat == flat[0]).all():  # one budget: its own program, no padding inside
+        got = compress_heads(rule, heads, int(flat[0]), qs, ks).cache
+    else:
+        small = np.flatnonzero(flat < n)  # the others are kept whole (then size == n)
+        got = _pad_heads(compress_heads(rule, Cache(*(x[small] for x in heads)), flat[small],
+                                        qs[small], ks[small], capacity=capacity).cache, size)
+        if small.size < flat.size:
+            got = Cache(*(a.at[small].set(b) for a, b in zip(heads, got)))
+    return Cache(*(x.reshape(L, K, *x.shape[1:]) for x in _pad_heads(got, size)))
+
+
+def _pad_heads(c: Cache, size: int) -> Cache:
+    """Heads ``[B, m, ...]`` followed by empty atoms up to ``size``."""
+    extra = size - c.keys.shape[1]
+    if extra <= 0:
+        return c
+    rows = ((0, 0), (0, extra), (0, 0))
+    return Cache(jnp.pad(c.keys, rows), jnp.pad(c.values, rows),
+                 jnp.pad(c.logw, rows[:2], constant_values=-jnp.inf))
 
 
 class State(NamedTuple):

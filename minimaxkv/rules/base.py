@@ -30,6 +30,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from .. import _check
@@ -88,6 +89,72 @@ class Rule(NamedTuple):
             return Summary(cache, kept)
         out = _jitted(self.compress)(cache, budget, q, key)
         return _check.finite_outputs(out, f"rule {self.name!r}: summary")
+
+
+def compress_heads(rule: Rule, caches: Cache, budgets, queries=None, keys=None, *,
+                   capacity: int | None = None, vectorize: bool = False) -> Summary:
+    """Many KV heads in one call: ``caches`` with a leading head axis (keys ``[B, n, d]``, values
+    ``[B, n, dv]``, log-weights ``[B, n]``), each compressed by ``rule`` to its budget with its
+    own query group (``queries [B, g, p, d]``) and key (``keys [B, 2]``): a :class:`Summary` with
+    the same leading axis, equal to calling the rule on each head.
+
+    ``budgets``: one budget for every head, or one per head (``[B]``) inside ``capacity`` atoms
+    (the rest empty, as :meth:`Rule.padded`; the rule must provide ``upto``). One compiled program
+    runs every head: a ``lax.map`` (heads one after another, the memory of one) or, with
+    ``vectorize``, a ``vmap`` (every head at once: wider products, B times the memory).
+    """
+    keys_ = _check.array(caches.keys, "caches.keys", (None, None, None))
+    B, n, d = keys_.shape
+    values = _check.array(caches.values, "caches.values", (B, n, None))
+    logw = _check.array(caches.logw, "caches.logw", (B, n), allow_neg_inf=True)
+    if B == 0 or n == 0 or d == 0:
+        raise ValueError(f"caches: expected at least one head of one atom, got keys {(B, n, d)}")
+    if _check.is_concrete(logw) and bool(jnp.any(jnp.all(jnp.isneginf(logw), axis=1))):
+        raise ValueError("caches: a head is empty (every atom has log-weight -inf)")
+    q = None
+    if queries is not None:
+        q = _check.array(jnp.asarray(queries), "queries", (B, None, None, d))
+        if q.shape[2] == 0:
+            raise ValueError("queries: need at least one observed query")
+    if rule.needs_queries and q is None:
+        raise ValueError(f"rule {rule.name!r} is query-aware: pass the observed queries= "
+                         "([B, g, p, d])")
+    keys = jax.random.split(jax.random.PRNGKey(0), B) if keys is None else jnp.asarray(keys)
+    caches = Cache(keys_, values, logw)
+    if capacity is None:
+        budget = _check.budget(int(budgets), n)
+        if budget == n:
+            return Summary(caches, jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (B, n)))
+        out = _heads_jitted(rule.compress, vectorize, False)(caches, budget, q, keys)
+    else:
+        capacity = _check.budget(capacity, n, "capacity")
+        sizes = np.asarray(budgets, np.int64)
+        if sizes.shape != (B,):
+            raise ValueError(f"budgets: expected one per head ({B}), got shape {sizes.shape}")
+        for m in sizes:
+            _check.budget(int(m), capacity)
+        if rule.upto is None:
+            raise ValueError(f"rule {rule.name!r} has no traced-budget form (upto): compress "
+                             "heads of different budgets one at a time")
+        out = _heads_jitted(rule.upto, vectorize, True)(caches, capacity, q, keys,
+                                                        jnp.asarray(sizes, jnp.int32))
+    return _check.finite_outputs(out, f"rule {rule.name!r}: summary")
+
+
+@lru_cache(maxsize=None)
+def _heads_jitted(compress, vectorize: bool, traced_budget: bool):
+    """One program for a batch of heads (see :func:`compress_heads`)."""
+
+    def one(size, cache, q, key, budget=None):
+        args = (cache, size, budget, q, key) if traced_budget else (cache, size, q, key)
+        return _stored(compress(*args), cache)
+
+    def run(caches, size, q, keys, budgets=None):
+        xs = (caches, q, keys) + ((budgets,) if traced_budget else ())
+        body = lambda x: one(size, *x)  # noqa: E731
+        return jax.vmap(body)(xs) if vectorize else lax.map(body, xs)
+
+    return jax.jit(run, static_argnums=1)
 
 
 @lru_cache(maxsize=None)
