@@ -127,30 +127,36 @@ def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed:
     returned. ``on_row(row)`` is called after every new head (e.g. to store it), so a long run
     can be interrupted and resumed; each head's key is fixed by its position, so a resumed run
     gives the rows of an uninterrupted one.
+
+    Under several processes (:mod:`minimaxkv.distributed`) each computes its share of the heads
+    (``on_row`` sees those), then every process returns every row.
     """
     from tqdm import tqdm
+
+    from . import distributed
 
     n = _check_split(cap.keys.shape[2], future, observed)
     atoms = [budgets_mod.atoms(b, n) for b in budgets]
     heads = [(i, h) for i in range(cap.layers) for h in range(cap.kv_heads)] if heads is None \
         else [tuple(x) for x in heads]
     have = {(r["layer"], r["kv_head"]): r for r in done or ()}
-    rows = []
-    bar = tqdm(total=sum(x not in have for x in heads), desc="heads", disable=not progress,
+    todo = distributed.shard([x for x in heads if x not in have])
+    bar = tqdm(total=len(todo), desc="heads", disable=not progress,
                file=sys.stderr)  # stored heads are not counted: the estimate is of what is left
-    for layer, h in heads:
-        if (layer, h) in have:
-            rows.append(have[layer, h])
-            continue
+    new = []
+    for layer, h in todo:
         case = head_case(cap, layer, h, future=future, observed=observed)
         row = analyze_head(case, atoms, rules, eps=eps, spectrum=spectrum,
                            key=jax.random.fold_in(jax.random.PRNGKey(layer), h))
-        rows.append({"layer": layer, "kv_head": h, "budgets": atoms, **row})
+        new.append({"layer": layer, "kv_head": h, "budgets": atoms, **row})
         if on_row is not None:
-            on_row(rows[-1])
+            on_row(new[-1])
         bar.update(1)
     bar.close()
-    return rows
+    if distributed.count() > 1:
+        new = [r for part in distributed.gather(new) for r in part]
+    have.update({(r["layer"], r["kv_head"]): r for r in new})
+    return [have[x] for x in heads]
 
 
 def spearman(x, y) -> float:

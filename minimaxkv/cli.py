@@ -217,9 +217,13 @@ ANALYZE_IDENT = ("layer", "kv_head")
 def _analyze_rows(args):
     """Rows of :func:`minimaxkv.analyze.analyze` for the command line's ``CACHEFILE`` options,
     each head stored as soon as it is done (in ``--out`` or the default store), so an
-    interrupted run resumes where it stopped."""
-    from . import analyze, capture, io, rules, store
+    interrupted run resumes where it stopped. Under several processes
+    (:mod:`minimaxkv.distributed`) each computes its share of the heads and process 0 stores
+    every row (its own as they come, the others' when gathered)."""
+    from . import analyze, capture, distributed, io, rules, store
 
+    distributed.initialize()
+    main_process = distributed.index() == 0
     cap = capture.load(args.cachefile)
     heads = None
     if args.layers is not None:
@@ -238,11 +242,19 @@ def _analyze_rows(args):
     path = _store_path(args)
     done = _stored(path, config, args.force)
     provenance = io.provenance()
+    stored = {(r["layer"], r["kv_head"]) for r in done}
+
+    def keep(new_rows):
+        store.add(path, [store.keyed({**row, "provenance": provenance}, config, ANALYZE_IDENT)
+                         for row in new_rows])
+        stored.update((r["layer"], r["kv_head"]) for r in new_rows)
+
     rows = analyze.analyze(
         cap, args.budgets, chosen, future=args.future, observed=args.observed,
-        eps=config["eps"], heads=heads, spectrum=spectrum, done=done,
-        on_row=lambda row: store.add(path, [store.keyed({**row, "provenance": provenance},
-                                                        config, ANALYZE_IDENT)]))
+        eps=config["eps"], heads=heads, spectrum=spectrum, done=done, progress=main_process,
+        on_row=(lambda row: keep([row])) if main_process else None)
+    if main_process:
+        keep([r for r in rows if (r["layer"], r["kv_head"]) not in stored])
     return cap, rows
 
 
@@ -286,8 +298,12 @@ def analyze_cmd(args) -> int:
     """Compressibility, bounds and measured risk per layer and KV head of a captured cache."""
     from . import analyze, io, plots
 
+    from . import distributed
+
     t0 = time.perf_counter()
     cap, rows = _analyze_rows(args)
+    if distributed.index() != 0:  # process 0 reports for every process
+        return 0
     budgets = rows[0]["budgets"]
     rules_ = list(rows[0]["relative"])
     print(f"{cap.meta.get('model', '?')}: {len(rows)} KV heads, context n = {rows[0]['n']} tokens, "
@@ -330,8 +346,12 @@ def analyze_cmd(args) -> int:
 
 def compare_cache(args) -> int:
     """``compare --cache FILE``: every rule at every budget on the heads of a captured cache."""
+    from . import distributed
+
     t0 = time.perf_counter()
     cap, rows = _analyze_rows(args)
+    if distributed.index() != 0:  # process 0 reports for every process
+        return 0
     budgets = rows[0]["budgets"]
     names = list(rows[0]["relative"])
     print(f"{cap.meta.get('model', '?')}: {len(rows)} KV heads, context {rows[0]['n']} tokens, "

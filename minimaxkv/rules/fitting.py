@@ -12,8 +12,11 @@ Reference queries are the observed queries of the group, flattened to ``[g * p, 
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ..attention import default_scale
@@ -76,7 +79,11 @@ def _kmeanspp(x, k, key):
 # ------------------------------------------------------------------------------ fitting steps
 
 
-def fit_support(cache: Cache, kept, queries, bounds=(float(jnp.exp(-3.0)), float(jnp.exp(3.0))),
+# e^-3 and e^3 rounded to float32 (the values jnp.exp gives), computed without touching a device
+E_BOUNDS = (float(np.float32(math.exp(-3.0))), float(np.float32(math.exp(3.0))))
+
+
+def fit_support(cache: Cache, kept, queries, bounds=E_BOUNDS,
                 iters: int = 500, ridge: float = 1e-3, scale: float | None = None) -> Summary:
     r"""Keep ``kept``; refit log-weights (bounded NNLS on max-stabilised masses) and values (LS).
 
@@ -106,8 +113,7 @@ def fit_support(cache: Cache, kept, queries, bounds=(float(jnp.exp(-3.0)), float
     return Summary(Cache(keys[kept], vhat, beta), kept)
 
 
-def attention_matching(selection: str = "rms", bounds=(float(jnp.exp(-3.0)),
-                                                       float(jnp.exp(3.0))),
+def attention_matching(selection: str = "rms", bounds=E_BOUNDS,
                        scale: float | None = None) -> Rule:
     """Attention Matching: select keys by ``"rms"`` attention or ``"omp"``, then fit."""
     if selection not in ("rms", "omp"):
