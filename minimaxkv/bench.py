@@ -102,27 +102,43 @@ def selected(rows: list[dict], cfg: dict) -> list[dict]:
 
 def run(model, cfg: dict, path, *, force: bool = False, progress: bool = True) -> list[dict]:
     """Compute the rows of ``cfg`` missing from the store at ``path`` (all with ``force``), storing
-    each as it finishes; returns every row of ``cfg``."""
-    from . import evaluate
+    each as it finishes; returns every row of ``cfg``.
+
+    Under several processes (:mod:`minimaxkv.distributed`) each takes its share of the prompts
+    and stores its rows as they finish (the store is locked); at the end every process's rows
+    are gathered and process 0 stores them again, so none is lost where a shared file system
+    does not honour the lock."""
+    from . import distributed, evaluate
     from .budgets import from_compression_ratio
     from .io import provenance
 
     path = Path(path)
-    moved = store.set_aside(path) if force else None  # only an unreadable store is moved
+    main_process = distributed.index() == 0
+    moved = store.set_aside(path) if force and main_process else None  # only an unreadable one
     if moved is not None:
         print(f"{path}: not a readable results store, set aside as {moved}", file=sys.stderr)
+    distributed.gather([])  # every process reads the store after process 0 set it aside
     done = [] if force else selected(store.read(path), cfg)
-    task_list = prompts(model, cfg)
+    task_list = distributed.shard(prompts(model, cfg))
     rules = {name: evaluate.resolve(name, **model.config.rule_hyper) for name in cfg["rules"]}
     prov = provenance()
+    new = []
+
+    def keep(row):
+        new.append(store.keyed({**row, "provenance": prov}, row_config(cfg), IDENT))
+        store.add(path, new[-1:])
+
     for aware in cfg["protocols"]:
         evaluate.sweep(
             model, task_list, rules, cfg["ratios"], query_aware=aware,
-            observed=cfg["observed"], max_new=cfg["max_new"], progress=progress,
+            observed=cfg["observed"], max_new=cfg["max_new"], progress=progress and main_process,
             kept=from_compression_ratio,
-            done=[r for r in done if r["query_aware"] == aware],
-            on_row=lambda row: store.add(path, [store.keyed({**row, "provenance": prov},
-                                                            row_config(cfg), IDENT)]))
+            done=[r for r in done if r["query_aware"] == aware], on_row=keep)
+    if distributed.count() > 1:
+        every = [r for part in distributed.gather(new) for r in part]
+        if main_process:
+            store.add(path, every)
+        distributed.gather([])  # the store is whole before any process reads it
     return selected(store.read(path), cfg)
 
 
@@ -278,8 +294,12 @@ def outputs(rows: list[dict], cfg: dict, folder, scale: str) -> dict:
 
 def main(model, cfg: dict, folder, scale: str, *, force: bool = False) -> int:
     """Run (or resume) the benchmark and write its outputs; prints the table."""
+    from . import distributed
+
     folder = Path(folder)
     rows = run(model, cfg, folder / f"bench-{scale}.json", force=force)
+    if distributed.index() != 0:  # process 0 writes the outputs of every process
+        return 0
     paths = outputs(rows, cfg, folder, scale)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)

@@ -376,8 +376,9 @@ EVALUATE_IDENT = ("family", "seed", "rule", "budget_spec")
 
 
 def bench_cmd(args) -> int:
-    from . import bench, model
+    from . import bench, distributed, model
 
+    distributed.initialize()  # before any computation: several processes share the prompts
     m = model.load(args.model)
     cfg = bench.config(args.scale, m.config.name, tasks=args.tasks, rules=args.rules,
                        prompts=args.prompts)

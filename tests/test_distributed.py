@@ -60,19 +60,41 @@ def test_analyze_on_two_processes_equals_one(tmp_path):
     one = subprocess.run(cmd + ["--out", str(tmp_path / "one.json")], env=base,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    port = _free_port()
-    procs = [subprocess.Popen(cmd + ["--out", str(tmp_path / "two.json")], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env={**base, "MINIMAXKV_COORDINATOR": f"localhost:{port}",
-                                   "MINIMAXKV_PROCESSES": "2", "MINIMAXKV_PROCESS_ID": str(i)})
-             for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    outs = _two_processes(cmd + ["--out", str(tmp_path / "two.json")])
     assert "KV heads" in outs[0][0] and "KV heads" not in outs[1][0]
     assert "| 4/4 " in one.stderr and "| 2/2 " in outs[0][1]  # process 0 computed half the heads
     a, b = _rows(tmp_path / "one.json"), _rows(tmp_path / "two.json")
     assert len(a) == cfg["layers"] * cfg["kv_heads"] == len(b)
     assert a == b
+
+
+def _two_processes(cmd):
+    base = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
+    port = _free_port()
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**base, "MINIMAXKV_COORDINATOR": f"localhost:{port}",
+                                   "MINIMAXKV_PROCESSES": "2", "MINIMAXKV_PROCESS_ID": str(i)})
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    return outs
+
+
+def test_bench_on_two_processes_writes_the_table_of_one(tmp_path):
+    """``minimaxkv bench`` shares its prompts between two processes: the leaderboard, per-task
+    CSV and markdown table equal a one-process run's."""
+    model = tiny_llama.gguf_file(tmp_path, seed=3)
+    cmd = [sys.executable, "-m", "minimaxkv", "bench", "--scale", "tiny", "--model", str(model),
+           "--rules", "snapkv", "--tasks", "niah_single_1", "--out"]
+    base = {k: v for k, v in os.environ.items() if k not in distributed.ENV}
+    one = subprocess.run(cmd + [str(tmp_path / "one")], env=base, capture_output=True, text=True,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    outs = _two_processes(cmd + [str(tmp_path / "two")])
+    # two prompts x two ratios in one process, one prompt each in two
+    assert "| 4/4 " in one.stderr and "| 2/2 " in outs[0][1]
+    for name in ("bench-tiny.csv", "bench-tiny-tasks.csv", "bench-tiny.md"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
 
 
 def test_importing_the_package_starts_no_backend():
