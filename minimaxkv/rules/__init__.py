@@ -9,11 +9,13 @@ Every rule takes the softmax temperature ``scale`` (default :math:`d^{-1/2}`, d 
 dimension), the model's attention scale, as ``get(name, scale=tau)``; the rules that never compute
 attention (``TEMPERATURE_FREE``) accept and ignore it. Likewise the rules that model RoPE
 (``ROPE_AWARE``: they undo the rotation of the observed queries and draw future ones) take the
-model's RoPE base ``theta`` (0 for a cache without RoPE; SmolLM2 uses 10^5) and ``convention`` as
-``get(name, theta=model.config.rope_theta)``, and every other rule accepts and ignores them; the
-evaluator and the commands on captured caches pass the model's own base, the commands on
-synthetic caches the instance's (``Instance.theta``). ``expected_attention`` has no default base
-(a call without one is an error); ``minimax`` defaults to 10^4.
+model's RoPE ``theta`` -- its base (0 for a cache without RoPE; SmolLM2 uses 10^5), or a
+:class:`minimaxkv.rope.Llama3` for Llama 3's scaled frequencies -- and ``convention``, and every
+other rule accepts and ignores them. ``get(name, **model.config.rule_hyper)`` passes a model's RoPE
+and attention scale (``capture.rule_hyper(cap)`` a capture's); the evaluator and the commands on
+captured caches do so, the commands on synthetic caches pass the instance's base
+(``Instance.theta``). ``expected_attention`` has no default base (a call without one is an
+error); ``minimax`` defaults to 10^4.
 """
 
 from __future__ import annotations
