@@ -12,7 +12,8 @@ its group's last 32 queries, three ways side by side in one run:
   ``vmap`` stalled XLA:CPU).
 
 Checked in the same run: how many heads keep exactly the same atoms in ``map`` / ``vmap`` as in
-``loop`` (the summaries' kept indices compared), and the largest difference of the summaries.
+``loop`` (the summaries' keys compared bitwise: for an eviction rule, its kept set), and the
+largest difference of the summaries' values.
 
     python -m benchmarks.bench_heads            # T = 2048
     python -m benchmarks.bench_heads --quick    # T = 512
@@ -70,7 +71,8 @@ def main(argv=None):
             if way == "loop":
                 continue
             got = fns[way]()
-            same[way] = sum(bool(np.array_equal(got.kept[b], ref[b].kept)) for b in range(L * K))
+            same[way] = sum(bool(np.array_equal(got.cache.keys[b], ref[b].cache.keys))
+                            for b in range(L * K))
             diff[way] = max(float(np.max(np.abs(np.asarray(got.cache.values[b])
                                                 - np.asarray(ref[b].cache.values))))
                             for b in range(L * K))
@@ -82,9 +84,10 @@ def main(argv=None):
                      f"{best['loop'] / best['vmap']:.2f}x" if "vmap" in best else "-",
                      " ".join(f"{w} {same[w]}/{L * K}" for w in same),
                      " ".join(f"{w} {diff[w]:.1e}" for w in diff)])
+        print(" | ".join(rows[-1]), flush=True)
     print(f"\nSmolLM2-135M, T = {n} tokens, {L * K} KV heads, {budget} atoms each (ratio 0.5), "
           f"{OBSERVED} observed queries per query head; best of the timed rounds, seconds")
-    common.table(["rule", "loop s", "map s", "vmap s", "loop/map", "loop/vmap", "same kept",
+    common.table(["rule", "loop s", "map s", "vmap s", "loop/map", "loop/vmap", "same keys",
                   "max |value diff|"], rows)
     common.save("bench_heads" + ("" if args.sizes is None else f"-{n}"), args,
                 {"tokens": n, "heads": L * K, "budget": budget, "observed": OBSERVED,
