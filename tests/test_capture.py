@@ -59,7 +59,7 @@ def test_capture_matches_reference_attention(tiny, tmp_path):
 def test_a_capture_keeps_what_the_rules_take_from_its_model(tmp_path):
     """A Llama-3 model's scaled RoPE and its attention scale survive the file: the rules built
     from the loaded capture are the rules built from the model, and the scaling reaches them
-    (Expected Attention keeps other atoms under the unscaled base)."""
+    (Expected Attention and minimax keep other atoms under the unscaled base)."""
     tokens, _, _ = tiny_llama.vocabulary()
     cfg = tiny_llama.config(len(tokens), scaling=(4.0, 1.0, 4.0, 16))
     tiny_llama.write_hf(tmp_path / "hf", cfg, tiny_llama.weights(cfg, 2))
@@ -71,11 +71,10 @@ def test_a_capture_keeps_what_the_rules_take_from_its_model(tmp_path):
     assert hyper == m.config.rule_hyper and hyper["theta"] == mkv.rope.Llama3(1e4, 4.0, 1.0, 4.0, 16)
     assert hyper["scale"] == 0.3
     cache, q = back.head(1, 0)
-    kept = {}
-    for theta in (hyper["theta"], 1e4):
-        rule = mkv.rules.get("expected_attention", theta=theta, scale=0.3)
-        kept[theta] = np.asarray(rule(cache, 12, q.reshape(-1, 8)[-32:]).cache.keys)
-    assert not np.array_equal(*kept.values())
+    for name in ("expected_attention", "minimax"):  # the rules that model RoPE
+        kept = [np.asarray(mkv.rules.get(name, theta=theta, scale=0.3)(cache, 12, q[:, -16:])
+                           .cache.keys) for theta in (hyper["theta"], 1e4)]
+        assert not np.array_equal(*kept), name
 
 
 def test_corrupt_truncated_and_empty_files_are_refused(tiny, tmp_path):
