@@ -46,6 +46,7 @@ class HeadCase(NamedTuple):
     cache: Cache  # [n, hd]
     observed: jnp.ndarray  # [g, observed, hd]: queries of the last context tokens
     probes: jnp.ndarray  # [g * future, hd]: queries of the tokens after the context
+    scale: float | None = None  # the model's attention scale tau (None: hd ** -0.5)
 
 
 def _check_split(T: int, future: int, observed: int) -> int:
@@ -66,30 +67,34 @@ def head_case(cap: Captured, layer: int, kv_head: int, *, future: int, observed:
     dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     cache, q = cap.head(layer, kv_head)
     ctx = Cache(cache.keys[:n].astype(dtype), cache.values[:n].astype(dtype))
+    scale = (cap.meta.get("config") or {}).get("attn_scale")  # recorded by the model, if any
     return HeadCase(ctx, q[:, n - observed:n].astype(dtype),
-                    q[:, n:].reshape(-1, q.shape[-1]).astype(dtype))
+                    q[:, n:].reshape(-1, q.shape[-1]).astype(dtype),
+                    None if scale is None else float(scale))
 
 
 def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float = 0.05,
                  key=None, spectrum: bool = False) -> dict:
     """Predictors, references and measured risks of one head (see the module docstring).
 
-    ``budgets`` are atom counts (``1 <= m < n``), ``rules`` a ``{name: Rule}`` dict. Returns a
+    ``budgets`` are atom counts (``1 <= m < n``), ``rules`` a ``{name: Rule}`` dict (built with
+    the model's scale, as ``capture.rule_hyper`` gives it: every attention here uses
+    ``case.scale``). Returns a
     JSON-ready dict: ``eps_rank``, ``entropy``, ``n``, and per budget (lists in the order of
     ``budgets``) ``tail``, ``lower`` (L2), ``upper`` (U4), ``refit`` / ``refit_relative`` (the
     probe-fitted reference) and ``risk[rule]`` / ``relative[rule]``, and ``mass_gap[rule]`` for
     the rules whose summaries report one (``minimax``: U4(c)'s certificate on its own law); with
     ``spectrum=True`` also ``eigs``, the spectrum of G over its top eigenvalue.
     """
-    c, probes = case.cache, case.probes
+    c, probes, tau = case.cache, case.probes, case.scale
     n = c.n
     bad = [m for m in budgets if not 1 <= m < n]
     if bad:
         raise ValueError(f"budgets {bad}: expected atom counts in [1, {n - 1}] (context n = {n})")
-    eigs = np.asarray(compressibility.spectrum(probes, c), np.float64)
+    eigs = np.asarray(compressibility.spectrum(probes, c, scale=tau), np.float64)
     total = eigs.sum()
     out = {"n": n, "eps_rank": int(compressibility.eps_rank(eigs, eps)),
-           "entropy": float(jnp.mean(compressibility.attention_entropy(probes, c))),
+           "entropy": float(jnp.mean(compressibility.attention_entropy(probes, c, scale=tau))),
            "trace": float(total), "tail": [], "lower": [], "upper": [], "refit": [],
            "refit_relative": [],
            "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules},
@@ -99,16 +104,16 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
     key = jax.random.PRNGKey(0) if key is None else key
     for m in budgets:
         out["tail"].append(float(eigs[m:].sum() / total) if total > 0 else 0.0)
-        out["lower"].append(float(bounds.width_lower(probes, c, m)))
-        up, support = bounds.width_upper(probes, c, m)
+        out["lower"].append(float(bounds.width_lower(probes, c, m, scale=tau)))
+        up, support = bounds.width_upper(probes, c, m, scale=tau)
         out["upper"].append(float(up))
-        refit = fit.refit(probes, c, jnp.sort(jnp.asarray(support)))  # U4's summary
-        out["refit"].append(float(risk(probes, c, refit)))
-        out["refit_relative"].append(float(relative_risk(probes, c, refit)))
+        refit = fit.refit(probes, c, jnp.sort(jnp.asarray(support)), scale=tau)  # U4's summary
+        out["refit"].append(float(risk(probes, c, refit, scale=tau)))
+        out["refit_relative"].append(float(relative_risk(probes, c, refit, scale=tau)))
         for name, rule in rules.items():
             s = rule(c, m, case.observed, key)
-            out["risk"][name].append(float(risk(probes, c, s)))
-            out["relative"][name].append(float(relative_risk(probes, c, s)))
+            out["risk"][name].append(float(risk(probes, c, s, scale=tau)))
+            out["relative"][name].append(float(relative_risk(probes, c, s, scale=tau)))
             if s.mass_gap is not None:
                 out["mass_gap"].setdefault(name, []).append(float(s.mass_gap))
     return out

@@ -39,20 +39,28 @@ def _softmax(s):
     return e / e.sum(1, keepdims=True)
 
 
-def test_split_and_every_field_against_numpy():
+@pytest.mark.parametrize("recorded", [None, 0.2])
+def test_split_and_every_field_against_numpy(recorded):
+    """Every field of a head's row against float64 NumPy, at the attention scale the capture's
+    model recorded (``config.attn_scale``; none recorded: 1/sqrt(hd))."""
     cap = _capture()
+    if recorded is not None:
+        cap = cap._replace(meta={**cap.meta, "config": {"attn_scale": recorded}})
+    tau = 8 ** -0.5 if recorded is None else recorded
     n, fut, obs = 48 - 16, 16, 6
     case = analyze.head_case(cap, 1, 0, future=fut, observed=obs)
+    assert case.scale == recorded
     np.testing.assert_array_equal(case.cache.keys, cap.keys[1, 0, :n])
     np.testing.assert_array_equal(case.observed, cap.queries[1, 0:2, n - obs:n])
     np.testing.assert_array_equal(case.probes, cap.queries[1, 0:2, n:].reshape(-1, 8))
     budgets = [3, 8]
-    chosen = {"snapkv": rules.get("snapkv"), "streaming_llm": rules.get("streaming_llm")}
+    chosen = {"snapkv": rules.get("snapkv", scale=tau),
+              "streaming_llm": rules.get("streaming_llm")}
     row = analyze.analyze_head(case, budgets, chosen, eps=0.05, spectrum=True)
     # float64 references
     k, v = np.asarray(case.cache.keys, np.float64), np.asarray(case.cache.values, np.float64)
     q = np.asarray(case.probes, np.float64)
-    P = _softmax(q @ k.T / np.sqrt(8))
+    P = _softmax(q @ k.T * tau)
     w = 1.0 / len(q)
     G = (P.T @ P * w) * (1 + v @ v.T)
     e = np.sort(np.linalg.eigvalsh(G))[::-1]
@@ -72,7 +80,7 @@ def test_split_and_every_field_against_numpy():
         for name, rule in chosen.items():
             s = rule(case.cache, m, case.observed)
             kept = np.asarray(s.kept)
-            Ph = _softmax(q @ k[kept].T / np.sqrt(8))
+            Ph = _softmax(q @ k[kept].T * tau)
             err = ((P @ v - Ph @ v[kept]) ** 2).sum(1).mean()
             assert row["risk"][name][i] == pytest.approx(err, rel=1e-8)
             spread = ((P @ v - v.mean(0)) ** 2).sum(1).mean()
