@@ -80,6 +80,7 @@ def _two_processes(cmd):
     return outs
 
 
+@pytest.mark.slow
 def test_bench_on_two_processes_writes_the_table_of_one(tmp_path):
     """``minimaxkv bench`` shares its prompts between two processes: the leaderboard, per-task
     CSV and markdown table equal a one-process run's."""

@@ -138,6 +138,7 @@ def test_both_dialects_give_one_config(tmp_path):
     ({"quantization_config": {"bits": 4}, "attn_logit_softcapping": 50.0},
      "attn_logit_softcapping, quantization_config not understood"),
     ({"hidden_size": None}, "required field 'hidden_size'"),
+    ({"rope_interleaved": True}, "rope_interleaved"),
 ])
 def test_config_fields_that_change_the_computation_are_refused_by_name(change, match):
     """config.json fields the model does not implement are a one-line error naming them, never
@@ -148,6 +149,23 @@ def test_config_fields_that_change_the_computation_are_refused_by_name(change, m
     hf = {k: v for k, v in hf.items() if v is not None}
     with pytest.raises(ValueError, match=match):
         M.hf_config(hf)
+
+
+def test_smollm2_s_hub_config_is_read():
+    """SmolLM2-135M's config.json as the model hub has it (a nanotron export: two extra flags)."""
+    hf = {"architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+          "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 576,
+          "initializer_range": 0.041666666666666664, "intermediate_size": 1536,
+          "is_llama_config": True, "max_position_embeddings": 8192, "model_type": "llama",
+          "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3,
+          "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": False,
+          "rope_scaling": None, "rope_theta": 100000, "tie_word_embeddings": True,
+          "torch_dtype": "bfloat16", "transformers_version": "4.42.3", "use_cache": True,
+          "vocab_size": 49152}
+    c = M.hf_config(hf)
+    assert (c.dim, c.layers, c.heads, c.kv_heads, c.head_dim, c.hidden, c.context) == \
+        (576, 30, 9, 3, 64, 1536, 8192)
+    assert c.rope == 1e5 and c.tied and c.norm_eps == 1e-5 and not (c.qk_norm or c.qkv_bias)
 
 
 def test_attention_scale_is_the_config_s(tiny):

@@ -217,7 +217,8 @@ HF_INERT = frozenset({
     "chunk_size_feed_forward", "is_encoder_decoder", "id2label", "label2id", "problem_type",
     "pretraining_tp",  # a sliced matmul in training, the same product
     "max_window_layers",  # read only with use_sliding_window
-    "tokenizer_class",
+    "tokenizer_class", "sep_token_id", "_attn_implementation_autoset", "keys_to_ignore_at_inference",
+    "is_llama_config",  # SmolLM2's nanotron export (with rope_interleaved, read below)
 })
 # the fields hf_config reads
 HF_READ = frozenset({
@@ -225,6 +226,7 @@ HF_READ = frozenset({
     "head_dim", "intermediate_size", "rms_norm_eps", "tie_word_embeddings",
     "max_position_embeddings", "hidden_act", "rope_theta", "rope_scaling", "rope_parameters",
     "attention_bias", "mlp_bias", "sliding_window", "use_sliding_window", "layer_types",
+    "rope_interleaved",
 })
 
 
@@ -275,7 +277,8 @@ def hf_config(hf: dict, where="config.json") -> Config:
                          "config.json if they do not")
     refuse = {"hidden_act": ("silu", hf.get("hidden_act", "silu")),
               "mlp_bias": (False, bool(hf.get("mlp_bias", False))),
-              "use_sliding_window": (False, bool(hf.get("use_sliding_window", False)))}
+              "use_sliding_window": (False, bool(hf.get("use_sliding_window", False))),
+              "rope_interleaved": (False, bool(hf.get("rope_interleaved", False)))}
     if kind != "qwen2":  # Qwen2's Q/K/V always carry biases; elsewhere the flag adds o_proj's too
         refuse["attention_bias"] = (False, bool(hf.get("attention_bias", False)))
     for name, (ok, got) in refuse.items():
