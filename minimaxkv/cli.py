@@ -296,9 +296,7 @@ def _stored(path: Path, config: dict, force: bool) -> list[dict]:
 
 def analyze_cmd(args) -> int:
     """Compressibility, bounds and measured risk per layer and KV head of a captured cache."""
-    from . import analyze, io, plots
-
-    from . import distributed
+    from . import analyze, distributed, io, plots
 
     t0 = time.perf_counter()
     cap, rows = _analyze_rows(args)
