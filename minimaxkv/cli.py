@@ -599,6 +599,10 @@ class _Parser(argparse.ArgumentParser):
 FLOAT64_COMMANDS = ("report", "compare", "analyze")
 
 
+MODEL_HELP = ("'smollm2' (default), a .gguf file (Llama architecture) or a Hugging Face directory "
+              "(Llama 2/3.x, Qwen2, Qwen3, Mistral: config.json + *.safetensors)")
+
+
 def main(argv=None) -> int:
     parser = _Parser(prog="minimaxkv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -672,8 +676,7 @@ def main(argv=None) -> int:
                          help="a generated long-context task (default passkey)")
         p.add_argument("--length", type=int, default=length, help=f"tokens (default {length})")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--model", default="smollm2",
-                       help="'smollm2' (default), a .gguf file or a Hugging Face directory")
+        p.add_argument("--model", default="smollm2", help=MODEL_HELP)
 
     ap = sub.add_parser("capture", help="capture keys, values and queries of a real model")
     prompt_args(ap, 1536)
@@ -709,8 +712,7 @@ def main(argv=None) -> int:
     bp.add_argument("--scale", default="quick", choices=("tiny", "quick", "full"),
                     help="quick: 4,096 tokens, query-aware (default); full: 8,192 tokens, both "
                     "protocols, more rules and prompts; tiny: seconds, for tests")
-    bp.add_argument("--model", default="smollm2",
-                    help="'smollm2' (default), a .gguf file or a Hugging Face directory")
+    bp.add_argument("--model", default="smollm2", help=MODEL_HELP)
     bp.add_argument("--tasks", nargs="+", default=None, help="a subset of RULER's tasks")
     bp.add_argument("--rules", nargs="+", default=None, help="instead of the scale's rules")
     bp.add_argument("--prompts", type=int, default=None, help="prompts per task")
