@@ -52,7 +52,12 @@ def initialize() -> int:
 
 
 def _joined() -> bool:
-    from jax._src import distributed as _d
+    """Whether this process has joined others already (without starting a backend)."""
+    import jax
+
+    if hasattr(jax.distributed, "is_initialized"):
+        return jax.distributed.is_initialized()
+    from jax._src import distributed as _d  # older JAX: no public test
 
     return getattr(_d.global_state, "client", None) is not None
 
