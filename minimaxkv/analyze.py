@@ -36,7 +36,7 @@ import numpy as np
 from . import bounds, compressibility, fit
 from . import budgets as budgets_mod
 from .cache import Cache
-from .capture import Captured
+from .capture import Captured, attn_scale
 from .risk import relative_risk, risk
 
 
@@ -67,10 +67,8 @@ def head_case(cap: Captured, layer: int, kv_head: int, *, future: int, observed:
     dtype = dtype or (jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     cache, q = cap.head(layer, kv_head)
     ctx = Cache(cache.keys[:n].astype(dtype), cache.values[:n].astype(dtype))
-    scale = (cap.meta.get("config") or {}).get("attn_scale")  # recorded by the model, if any
     return HeadCase(ctx, q[:, n - observed:n].astype(dtype),
-                    q[:, n:].reshape(-1, q.shape[-1]).astype(dtype),
-                    None if scale is None else float(scale))
+                    q[:, n:].reshape(-1, q.shape[-1]).astype(dtype), attn_scale(cap))
 
 
 def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float = 0.05,

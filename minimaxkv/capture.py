@@ -71,12 +71,19 @@ def rope_theta(cap: Captured):
     return float(theta) if scaling is None else rope.Llama3(float(theta), *scaling)
 
 
+def attn_scale(cap: Captured) -> float | None:
+    """The attention temperature the capture's model recorded (``config.attn_scale``), or
+    ``None``: the default ``head_dim ** -0.5``."""
+    scale = (cap.meta.get("config") or {}).get("attn_scale")
+    return None if scale is None else float(scale)
+
+
 def rule_hyper(cap: Captured) -> dict:
     """What the rules take from the capture's model (see ``Config.rule_hyper``): its RoPE as
-    ``theta`` and its attention temperature as ``scale`` (recorded, else ``head_dim ** -0.5``)."""
-    scale = (cap.meta.get("config") or {}).get("attn_scale")
-    return {"theta": rope_theta(cap),
-            "scale": cap.keys.shape[-1] ** -0.5 if scale is None else float(scale)}
+    ``theta`` and its attention temperature as ``scale`` (:func:`attn_scale`, else
+    ``head_dim ** -0.5``)."""
+    scale = attn_scale(cap)
+    return {"theta": rope_theta(cap), "scale": cap.keys.shape[-1] ** -0.5 if scale is None else scale}
 
 
 def capture(model, ids, *, source: str = "") -> Captured:

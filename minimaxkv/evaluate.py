@@ -34,7 +34,7 @@ from . import _check
 from . import budgets as budgets_mod
 from . import kvzip as kvzip_mod
 from . import tasks as tasks_mod
-from .cache import Cache, live_atoms, live_bytes
+from .cache import Cache, Summary, live_atoms, live_bytes
 from .model import (Model, bucket, buffer, concat, decode, empty_past, forward, generate,
                     pad_tokens)
 from .rules.base import Rule, layer_summaries, pad
@@ -214,13 +214,8 @@ def _compress_batched(rule, past: Cache, sizes, capacity: int, size: int, q, key
 
 
 def _pad_heads(c: Cache, size: int) -> Cache:
-    """Heads ``[B, m, ...]`` followed by empty atoms up to ``size``."""
-    extra = size - c.keys.shape[1]
-    if extra <= 0:
-        return c
-    rows = ((0, 0), (0, extra), (0, 0))
-    return Cache(jnp.pad(c.keys, rows), jnp.pad(c.values, rows),
-                 jnp.pad(c.logw, rows[:2], constant_values=-jnp.inf))
+    """Heads ``[B, m, ...]`` followed by empty atoms up to ``size`` (:func:`pad` on each)."""
+    return jax.vmap(lambda head: pad(Summary(head, None), size).cache)(c)
 
 
 class State(NamedTuple):
