@@ -58,7 +58,15 @@ def config(scale: str, model_name: str, **override) -> dict:
     """The run's configuration: the scale's, with ``override`` (tasks, rules, prompts...)."""
     if scale not in SCALES:
         raise ValueError(f"scale: expected one of {', '.join(SCALES)}, got {scale!r}")
-    cfg = {**SCALES[scale], **{k: v for k, v in override.items() if v is not None}}
+    return checked({**SCALES[scale], **{k: v for k, v in override.items() if v is not None}},
+                   model_name)
+
+
+def checked(cfg: dict, model_name: str) -> dict:
+    """A whole configuration (every key of a scale) checked, for the model ``model_name``."""
+    missing = set(SCALES["tiny"]) - set(cfg)
+    if missing:
+        raise ValueError(f"benchmark configuration: missing {', '.join(sorted(missing))}")
     for name in cfg["tasks"]:
         if name not in tasks.RULER:
             raise ValueError(f"task {name!r}: expected RULER's tasks: {', '.join(tasks.RULER)}")
@@ -142,7 +150,7 @@ def run(model, cfg: dict, path, *, force: bool = False, progress: bool = True) -
     return selected(store.read(path), cfg)
 
 
-def _interval(per_task: list[np.ndarray], reps: int = 10_000, seed: int = 0):
+def interval(per_task: list[np.ndarray], reps: int = 10_000, seed: int = 0):
     """Percentile-bootstrap 95 % interval of the mean over tasks of each task's mean, resampling
     prompts within each task (NaN with a single prompt per task)."""
     if min(len(x) for x in per_task) < 2:
@@ -167,7 +175,7 @@ def leaderboard(rows: list[dict], cfg: dict) -> tuple[list[dict], list[dict]]:
     for (aware, method, ratio, task), by_seed in sorted(cells.items(), key=_order):
         s = np.array([v[0] for v in by_seed.values()], float) * 100
         b = float(np.mean([v[1] for v in by_seed.values()]))
-        lo, hi = _interval([s])
+        lo, hi = interval([s])
         per_task.append({**base, "task": task, "method": method, "compression_ratio": ratio,
                          "query_aware": aware, "score": float(s.mean()), "ci_low": lo,
                          "ci_high": hi, "n": len(s), "bytes": b})
@@ -175,7 +183,7 @@ def leaderboard(rows: list[dict], cfg: dict) -> tuple[list[dict], list[dict]]:
     average = []
     for (aware, method, ratio), parts in sorted(groups.items(), key=_order):
         scores = [s for s, _ in parts]
-        lo, hi = _interval(scores)
+        lo, hi = interval(scores)
         average.append({**base, "method": method, "compression_ratio": ratio,
                         "query_aware": aware, "score": float(np.mean([s.mean() for s in scores])),
                         "ci_low": lo, "ci_high": hi, "n": int(sum(len(s) for s in scores)),

@@ -244,20 +244,62 @@ def test_real_heads_rows_match_a_direct_analysis(tiny):
     assert r["spearman"]["minimax"]["tail"][0] == pytest.approx(rho, abs=1e-12)
 
 
-def test_end_to_end_rows_and_bytes(tiny):
-    """Every (rule, budget) row is there, bytes are the kept atoms' bytes, the allocated rule keeps
-    at most the uniform total, and KL is a KL (>= 0)."""
+def test_end_to_end_is_a_slice_of_the_bench(tiny):
+    """Every (prompt, rule, ratio) row is there with kvpress's ``int(T (1 - r))`` atoms per head,
+    bytes the kept atoms' bytes, KL >= 0; the averages are the mean over tasks of each task's mean
+    over prompts, computed here by hand, inside their intervals."""
     _, rec = tiny
     cfg, r = rec["end_to_end"]["config"], rec["end_to_end"]["result"]
-    assert {(x["rule"], x["budget_spec"]) for x in r["rows"]} == {
-        (name, b) for name in cfg["rules"] for b in cfg["budgets"]}
+    rows = r["rows"]
+    assert sorted((x["family"], x["seed"], x["rule"], x["budget_spec"]) for x in rows) == sorted(
+        (t, s, name, x) for t in cfg["tasks"] for s in range(cfg["prompts"])
+        for name in cfg["rules"] for x in cfg["ratios"])
     per_atom = common.smollm2().config.cache_bytes(1)
-    for x in r["rows"]:
-        assert x["kl"] >= 0 and 0 <= x["top1"] <= 1
+    for x in rows:
+        assert x["budget"] == int(x["prefix_tokens"] * (1 - x["budget_spec"]))
+        assert x["kl"] >= 0 and x["query_aware"] is True
         assert x["bytes"] <= x["budget"] * per_atom + 1e-9
-        if "@" not in x["rule"] and x["rule"] != "minimax":  # eviction keeps exactly m atoms
+        if x["rule"] != "minimax":  # eviction keeps exactly the budget's atoms
             assert x["bytes"] == x["budget"] * per_atom
-    assert r["full_bytes"] == r["prefix_tokens"][0] * per_atom
+        assert x["full_bytes"] == x["prefix_tokens"] * per_atom
+
+    def by_hand(rule, ratio, field):
+        return np.mean([np.mean([x[field] for x in rows if x["rule"] == rule and
+                                 x["budget_spec"] == ratio and x["family"] == t])
+                        for t in cfg["tasks"]])
+
+    average = {(a["method"], a["compression_ratio"]): a for a in r["average"]}
+    kl = {(a["method"], a["compression_ratio"]): a for a in r["kl"]}
+    assert set(kl) == {(name, x) for name in cfg["rules"] for x in cfg["ratios"]}
+    for (name, x), k in kl.items():
+        assert average[name, x]["score"] == pytest.approx(100 * by_hand(name, x, "score"))
+        assert k["kl"] == pytest.approx(by_hand(name, x, "kl"))
+        assert k["ci_low"] <= k["kl"] <= k["ci_high"]
+    full = np.mean([x["score_full"] for x in rows if x["rule"] == cfg["rules"][0]])
+    assert average["full", 0.0]["score"] == pytest.approx(100 * full)
+
+
+def test_end_to_end_resumes_from_its_stored_rows(tiny, tmp_path, monkeypatch):
+    """Rows an interrupted run stored are reused, not recomputed (a marked row comes back
+    marked); a rows file of an older version of the experiment is removed; the rows file is
+    removed once the result is stored; ``force`` discards stored rows before running."""
+    from minimaxkv import store
+
+    _, rec = tiny
+    done = rec["end_to_end"]["result"]["rows"]
+    path = common.rows_path("end_to_end", "tiny", tmp_path)
+    stale = path.with_name("end_to_end-tiny.rows-000000000000.json")
+    store.add(stale, done)
+    store.add(path, [{**done[0], "kl": -1.0}] + done[1:])
+    again = common.compute("end_to_end", "tiny", tmp_path)["result"]
+    assert again["rows"][0]["kl"] == -1.0 and again["rows"][1:] == done[1:]
+    assert not path.exists() and not stale.exists()
+    store.add(path, done)
+    mod = common.module("end_to_end")
+    seen = []
+    monkeypatch.setattr(mod, "run", lambda config, rows: seen.append(rows.exists()) or {})
+    common.ensure("end_to_end", "tiny", force=True, root=tmp_path)
+    assert seen == [False]
 
 
 def test_cost_memory_chunked_below_dense(tiny):

@@ -96,10 +96,21 @@ def load(name: str, scale: str, root=None) -> dict:
     return saved
 
 
-def compute(name: str, scale: str, root=None) -> dict:
+def rows_path(name: str, scale: str, root=None) -> Path:
+    """Where an experiment that stores its rows as they finish (``ROWS = True``: its ``run``
+    takes ``rows=PATH``, a :mod:`minimaxkv.store`) keeps them until its result is stored; named
+    by the result's hash, so an edited experiment starts afresh."""
+    return results_dir(root) / f"{check_name(name)}-{check_scale(scale)}.rows-{key(name, scale)[:12]}.json"
+
+
+def compute(name: str, scale: str, root=None, *, fresh: bool = False) -> dict:
     """Run experiment ``name`` at ``scale`` and store its result atomically; returns the record
     (with the run's peak number of memory mappings and the system's limit, where known). What
-    the experiment compiled is released afterwards (``jax.clear_caches``)."""
+    the experiment compiled is released afterwards (``jax.clear_caches``).
+
+    An experiment with ``ROWS = True`` resumes from the rows an interrupted run stored
+    (:func:`rows_path`; ``fresh`` discards them) and its rows file is removed once the result is
+    stored."""
     import jax
 
     from minimaxkv import programs
@@ -107,12 +118,18 @@ def compute(name: str, scale: str, root=None) -> dict:
     cfg = config(name, scale)
     t0 = time.perf_counter()
     mod = module(name)
+    kwargs = {}
+    if getattr(mod, "ROWS", False):
+        kwargs["rows"] = rows_path(name, scale, root)
+        for old in results_dir(root).glob(f"{name}-{scale}.rows-*.json"):
+            if fresh or old != kwargs["rows"]:
+                old.unlink()
     # a module with FLOAT64 = True computes in float64 (as ``minimaxkv compare`` does), for
     # this run only
     precision = jax.enable_x64(True) if getattr(mod, "FLOAT64", False) else contextlib.nullcontext()
     try:
         with programs.PeakMappings() as peak, precision:
-            out = mod.run(cfg)
+            out = mod.run(cfg, **kwargs)
     finally:
         jax.clear_caches()
     record = {"name": name, "scale": scale, "config": cfg, "hash": key(name, scale),
@@ -120,6 +137,9 @@ def compute(name: str, scale: str, root=None) -> dict:
               "peak_mappings": peak.peak, "mapping_limit": peak.limit, "result": out,
               **io.provenance()}
     io.write_json(result_path(name, scale, root), record)
+    if "rows" in kwargs:
+        kwargs["rows"].unlink(missing_ok=True)
+        kwargs["rows"].with_name(f".{kwargs['rows'].name}.lock").unlink(missing_ok=True)
     return record
 
 
@@ -137,7 +157,7 @@ def ensure(name: str, scale: str, *, force: bool = False, root=None) -> tuple[di
     saved = None if force else cached(name, scale, root)
     if saved is not None:
         return saved, False
-    return compute(name, scale, root), True
+    return compute(name, scale, root, fresh=force), True
 
 
 @functools.lru_cache(maxsize=2)

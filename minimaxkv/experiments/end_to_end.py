@@ -1,49 +1,81 @@
-"""(f) End to end on SmolLM2: next-token KL and task accuracy vs cache bytes for every rule.
+"""(f) End to end on SmolLM2: RULER score and KL to the full cache per rule, with 95 % intervals
+over prompts: a slice of ``minimaxkv bench`` (:mod:`minimaxkv.bench`, docs/bench.md).
 
-Passkey prompts (``task``, ``samples`` seeds, about ``tokens`` tokens each) are read by
-SmolLM2-135M; each rule compresses every layer and KV head of the prompt's cache once after the
-prefill (query-aware: the question is part of the prefix, the SnapKV protocol), and the model then
-reads the gold answer and generates its own (:func:`minimaxkv.evaluate.sweep`). Rules named
-``rule@alloc`` give each head its own budget of the same total (adaptive: PyramidKV, AdaKV and the
-spectral allocation); they are drawn as Pareto points of (bytes, KL).
+``prompts`` seeds of each of RULER's ``tasks``, ``length`` tokens of the model's tokenizer, are
+prefilled once by SmolLM2-135M; each rule compresses every layer and KV head of the prompt's cache
+once to ``n_kept = int(T (1 - r))`` atoms per head at each compression ratio ``r`` (kvpress's
+fraction removed), seeing the last ``observed`` prefix tokens' queries (query-aware: the question
+is part of the prefix, kvpress's default); the model then answers greedily (RULER's
+``string_match_all`` score, at most ``max_new`` tokens) and reads the gold answer (the KL to the
+full cache per answer token). Scores and KL are averaged over tasks; intervals are
+percentile-bootstrap 95 % intervals resampling prompts within each task
+(:func:`minimaxkv.bench.interval`).
+
+At ``quick`` (the main job) the slice is sized for its 30 minutes on 2 cores: one ratio, 0.75 (a
+quarter of the atoms kept), 3 needle tasks x 8 prompts at 2,048 tokens, RULER's answers capped at
+48 tokens (a UUID is 37 SmolLM2 tokens); ``minimax`` costs 13 s of compression per prompt there,
+the field's rules 0.5-1.5 s. ``full`` is the bench's grid at 4,096 tokens.
+
+Every finished (prompt, rule, ratio) row is stored at once (``ROWS``): an interrupted run resumes
+where it stopped.
 """
 
 from __future__ import annotations
 
 from minimaxkv.experiments import common
 
-RULES = ("streaming_llm", "snapkv", "tova", "expected_attention", "attention_matching", "minimax",
-         "snapkv@pyramid", "snapkv@adakv", "minimax@spectral")
+ROWS = True  # run(config, rows=PATH): rows stored as they finish (common.compute)
+NEEDLES = ("niah_single_1", "niah_single_2", "niah_single_3")
+RULES = ("streaming_llm", "snapkv", "tova", "expected_attention", "minimax")
 
 CONFIGS = {
-    "tiny": {"task": "passkey", "tokens": 96, "samples": 1, "budgets": [0.25],
-             "rules": ["minimax", "snapkv@adakv"], "query_aware": True, "observed": 8,
-             "max_new": 2, "seed": 0},
-    "quick": {"task": "passkey", "tokens": 512, "samples": 2, "budgets": [0.1, 0.25, 0.5],
-              "rules": list(RULES), "query_aware": True, "observed": 32, "max_new": 12, "seed": 0},
-    "full": {"task": "passkey", "tokens": 2048, "samples": 8,
-             "budgets": [0.05, 0.1, 0.25, 0.5, 0.75], "rules": list(RULES), "query_aware": True,
-             "observed": 64, "max_new": 16, "seed": 0},
+    "tiny": {"length": 256, "tasks": ["niah_single_1"], "prompts": 2, "ratios": [0.5],
+             "protocols": [True], "max_new": 12, "observed": 8, "rules": ["snapkv", "minimax"]},
+    "quick": {"length": 2048, "tasks": list(NEEDLES), "prompts": 8, "ratios": [0.75],
+              "protocols": [True], "max_new": 48, "observed": 64, "rules": list(RULES)},
+    "full": {"length": 4096, "tasks": list(NEEDLES) + ["niah_multikey_1", "niah_multiquery"],
+             "prompts": 16, "ratios": [0.25, 0.5, 0.75, 0.875], "protocols": [True],
+             "max_new": None, "observed": 64, "rules": list(RULES) + ["kvzip", "snapkv@adakv"]},
 }
 
 
-def run(config: dict) -> dict:
-    """``{"rows": [one per (sample, rule, budget)], "summary": [mean per (rule, budget)]}``."""
-    from minimaxkv import evaluate, tasks
+def run(config: dict, rows=None) -> dict:
+    """``{"rows": [one per (prompt, rule, ratio)], "average": [bench's leaderboard rows],
+    "per_task": [...], "kl": [mean KL and interval per (rule, ratio)], ...}``; ``rows``: the
+    store the rows are kept in as they finish (default: a temporary file)."""
+    import tempfile
+    from pathlib import Path
+
+    from minimaxkv import bench
 
     model = common.smollm2()
-    tok = model.tokenizer
-    task_list = [tasks.make(config["task"], config["tokens"], lambda t: len(tok.encode(t)),
-                            seed=config["seed"] + i, chat=tok.chat)
-                 for i in range(config["samples"])]
-    chosen = {name: evaluate.resolve(name, **model.config.rule_hyper)
-              for name in config["rules"]}
-    rows = evaluate.sweep(model, task_list, chosen, config["budgets"],
-                          query_aware=config["query_aware"], observed=config["observed"],
-                          max_new=config["max_new"])
-    return {"rows": rows, "summary": evaluate.summarize_rows(rows), "model": model.config.name,
-            "full_bytes": rows[0]["full_bytes"],
-            "prefix_tokens": sorted({r["prefix_tokens"] for r in rows})}
+    cfg = bench.checked(config, model.config.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        done = bench.run(model, cfg, rows or Path(tmp) / "rows.json")
+    average, per_task = bench.leaderboard(done, cfg)
+    return {"rows": done, "average": average, "per_task": per_task, "kl": kl_table(done),
+            "model": model.config.name, "full_bytes": done[0]["full_bytes"],
+            "prefix_tokens": sorted({r["prefix_tokens"] for r in done})}
+
+
+def kl_table(rows: list[dict]) -> list[dict]:
+    """Mean over tasks of the mean KL per answer token, with its 95 % interval, per (protocol,
+    rule, ratio)."""
+    import numpy as np
+
+    from minimaxkv import bench
+
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r["query_aware"], r["rule"], r["budget_spec"]), {}).setdefault(
+            r["family"], []).append(r["kl"])
+    out = []
+    for (aware, rule, ratio), by_task in cells.items():
+        kls = [np.asarray(v, float) for v in by_task.values()]
+        lo, hi = bench.interval(kls)
+        out.append({"method": rule, "compression_ratio": ratio, "query_aware": aware,
+                    "kl": float(np.mean([k.mean() for k in kls])), "ci_low": lo, "ci_high": hi})
+    return out
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def families(record) -> list[str]:
 
 
 def subtitle(record) -> str:
-    return f"scale {record['scale']}, seed {record['seed']}, config {record['hash']}"
+    seed = "" if record["seed"] is None else f", seed {record['seed']}"
+    return f"scale {record['scale']}{seed}, config {record['hash']}"
 
 
 def main(name: str, argv=None) -> int:

@@ -1,4 +1,5 @@
-"""(f) End to end on SmolLM2: KL to the full cache and task accuracy vs bytes of cache."""
+"""(f) End to end on SmolLM2: RULER score and KL to the full cache per rule and compression ratio,
+with 95 % intervals over prompts."""
 
 from __future__ import annotations
 
@@ -8,77 +9,75 @@ import numpy as np
 from minimaxkv.paper_figures import common
 
 
-def _pareto(points):
-    """The (bytes, kl) points not dominated by another (fewer bytes and lower KL)."""
-    pts = sorted(points)
-    front, best = [], np.inf
-    for x, y in pts:
-        if y < best:
-            front.append((x, y))
-            best = y
-    return front
+def _bars(ax, cells, rules, ratios, colours, value, lo, hi):
+    """Grouped bars: one group per ratio, one bar per rule, 95 % interval whiskers."""
+    width = 0.8 / len(rules)
+    for j, rule in enumerate(rules):
+        x = np.arange(len(ratios)) + (j - (len(rules) - 1) / 2) * width
+        c = [cells.get((rule, r)) for r in ratios]
+        y = np.array([np.nan if v is None else v[value] for v in c])
+        err = np.array([[0, 0] if v is None or not np.isfinite(v[lo]) else
+                        [v[value] - v[lo], v[hi] - v[value]] for v in c]).T
+        ax.bar(x, y, width * 0.9, color=colours[rule], label=rule,
+               lw=1.6 if rule == "minimax" else 0, edgecolor="black")
+        ax.errorbar(x, y, yerr=np.maximum(err, 0), fmt="none", ecolor="0.2", elinewidth=1,
+                    capsize=2.5)
+    return width
 
 
 def draw(record):
     res, cfg = record["result"], record["config"]
-    summary = res["summary"]
-    rules = cfg["rules"]
-    full_kib = res["full_bytes"] / 1024
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.15, 1]})
+    rules, ratios = cfg["rules"], sorted(cfg["ratios"])
     cmap = plt.get_cmap("tab10")
-    base = [r for r in rules if "@" not in r]
-    budgets = cfg["budgets"]
-    colours = {}
-    for j, rule in enumerate(rules):
-        rs = sorted((s for s in summary if s["rule"] == rule), key=lambda s: s["KiB"])
-        adaptive = "@" in rule
-        col = "black" if rule.startswith("minimax") else \
-            cmap(base.index(rule.split("@")[0]) % 10) if rule.split("@")[0] in base else cmap(j % 10)
-        colours[rule] = col
-        style = dict(ls="none", marker={"pyramid": "^", "adakv": "s", "spectral": "D"}.get(
-            rule.partition("@")[2], "o"), ms=7, mfc="none", mew=1.6) if adaptive else \
-            dict(ls="-", marker="o", ms=4, lw=2.2 if rule == "minimax" else 1.3)
-        axes[0].plot([s["KiB"] / 1024 for s in rs], common.floor([s["kl"] for s in rs]),
-                     color=col, label=rule, **style)
-    front = _pareto([(s["KiB"] / 1024, s["kl"]) for s in summary])
-    axes[0].plot(*zip(*front), color="0.6", lw=5, alpha=0.35, zorder=0, label="Pareto front")
-    mib = [np.mean([s["KiB"] for s in summary if s["budget"] == b]) / 1024 for b in budgets]
-    axes[0].set_xscale("log")
-    axes[0].set_xticks(mib)
-    axes[0].set_xticklabels([f"{x:.1f} MiB\n({b:.0%})" for x, b in zip(mib, budgets)])
-    axes[0].xaxis.set_minor_locator(plt.NullLocator())
-    axes[0].set_yscale("log")
-    axes[0].yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-    axes[0].set_xlabel("compressed cache (keys + values + log-weights of all layers and heads; "
-                       "budget as a fraction of the prompt)")
-    axes[0].set_ylabel("KL(full ‖ compressed), nats per answer token")
-    axes[0].set_title("Distortion vs bytes (lower is better)")
-    width = 0.8 / len(rules)
-    for j, rule in enumerate(rules):
-        by = {s["budget"]: s["score"] for s in summary if s["rule"] == rule}
-        x = np.arange(len(budgets)) + (j - (len(rules) - 1) / 2) * width
-        h = [by.get(b, np.nan) for b in budgets]
-        axes[1].bar(x, [max(v, 0.015) for v in h], width * 0.9, color=colours[rule],
-                    hatch="//" if "@" in rule else None, edgecolor="white" if "@" not in rule
-                    else colours[rule], fill="@" not in rule, lw=0.8)
-    full_score = np.mean([s["score_full"] for s in summary])
-    axes[1].axhline(full_score, color="0.3", ls=":", lw=1)
-    axes[1].text(0.01, full_score, f" full cache ({full_kib / 1024:.1f} MiB): {full_score:.2f}",
-                 va="bottom", fontsize=8, color="0.3", transform=axes[1].get_yaxis_transform())
-    axes[1].set_xticks(np.arange(len(budgets)))
-    axes[1].set_xticklabels([f"{b:.0%} ({x:.1f} MiB)" for b, x in zip(budgets, mib)])
-    axes[1].set_xlabel("budget (fraction of the prompt's atoms per head)")
-    axes[1].set_ylabel(f"task accuracy over {cfg['samples']} prompt(s) (greedy answer)")
-    axes[1].set_ylim(0, 1.12)
-    axes[1].set_title("Accuracy vs bytes (a sliver marks 0)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), frameon=False,
-               title="rule (hollow markers, hatched bars: per-head budgets of the same total, RULE@allocation)")
-    n_tok = res["prefix_tokens"][0]
-    mode = "query-aware" if cfg["query_aware"] else "query-agnostic"
-    fig.suptitle(f"{res['model']} end to end (KL over the answer tokens): {cfg['samples']} × {cfg['task']}, ~{n_tok} prompt "
-                 f"tokens, {mode}, one-shot compression — {common.subtitle(record)}")
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    colours = {r: "0.15" if r == "minimax" else cmap(i % 10) for i, r in enumerate(rules)}
+    aware = [r for r in res["average"] if r["query_aware"]]
+    score = {(r["method"], r["compression_ratio"]): r for r in aware}
+    full = score[("full", 0.0)]
+    kl = {(r["method"], r["compression_ratio"]): r for r in res["kl"] if r["query_aware"]}
+    atoms = {x: int(np.mean([r["budget"] for r in res["rows"] if r["budget_spec"] == x]))
+             for x in ratios}
+    mib = {x: np.mean([r["bytes"] for r in res["rows"] if r["budget_spec"] == x]) / 2**20
+           for x in ratios}
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.6))
+
+    width = _bars(ax0, score, rules, ratios, colours, "score", "ci_low", "ci_high")
+    tasks = cfg["tasks"]
+    for j, rule in enumerate(rules):  # each task's mean score on its bar
+        for i, x in enumerate(ratios):
+            pts = [t["score"] for t in res["per_task"] if t["method"] == rule
+                   and t["compression_ratio"] == x and t["query_aware"]]
+            xs = i + (j - (len(rules) - 1) / 2) * width
+            ax0.plot([xs] * len(pts), pts, ls="none", marker="_", ms=9, color="white", mew=1.4)
+            ax0.plot([xs] * len(pts), pts, ls="none", marker="_", ms=9, color="0.1", mew=0.6)
+    ax0.axhline(full["score"], color="0.3", ls="--", lw=1)
+    if np.isfinite(full["ci_low"]):
+        ax0.axhspan(full["ci_low"], full["ci_high"], color="0.5", alpha=0.12, lw=0)
+    ax0.text(0.01, full["score"], f" full cache ({res['full_bytes'] / 2**20:.0f} MiB): "
+             f"{full['score']:.0f} %", va="bottom", fontsize=8, color="0.3",
+             transform=ax0.get_yaxis_transform())
+    ax0.set_ylim(0, 112)
+    ax0.set_ylabel(f"RULER score (%), mean of {len(tasks)} tasks x {cfg['prompts']} prompts")
+    ax0.set_title("Task score (higher is better; ticks: each task's mean)")
+
+    _bars(ax1, kl, rules, ratios, colours, "kl", "ci_low", "ci_high")
+    ax1.set_yscale("log")
+    ax1.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax1.set_ylabel("KL(full ‖ compressed), nats per answer token")
+    ax1.set_title("Distortion of the answer (lower is better)")
+    for ax in (ax0, ax1):
+        ax.set_xticks(np.arange(len(ratios)))
+        ax.set_xticklabels([f"compression ratio {x:g}\n({atoms[x]} atoms/head, {mib[x]:.0f} MiB)"
+                            for x in ratios])
+        ax.grid(axis="x", visible=False)
+    handles, labels = ax0.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
+               title="rule (whiskers: 95 % bootstrap intervals over prompts, resampled within "
+                     "each task)")
+    mode = "query-aware" if cfg["protocols"] == [True] else "both protocols"
+    fig.suptitle(f"{res['model']} end to end on RULER ({', '.join(tasks)}), "
+                 f"~{res['prefix_tokens'][-1]:,}-token prompts, {mode}, one-shot compression "
+                 f"of every layer and head — {common.subtitle(record)}", fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
 
 
