@@ -104,3 +104,20 @@ def interrupt_after_first_row(argv, env_extra=None):
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                           timeout=600)
     return proc.returncode, proc.stderr
+
+
+def assert_drawn(path, *, min_px: int = 300) -> None:
+    """``path`` holds a picture: a PNG that decodes to at least ``min_px`` pixels a side and is
+    not a single colour, or a PDF whose header and trailer are whole."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix == ".pdf":
+        data = path.read_bytes()
+        assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF"), path
+        return
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and min(img.shape[:2]) >= min_px, (path, img.shape)
+    assert float(img[..., :3].std()) > 0.01, f"{path}: a single colour"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tiny_llama
-from conftest import interrupt_after_first_row
+from conftest import assert_drawn, interrupt_after_first_row
 from minimaxkv import bench, store
 from minimaxkv.cli import main
 
@@ -42,7 +42,7 @@ def test_bench_interrupted_then_resumed_writes_the_same_table(tiny_model, tmp_pa
     assert all(kept[r["key"]] == r for r in first)  # the first run's row was not recomputed
     for name in ("bench-tiny.csv", "bench-tiny-tasks.csv", "bench-tiny.md"):
         assert (cut / name).read_text() == (whole / name).read_text(), name
-    assert (cut / "bench-tiny.png").stat().st_size > 0
+    assert_drawn(cut / "bench-tiny.png")
     # kvpress's ratio: int(T (1 - r)) atoms kept of a context of T tokens
     for r in rows:
         assert r["budget"] == int(r["prefix_tokens"] * (1 - r["budget_spec"]))

@@ -14,6 +14,7 @@ import pytest
 
 import minimaxkv as mkv
 from minimaxkv import bounds, compressibility, rules, synthetic
+from conftest import assert_drawn
 from minimaxkv.cli import main
 from minimaxkv.experiments import common
 from minimaxkv.experiments.lookup_support import l3_support, support_needed
@@ -118,7 +119,8 @@ def test_every_figure_draws(tiny, tmp_path):
     for name in common.EXPERIMENTS:
         paths = figs.render(name, "tiny", out=tmp_path, record=records[name])
         assert [p.name for p in paths] == [f"{name}.png", f"{name}.pdf"]
-        assert all(p.stat().st_size > 1000 for p in paths)
+        for p in paths:
+            assert_drawn(p)
 
 
 def test_cli_figures_reuses_cached_results(tiny, tmp_path, monkeypatch, capsys):
@@ -310,7 +312,9 @@ def test_cost_memory_chunked_below_dense(tiny):
     dense, chunked = r["risk"]["dense"]["bytes"], r["risk"]["chunked"]["bytes"]
     assert chunked[-1] < dense[-1] and dense[-1] > dense[0]
     assert set(r["rules"]) == set(cfg["rules"]) and len(r["budgets"]) == len(cfg["ns"])
-    assert all(t > 0 for row in r["rules"].values() for t in row["steady"])
+    # the dense risk holds the p x n float32 logits of the largest cache; the chunked one a block
+    n = cfg["risk_ns"][-1]
+    assert dense[-1] >= 4 * cfg["p"] * n > 4 * cfg["p"] * cfg["chunk"]
 
 
 def test_cli_figures_computes_in_a_process_of_its_own_and_survives_a_failure(

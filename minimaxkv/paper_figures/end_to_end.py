@@ -9,8 +9,9 @@ import numpy as np
 from minimaxkv.paper_figures import common
 
 
-def _bars(ax, cells, rules, ratios, colours, value, lo, hi):
-    """Grouped bars: one group per ratio, one bar per rule, 95 % interval whiskers."""
+def _bars(ax, cells, rules, ratios, colours, value, lo, hi, label):
+    """Grouped bars: one group per ratio, one bar per rule, 95 % interval whiskers, each bar's
+    value written at its foot (so a bar of height 0 reads 0)."""
     width = 0.8 / len(rules)
     for j, rule in enumerate(rules):
         x = np.arange(len(ratios)) + (j - (len(rules) - 1) / 2) * width
@@ -22,6 +23,12 @@ def _bars(ax, cells, rules, ratios, colours, value, lo, hi):
                lw=1.6 if rule == "minimax" else 0, edgecolor="black")
         ax.errorbar(x, y, yerr=np.maximum(err, 0), fmt="none", ecolor="0.2", elinewidth=1,
                     capsize=2.5)
+        for xi, yi in zip(x, y):
+            if np.isfinite(yi):
+                ax.annotate(label(yi), (xi, 0), xytext=(0, 3), textcoords="offset points",
+                            xycoords=("data", "axes fraction"), ha="center", fontsize=8,
+                            color="0.1", bbox=dict(boxstyle="round,pad=0.15", fc="white",
+                                                   ec="none", alpha=0.8))
     return width
 
 
@@ -40,7 +47,8 @@ def draw(record):
            for x in ratios}
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.6))
 
-    width = _bars(ax0, score, rules, ratios, colours, "score", "ci_low", "ci_high")
+    width = _bars(ax0, score, rules, ratios, colours, "score", "ci_low", "ci_high",
+                  lambda v: f"{v:.0f} %")
     tasks = cfg["tasks"]
     for j, rule in enumerate(rules):  # each task's mean score on its bar
         for i, x in enumerate(ratios):
@@ -59,9 +67,10 @@ def draw(record):
     ax0.set_ylabel(f"RULER score (%), mean of {len(tasks)} tasks x {cfg['prompts']} prompts")
     ax0.set_title("Task score (higher is better; ticks: each task's mean)")
 
-    _bars(ax1, kl, rules, ratios, colours, "kl", "ci_low", "ci_high")
+    _bars(ax1, kl, rules, ratios, colours, "kl", "ci_low", "ci_high", lambda v: f"{v:.2f}")
     ax1.set_yscale("log")
-    ax1.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    for axis in (ax1.yaxis.set_major_formatter, ax1.yaxis.set_minor_formatter):
+        axis(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     ax1.set_ylabel("KL(full ‖ compressed), nats per answer token")
     ax1.set_title("Distortion of the answer (lower is better)")
     for ax in (ax0, ax1):
