@@ -1,4 +1,5 @@
-"""Command line: ``minimaxkv report`` (compressibility and bounds on the synthetic families)."""
+"""The ``minimaxkv`` command: each subcommand parses its arguments, calls the library and prints
+(``minimaxkv --help`` lists them)."""
 
 from __future__ import annotations
 
@@ -11,54 +12,16 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
-from tqdm import tqdm
 
-from . import bounds, compressibility, io, synthetic
-from . import budgets as budgets_mod
-from .attention import attention_weights
-
-
-def _report_rows(n: int, p: int, d: int, dv: int, seed: int, budgets: list[float],
-                 oracle_n: int = 10):
-    key = jax.random.PRNGKey(seed)
-    for family in tqdm(sorted(synthetic.FAMILIES), desc="families", file=sys.stderr):
-        kw = dict(n=n, d=d, dv=dv, p=p, dtype=jnp.float64)
-        if family == "lookup":
-            kw["d"] = max(d, n)  # orthonormal keys: the exact, incompressible lookup cache
-        inst = synthetic.make(family, key, **kw)
-        q, c = inst.queries, inst.cache
-        spec = compressibility.spectrum(q, c)
-        row = {
-            "family": family,
-            "eps_rank": compressibility.eps_rank(spec, 0.05),
-            "d_eff": float(compressibility.effective_dimension(spec, 1e-3 * float(spec[0]))),
-        }
-        for frac in budgets:
-            m = budgets_mod.atoms(frac, n)
-            lo = float(bounds.width_lower(q, c, m))
-            hi, _ = bounds.width_upper(q, c, m)
-            row[f"lower@{frac:g}"] = lo
-            row[f"upper@{frac:g}"] = hi
-            # the ratio is noise once both are at round-off level
-            row[f"upper/lower@{frac:g}"] = hi / lo if lo > 1e-10 else float("nan")
-        if oracle_n:
-            small = synthetic.make(family, key, **{**kw, "n": oracle_n, "p": 8,
-                                                   "d": max(d, oracle_n) if family == "lookup"
-                                                   else d})
-            m = max(1, oracle_n // 3)
-            orc = bounds.oracle(small.queries, small.cache, m)
-            row[f"oracle({oracle_n}->{m})"] = float(orc.risk)
-            row[f"evict({oracle_n}->{m})"] = float(orc.eviction_risk)
-        yield row
+from . import bounds, io, synthetic, tables
+from .rules import DEFAULTS
 
 
 def report(args) -> int:
     t0 = time.perf_counter()
-    rows = list(_report_rows(args.n, args.p, args.d, args.dv, args.seed, args.budgets,
-                             args.oracle_n))
+    rows = list(tables.report_rows(args.n, args.p, args.d, args.dv, args.seed, args.budgets,
+                                   args.oracle_n))
     cols = list(rows[0])
     width = [max(len(c), 10) for c in cols]
     print("Compressibility and value-class bounds on the synthetic families")
@@ -74,63 +37,20 @@ def report(args) -> int:
     return 0
 
 
-COMPARE_RULES = ("window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
-                 "expected_attention", "leverage", "gvote", "kmeans_merge", "attention_matching",
-                 "snapkv+fit", "minimax", "minimax_agnostic")
-
-
-def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
-                  budgets, rule_names, seed: int = 0):
-    """Risk on held-out queries of every rule at every budget, with reference columns.
-
-    Returns ``{budget: {column: value}}``. Every summary has ``budget`` atoms with keys, values and
-    log-weights, so equal budgets are equal bytes (GVote may use fewer).
-    """
-    from . import fit as fitmod
-    from . import programs, rules
-    from .risk import risk
-
-    kw = dict(n=n, d=max(d, n) if family == "lookup" else d, dv=dv, p=p_obs + p_eval,
-              dtype=jnp.float64)
-    inst = synthetic.make(family, jax.random.PRNGKey(seed), **kw)
-    c = inst.cache
-    queries = inst.queries
-    if family == "lookup":  # observed and held-out queries from one law: uniform over the atoms
-        kw["p"] = n
-        queries = synthetic.make(family, jax.random.PRNGKey(seed), **kw).queries
-        queries = queries[jax.random.randint(jax.random.PRNGKey(seed + 1), (p_obs + p_eval,), 0, n)]
-    q_obs, q_eval = queries[:p_obs], queries[p_obs:]
-    table = {}
-    for frac in budgets:
-        m = budgets_mod.atoms(frac, n)
-        row = {}
-        for name in rule_names:
-            summ = rules.get(name, theta=inst.theta, convention=inst.convention)(c, m, q_obs)
-            row[name] = float(risk(q_eval, c, summ))
-        row["L2 lower (worst case)"] = float(bounds.width_lower(q_eval, c, m)) * dv
-        piv = scipy.linalg.qr(np.asarray(attention_weights(q_eval, c)), pivoting=True,
-                              mode="economic")[2]
-        ref = fitmod.refit(q_eval, c, jnp.asarray(np.sort(piv[:m])))
-        row["refit on eval queries"] = float(risk(q_eval, c, ref))
-        table[m] = row
-        programs.relieve()  # every rule compiles per budget: bound what stays mapped
-    return table
-
-
 def compare(args) -> int:
     if args.cache:
         args.cachefile, args.plot = args.cache, None
         return compare_cache(args)
     t0 = time.perf_counter()
-    names = args.rules or list(COMPARE_RULES)
+    names = args.rules or list(DEFAULTS["synthetic"])
     for family in args.families:
-        table = compare_table(family, args.n, args.d, args.dv, args.p, args.p, args.budgets,
-                              names, args.seed)
+        table = tables.compare_table(family, args.n, args.d, args.dv, args.p, args.p,
+                                     args.budgets, names, args.seed)
         budgets = list(table)
         print(f"\n{family}: risk on {args.p} held-out queries (n={args.n}, d={args.d}, "
               f"dv={args.dv}; rules see {args.p} observed queries)")
         print("rule".ljust(24) + "".join(f"m={m:<5d}".rjust(12) for m in budgets))
-        cols = names + ["L2 lower (worst case)", "refit on eval queries"]
+        cols = names + list(tables.REFERENCES)
         for col in cols:
             cells = "".join(f"{table[m][col]:12.4g}" for m in budgets)
             best = [min(names, key=lambda r: table[m][r]) for m in budgets]
@@ -144,9 +64,6 @@ def compare(args) -> int:
     return 0
 
 
-CAUSAL_RULES = ("streaming_llm", "snapkv", "attention_matching", "gvote", "kmeans_merge",
-                "minimax", "minimax_agnostic")
-
 
 def causal_cmd(args) -> int:
     from . import causal, rules
@@ -159,7 +76,7 @@ def causal_cmd(args) -> int:
           f"{args.block}; errors of every position's query against exact causal attention")
     print(f"{'rule':20s}{'prefill risk':>14s}{'decode risk':>14s}{'max bytes':>11s}"
           f"{'compress s':>12s}")
-    for name in args.rules or CAUSAL_RULES:
+    for name in args.rules or DEFAULTS["causal"]:
         hyper = {"block": args.block} if name.startswith("minimax") else {}
         res = causal.run(rules.get(name, theta=st.theta, **hyper), st.keys, st.values, st.queries,
                          args.budget,
@@ -169,9 +86,6 @@ def causal_cmd(args) -> int:
     print(f"done in {time.perf_counter() - t0:.1f} s (minimax uses the driver's block size)")
     return 0
 
-
-EVALUATE_RULES = ("streaming_llm", "snapkv", "tova", "expected_attention", "gvote",
-                  "attention_matching", "kmeans_merge", "minimax")
 
 
 def _prompt_ids(args, model):
@@ -208,8 +122,6 @@ def capture_cmd(args) -> int:
     return 0
 
 
-ANALYZE_RULES = ("minimax", "snapkv", "expected_attention", "streaming_llm")
-
 
 ANALYZE_IDENT = ("layer", "kv_head")
 
@@ -231,7 +143,7 @@ def _analyze_rows(args):
         if bad:
             raise ValueError(f"--layers {bad}: the capture has layers 0..{cap.layers - 1}")
         heads = [(i, h) for i in args.layers for h in range(cap.kv_heads)]
-    names = list(args.rules or ANALYZE_RULES)
+    names = list(args.rules or DEFAULTS["heads"])
     hyper = capture.rule_hyper(cap)  # the model's RoPE and scale, for the rules that use them
     chosen = {name: rules.get(name, **hyper) for name in names}
     spectrum = bool(getattr(args, "plot", None))
@@ -399,7 +311,7 @@ def evaluate_cmd(args) -> int:
     tok = m.tokenizer
     task_list = [tasks.make(args.task, args.length, lambda t: len(tok.encode(t)), seed=args.seed + i,
                             chat=tok.chat) for i in range(args.samples)]
-    names = args.rules or list(EVALUATE_RULES)
+    names = args.rules or list(DEFAULTS["model"])
     chosen = {name: evaluate.resolve(name, **m.config.rule_hyper) for name in names}
     config = {"command": "evaluate", "model": m.config.name, "task": args.task,
               "length": args.length, "query_aware": args.query_aware, "block": args.block,
@@ -648,7 +560,7 @@ def main(argv=None) -> int:
     np_.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.25],
                      help="fractions of the context (default 0.05 0.1 0.25)")
     np_.add_argument("--rules", nargs="+", default=None,
-                     help=f"default: {' '.join(ANALYZE_RULES)}")
+                     help=f"default: {' '.join(DEFAULTS['heads'])}")
     np_.add_argument("--eps", type=float, default=0.05, help="eps of the eps-rank (default 0.05)")
     np_.add_argument("--plot", default=None, help="write the figure here (.png or .pdf)")
     np_.add_argument("--out", default=None, help="results store of the per-head rows, shared by "
@@ -685,7 +597,7 @@ def main(argv=None) -> int:
     ep = sub.add_parser("evaluate", help="end to end: a real model reading compressed caches")
     prompt_args(ep, 1536, text=False)
     ep.add_argument("--rules", nargs="+", default=None,
-                    help=f"default: {' '.join(EVALUATE_RULES)}; RULE@pyramid, RULE@adakv or "
+                    help=f"default: {' '.join(DEFAULTS['model'])}; RULE@pyramid, RULE@adakv or "
                     "RULE@spectral give each head its own budget (same total)")
     ep.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.25],
                     help="atoms per head, or fractions of the context (default 0.05 0.1 0.25)")

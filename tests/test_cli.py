@@ -1,18 +1,32 @@
 """The command line: tables computed from the library, errors for bad arguments."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from conftest import np_attention
 
-from minimaxkv import cli
+from minimaxkv import cli, synthetic, tables
 
 
-def test_compare_table_full_budget_is_exact():
-    table = cli.compare_table("clustered", n=24, d=4, dv=2, p_obs=8, p_eval=8,
-                              budgets=[0.25, 1.0], rule_names=["window", "snapkv", "minimax"])
+def test_compare_table_against_float64_numpy():
+    """Every rule is exact at the full budget; the window rule's risk at 6 atoms (it keeps the
+    last 6) and the L2 column (sigma_7 of the held-out attention matrix, squared, times dv) equal
+    float64 NumPy computations on the same instance and held-out queries."""
+    table = tables.compare_table("clustered", n=24, d=4, dv=2, p_obs=8, p_eval=8,
+                                 budgets=[0.25, 1.0], rule_names=["window", "snapkv", "minimax"])
     assert sorted(table) == [6, 24]
-    for rule in ("window", "snapkv", "minimax"):
-        assert table[24][rule] == 0.0
-        assert table[6][rule] > 0.0
-    assert table[6]["L2 lower (worst case)"] >= 0.0
+    assert [table[24][r] for r in ("window", "snapkv", "minimax")] == [0.0] * 3
+    inst = synthetic.make("clustered", jax.random.PRNGKey(0), n=24, d=4, dv=2, p=16,
+                          dtype=jnp.float64)
+    q = np.asarray(inst.queries)[8:]
+    k, v, b = (np.asarray(x) for x in inst.cache)
+    full, _, att = np_attention(q, k, v, b)
+    last, _, _ = np_attention(q, k[-6:], v[-6:], b[-6:])
+    assert table[6]["window"] == pytest.approx(np.mean(np.sum((full - last) ** 2, 1)), rel=1e-9)
+    assert table[6]["snapkv"] > 0 and table[6]["minimax"] > 0
+    sigma = np.linalg.svd(att / np.sqrt(len(q)), compute_uv=False)
+    assert table[6][tables.L2_LOWER] == pytest.approx(sigma[6] ** 2 * 2, rel=1e-6)
 
 
 def test_report_and_compare_run(capsys):

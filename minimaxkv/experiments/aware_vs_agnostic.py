@@ -2,7 +2,7 @@
 
 Two pairs at equal bytes: the ``minimax`` rule with and without the observed queries
 (``minimax_agnostic``), and the published pair SnapKV (observed-window attention) vs Expected
-Attention (a fitted future-query law). Cells are :func:`minimaxkv.cli.compare_table` (held-out
+Attention (a fitted future-query law). Cells are :func:`minimaxkv.tables.compare_table` (held-out
 queries of the same law; the eval-query refit is an oracle-like reference), averaged over seeds.
 """
 
@@ -14,7 +14,6 @@ from tqdm import tqdm
 from minimaxkv.experiments import common
 
 PAIRS = (("minimax", "minimax_agnostic"), ("snapkv", "expected_attention"))
-REFERENCE = "refit on eval queries"
 
 CONFIGS = {
     "tiny": {"families": ["clustered"], "n": 16, "d": 32, "dv": 8, "p_obs": 8, "p_eval": 8,
@@ -32,7 +31,7 @@ FLOAT64 = True  # computed in float64: common.compute sets it for the run
 
 def run(config: dict) -> dict:
     """``{"families": {family: {"budgets": [m...], "risk": {rule: [[risk per budget] per seed]}}}}``."""
-    from minimaxkv.cli import compare_table
+    from minimaxkv.tables import REFIT, compare_table
 
     rules = [r for pair in PAIRS for r in pair]
     out = {}
@@ -41,7 +40,7 @@ def run(config: dict) -> dict:
         table = compare_table(family, config["n"], config["d"], config["dv"], config["p_obs"],
                               config["p_eval"], config["fractions"], rules, seed)
         row = out.setdefault(family, {"budgets": list(table),
-                                      "risk": {c: [] for c in rules + [REFERENCE]}})
+                                      "risk": {c: [] for c in rules + [REFIT]}})
         for c in row["risk"]:
             row["risk"][c].append([table[m][c] for m in table])
     for row in out.values():

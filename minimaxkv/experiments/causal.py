@@ -12,8 +12,9 @@ import time
 from tqdm import tqdm
 
 from minimaxkv.experiments import common
+from minimaxkv.rules import DEFAULTS
 
-RULES = ("minimax", "streaming_llm", "snapkv", "attention_matching", "gvote", "kmeans_merge")
+RULES = DEFAULTS["causal"]  # those of `minimaxkv causal`
 
 CONFIGS = {
     "tiny": {"prefill": 64, "decode": 32, "budget": 16, "block": 16, "d": 16, "dv": 8,

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minimaxkv.experiments import common
+from minimaxkv.tables import REFIT
 
 CONFIGS = {
     "tiny": {"ns": [8, 16], "fractions": [0.5], "targets": [0.5, 0.1], "dv": 8,
@@ -71,7 +72,7 @@ def run(config: dict) -> dict:
     from minimaxkv.attention import attend
     from minimaxkv.risk import relative_risk
 
-    curves, support = {}, {"minimax": {}, "refit on eval queries": {}, "L3": {}}
+    curves, support = {}, {"minimax": {}, REFIT: {}, "L3": {}}
     grids = {n: sorted({min(n - 1, budgets.atoms(f, n)) for f in config["fractions"]})
              for n in config["ns"]}
     bar = tqdm(total=sum(map(len, grids.values())), desc="lookup_support")
@@ -82,15 +83,15 @@ def run(config: dict) -> dict:
         vbar = jnp.mean(c.values, axis=0)
         spread = float(jnp.mean(jnp.sum((attend(q, c) - vbar) ** 2, axis=1)))
         ms = grids[n]
-        row = {"m": ms, "minimax": [], "refit on eval queries": []}
+        row = {"m": ms, "minimax": [], REFIT: []}
         for m in ms:
             row["minimax"].append(float(relative_risk(q, c, rules.get("minimax")(c, m, q))))
-            row["refit on eval queries"].append(float(relative_risk(q, c, _reference(q, c, m))))
+            row[REFIT].append(float(relative_risk(q, c, _reference(q, c, m))))
             programs.relieve()  # every (n, m) compiles its own programs: bound what stays mapped
             bar.update(1)
         curves[str(n)] = row
         for t in config["targets"]:
-            for name in ("minimax", "refit on eval queries"):
+            for name in ("minimax", REFIT):
                 support[name].setdefault(f"{t:g}", []).append(support_needed(ms, row[name], n, t))
             support["L3"].setdefault(f"{t:g}", []).append(
                 l3_support(n, config["gap"], config["dv"], spread, t))

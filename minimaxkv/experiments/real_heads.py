@@ -12,8 +12,9 @@ relative risk across heads.
 from __future__ import annotations
 
 from minimaxkv.experiments import common
+from minimaxkv.rules import DEFAULTS
 
-RULES = ("minimax", "snapkv", "expected_attention", "streaming_llm")
+RULES = DEFAULTS["heads"]  # those of `minimaxkv analyze`
 
 CONFIGS = {
     "tiny": {"text": "water", "tokens": 96, "future": 32, "observed": 8, "budgets": [0.25],

@@ -1,6 +1,6 @@
 """(a) Risk on held-out queries vs budget for the main rules on synthetic families.
 
-Each cell is :func:`minimaxkv.cli.compare_table` (the numbers of ``minimaxkv compare``): rules see
+Each cell is :func:`minimaxkv.tables.compare_table` (the numbers of ``minimaxkv compare``): rules see
 ``p_obs`` observed queries and are scored on ``p_eval`` held-out queries of the same law; beside
 them the value-class lower bound L2 (worst case over unit-norm values, times dv) and the
 mass-matched least-squares refit that sees the evaluation queries (an oracle-like reference).
@@ -11,11 +11,9 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from minimaxkv.experiments import common
+from minimaxkv.rules import DEFAULTS
 
-RULES = ("window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
-         "expected_attention", "leverage", "gvote", "kmeans_merge", "attention_matching",
-         "snapkv+fit", "minimax", "minimax_agnostic")
-REFERENCES = ("L2 lower (worst case)", "refit on eval queries")
+RULES = DEFAULTS["synthetic"]  # those of `minimaxkv compare`
 
 CONFIGS = {
     "tiny": {"families": ["clustered", "lookup"], "n": 16, "d": 32, "dv": 8, "p_obs": 8,
@@ -33,7 +31,7 @@ FLOAT64 = True  # computed in float64: common.compute sets it for the run
 
 def run(config: dict) -> dict:
     """``{"families": {family: {"budgets": [m...], "risk": {column: [risk per budget]}}}}``."""
-    from minimaxkv.cli import compare_table
+    from minimaxkv.tables import REFERENCES, compare_table
 
     out = {}
     for family in tqdm(config["families"], desc="risk_vs_budget"):

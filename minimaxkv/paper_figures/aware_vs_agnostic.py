@@ -6,13 +6,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minimaxkv.paper_figures import common
+from minimaxkv.tables import REFIT
 
 STYLE = {"minimax": ("black", "-"), "minimax_agnostic": ("black", "--"),
          "snapkv": ("tab:blue", "-"), "expected_attention": ("tab:blue", "--"),
-         "refit on eval queries": ("tab:green", ":")}
+         REFIT: ("tab:green", ":")}
 LABEL = {"minimax": "minimax (query-aware)", "minimax_agnostic": "minimax_agnostic",
          "snapkv": "SnapKV (query-aware)", "expected_attention": "Expected Attention (agnostic)",
-         "refit on eval queries": "refit on eval queries (oracle-like)"}
+         REFIT: f"{REFIT} (oracle-like)"}
 
 
 def draw(record):

@@ -6,10 +6,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minimaxkv.paper_figures import common
+from minimaxkv.tables import REFIT
 
-STYLE = {"minimax": ("black", "o", "-"), "refit on eval queries": ("tab:green", "s", "--"),
+STYLE = {"minimax": ("black", "o", "-"), REFIT: ("tab:green", "s", "--"),
          "L3": ("tab:red", None, ":")}
-LABEL = {"minimax": "minimax", "refit on eval queries": "pivoted-QR subset + refit",
+LABEL = {"minimax": "minimax", REFIT: "pivoted-QR subset + refit",
          "L3": "L3 (value-linear summaries)"}
 
 
@@ -22,7 +23,7 @@ def draw(record):
         row = res["curves"][str(n)]
         f = np.asarray(row["m"]) / n
         ax0.plot(f, row["minimax"], color=col, marker="o", ms=3, label=f"n = {n}")
-        ax0.plot(f, row["refit on eval queries"], color=col, ls="--", lw=1)
+        ax0.plot(f, row[REFIT], color=col, ls="--", lw=1)
     for t in res["targets"]:
         ax0.axhline(float(t), color="0.5", ls=":", lw=0.8)
     ax0.set_xlabel("budget m / n")

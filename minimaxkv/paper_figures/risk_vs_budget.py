@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 from minimaxkv.paper_figures import common
+from minimaxkv.tables import L2_LOWER, REFIT
 
 HIGHLIGHT = {"minimax": ("black", "-", 2.2), "minimax_agnostic": ("0.35", "--", 1.6)}
 
@@ -18,14 +19,14 @@ def draw(record):
     for ax, fam in zip(axes, fams):
         row = res["families"][fam]
         x = [m / res["n"] for m in row["budgets"]]
-        lo = common.floor(row["risk"]["L2 lower (worst case)"])
-        ref = common.floor(row["risk"]["refit on eval queries"])
+        lo = common.floor(row["risk"][L2_LOWER])
+        ref = common.floor(row["risk"][REFIT])
         ax.fill_between(x, lo, ref, color="tab:green", alpha=0.15, lw=0,
                         label="between L2 lower bound and eval-query refit")
         ax.plot(x, lo, color="tab:green", lw=1, ls=":", label="L2 lower bound (worst case)")
         ax.plot(x, ref, color="tab:green", lw=1, ls="-.", label="refit on eval queries (oracle-like)")
         others = [r for r in row["risk"] if r not in HIGHLIGHT and "(" not in r
-                  and r != "refit on eval queries"]
+                  and r != REFIT]
         for i, rule in enumerate(others):
             ax.plot(x, common.floor(row["risk"][rule]), color=cmap(i % 20), lw=1, marker=".",
                     ms=4, label=rule)

@@ -50,6 +50,23 @@ ROPE_AWARE = ("expected_attention", "minimax")  # minimax_agnostic draws isotrop
 EVICTION = ("random", "window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
             "expected_attention", "leverage")
 
+# the rules a comparison runs when none are named, per setting; the commands and the experiments
+# read them here
+DEFAULTS = {
+    # synthetic caches: `minimaxkv compare`, the risk_vs_budget experiment
+    "synthetic": ("window", "streaming_llm", "h2o", "snapkv", "tova", "knorm", "keydiff",
+                  "expected_attention", "leverage", "gvote", "kmeans_merge",
+                  "attention_matching", "snapkv+fit", "minimax", "minimax_agnostic"),
+    # causal prefill and decoding: `minimaxkv causal`, the causal experiment
+    "causal": ("minimax", "streaming_llm", "snapkv", "attention_matching", "gvote",
+               "kmeans_merge"),
+    # every head of a captured cache: `minimaxkv analyze`, the real_heads experiment
+    "heads": ("minimax", "snapkv", "expected_attention", "streaming_llm"),
+    # a model reading compressed caches: `minimaxkv evaluate`
+    "model": ("streaming_llm", "snapkv", "tova", "expected_attention", "gvote",
+              "attention_matching", "kmeans_merge", "minimax"),
+}
+
 
 def available() -> list[str]:
     """Names accepted by :func:`get` (``+fit`` variants of the eviction rules included)."""
@@ -99,4 +116,4 @@ def _build(name: str, hyper: dict) -> Rule:
     return fitting.with_fit(rule, hyper.get("scale")) if fit else rule
 
 
-__all__ = ["ROPE_AWARE", "Rule", "allocation", "available", "base", "eviction", "fitting", "get", "group_queries", "select"]
+__all__ = ["DEFAULTS", "ROPE_AWARE", "Rule", "allocation", "available", "base", "eviction", "fitting", "get", "group_queries", "select"]
