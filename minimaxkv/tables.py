@@ -17,9 +17,11 @@ from . import bounds, compressibility, synthetic
 from . import budgets as budgets_mod
 from .attention import attention_weights
 
-# the reference columns of compare_table, beside the rules
-L2_LOWER = "L2 lower (worst case)"  # the value-class width at the budget x dv (a worst case)
-REFIT = "refit on eval queries"  # a pivoted-QR subset refit on the evaluation queries (oracle-like)
+# the reference columns of compare_table, beside the rules: the value-class width at the budget
+# times dv (a worst case over unit-norm values), and a pivoted-QR subset refit on the evaluation
+# queries (an oracle-like achievable reference)
+L2_LOWER = "L2 lower (worst case)"
+REFIT = "refit on eval queries"
 REFERENCES = (L2_LOWER, REFIT)
 
 

@@ -100,7 +100,8 @@ def rows_path(name: str, scale: str, root=None) -> Path:
     """Where an experiment that stores its rows as they finish (``ROWS = True``: its ``run``
     takes ``rows=PATH``, a :mod:`minimaxkv.store`) keeps them until its result is stored; named
     by the result's hash, so an edited experiment starts afresh."""
-    return results_dir(root) / f"{check_name(name)}-{check_scale(scale)}.rows-{key(name, scale)[:12]}.json"
+    tag = key(name, scale)[:12]
+    return results_dir(root) / f"{check_name(name)}-{check_scale(scale)}.rows-{tag}.json"
 
 
 def compute(name: str, scale: str, root=None, *, fresh: bool = False) -> dict:
