@@ -38,8 +38,9 @@ SCALES = {
              "ratios": (0.5, 0.875), "protocols": (True,), "max_new": 12, "observed": 8,
              "rules": ("streaming_llm", "snapkv")},
     # the tasks SmolLM2-135M solves with the full cache at 4,096 tokens (docs/bench.md); four
-    # rules fit 48 prompts in about 90 minutes on 2 cores; minimax is left out (about 4 minutes
-    # of compression per prompt at 4,096 tokens), Expected Attention with AdaKV is in `full`
+    # rules fit 48 prompts in 70 minutes on 2 cores (measured in one piece, docs/bench.md);
+    # minimax is left out (about 4 minutes of compression per prompt at 4,096 tokens), Expected
+    # Attention with AdaKV is in `full`
     "quick": {"length": 4096, "tasks": ("niah_single_1", "niah_single_2", "niah_single_3"),
               "prompts": 16, "ratios": RATIOS, "protocols": (True,), "max_new": None,
               "observed": 64, "rules": ("streaming_llm", "snapkv", "tova", "expected_attention")},

@@ -101,27 +101,11 @@ def resolve(name: str, **hyper):
     return Allocated(rule, alloc)
 
 
-def _quantize(b, total: int, n: int, unit: int):
-    """Budgets rounded down to multiples of ``unit`` (at least ``unit``, at most n), then leftover
-    units given to the largest remainders, keeping the sum <= ``total``: few distinct budgets mean
-    few compilations of the rule."""
-    b = np.minimum(np.asarray(b, np.int64), n)
-    q = np.where(b >= n, n, np.maximum(unit, unit * (b // unit)))
-    for i in np.argsort(-(b - q), kind="stable"):
-        if q.sum() + unit > total:
-            break
-        if b[i] - q[i] > 0 and q[i] + unit <= n:
-            q[i] += unit
-    while q.sum() > total:  # the floor of `unit` per head can overshoot: take from the largest
-        i = int(np.argmax(q))
-        q[i] -= min(unit, q[i] - 1)
-    return q
-
-
 def head_budgets(rule: Allocated, past: Cache, queries, budget: int, key=None) -> np.ndarray:
     """Per-head budgets ``[L, Hkv]`` of ``rule.alloc`` with mean at most ``budget``: exact when
     the rule takes traced budgets (:meth:`~minimaxkv.rules.Rule.padded`: one program for every
-    budget), else multiples of ``max(1, budget // 4)`` (few programs, see :func:`_quantize`)."""
+    budget), else multiples of ``max(1, budget // 4)`` (few programs, see
+    :func:`minimaxkv.rules.allocation.quantized`)."""
     from .compressibility import spectrum
     from .rules import allocation
 
@@ -140,7 +124,7 @@ def head_budgets(rule: Allocated, past: Cache, queries, budget: int, key=None) -
             past.keys[i, h], past.values[i, h], past.logw[i, h]))) for i in range(L)
             for h in range(K)])
         exact = allocation.spectral_budgets(spectra, L * K * budget).reshape(L, K)
-    return _quantize(exact.ravel(), L * K * budget, n, unit).reshape(L, K)
+    return allocation.quantized(exact.ravel(), L * K * budget, n, unit).reshape(L, K)
 
 
 def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:

@@ -46,3 +46,16 @@ def test_target_budgets_least_m(rng):
     for h in range(4):
         ok = [m for m in range(1, 13) if e[h, m:].sum() <= 0.1 * e[h].sum()]
         assert got[h] == ok[0]
+
+
+def test_quantized_budgets_keep_the_total():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n, H = 100, int(rng.integers(2, 20))
+        m = int(rng.integers(1, n))
+        exact = A.spectral_budgets(rng.random((H, n)) ** 4, H * m)
+        unit = max(1, m // 4)
+        q = A.quantized(exact, H * m, n, unit)
+        assert q.sum() <= H * m and q.min() >= 1 and q.max() <= n
+        assert np.all((q % unit == 0) | (q == n) | (q < unit))
+        assert q.sum() > H * m - H * unit  # at most one unit per head is lost

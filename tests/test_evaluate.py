@@ -158,19 +158,6 @@ def test_summary_table_intervals_over_prompts():
     assert np.isnan(table["c"]["score_low"]) and table["c"]["tasks"] == 1
 
 
-def test_quantized_budgets_keep_the_total():
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        n, H = 100, int(rng.integers(2, 20))
-        m = int(rng.integers(1, n))
-        exact = mkv.rules.allocation.spectral_budgets(rng.random((H, n)) ** 4, H * m)
-        unit = max(1, m // 4)
-        q = E._quantize(exact, H * m, n, unit)
-        assert q.sum() <= H * m and q.min() >= 1 and q.max() <= n
-        assert np.all((q % unit == 0) | (q == n) | (q < unit))
-        assert q.sum() > H * m - H * unit  # at most one unit per head is lost
-
-
 def test_per_head_budgets_pad_with_empty_atoms(tmp_path):
     """An allocated rule compresses each head with its own budget; the padding atoms (up to the
     bucket of the largest budget) have log-weight -inf, and attention over the padded summary equals attention over the unpadded one."""

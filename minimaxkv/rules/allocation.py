@@ -13,6 +13,8 @@ with them). Budgets are per KV head; a layer's total is ``heads * m``.
   the allocation that minimises :math:`\sum_h\sum_{i>m_h}\lambda^{(h)}_i` (docs/theory.md M1, U4:
   the risk of a head at budget m is governed by its spectral tail). :func:`target_budgets` instead
   gives each head the least m whose tail is at most a target.
+* :func:`quantized` rounds per-head budgets to a few distinct values (multiples of a unit) within
+  the same total, for rules compiled once per budget.
 """
 
 from __future__ import annotations
@@ -77,3 +79,20 @@ def target_budgets(spectra, target: float):
     tails = np.concatenate([np.cumsum(e[:, ::-1], axis=1)[:, ::-1], np.zeros((e.shape[0], 1))], 1)
     ok = tails <= target * e.sum(1, keepdims=True)
     return np.maximum(np.argmax(ok, axis=1), 1)
+
+
+def quantized(b, total: int, n: int, unit: int):
+    """Budgets rounded down to multiples of ``unit`` (at least ``unit``, at most n), then leftover
+    units given to the largest remainders, keeping the sum <= ``total``: few distinct budgets mean
+    few compilations of the rule."""
+    b = np.minimum(np.asarray(b, np.int64), n)
+    q = np.where(b >= n, n, np.maximum(unit, unit * (b // unit)))
+    for i in np.argsort(-(b - q), kind="stable"):
+        if q.sum() + unit > total:
+            break
+        if b[i] - q[i] > 0 and q[i] + unit <= n:
+            q[i] += unit
+    while q.sum() > total:  # the floor of `unit` per head can overshoot: take from the largest
+        i = int(np.argmax(q))
+        q[i] -= min(unit, q[i] - 1)
+    return q
