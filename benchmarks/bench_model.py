@@ -216,7 +216,8 @@ def compressed_caches(m, ids, rules, kept) -> tuple:
             t0 = time.perf_counter()
             # the evaluator pads summaries to a bucket of sizes: decode reads the atoms alone
             past = jax.block_until_ready(compact(E.compress(rule, state.past, int(len(ids) * f),
-                                                            E.rule_queries(state, rule))))
+                                                            E.rule_queries(state, rule),
+                                                            jax.random.PRNGKey(0))))
             caches[f"{name} {f:.0%}"] = {"rule": name, "kept": f, "past": past,
                                          "compress_s": time.perf_counter() - t0}
             print(f"  {name} at {f:.0%}: compressed in {caches[f'{name} {f:.0%}']['compress_s']:.1f} s",

@@ -99,7 +99,6 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
            "mass_gap": {}}
     if spectrum:
         out["eigs"] = (eigs / eigs[0]).tolist() if eigs[0] > 0 else eigs.tolist()
-    key = jax.random.PRNGKey(0) if key is None else key
     for m in budgets:
         out["tail"].append(float(eigs[m:].sum() / total) if total > 0 else 0.0)
         out["lower"].append(float(bounds.width_lower(probes, c, m, scale=tau)))
@@ -160,6 +159,73 @@ def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed:
         new = [r for part in distributed.gather(new) for r in part]
     have.update({(r["layer"], r["kv_head"]): r for r in new})
     return [have[x] for x in heads]
+
+
+IDENT = ("layer", "kv_head")  # a row's identity within its run, in the results store
+
+
+def stored(cap: Captured, budgets, names, path, *, future: int = 128, observed: int = 32,
+           eps: float = 0.05, layers=None, spectrum: bool = False,
+           force: bool = False) -> list[dict]:
+    """:func:`analyze` of the rules ``names`` (registry names; each given the capture's RoPE and
+    attention scale) on every head of ``layers`` (default: all), each head stored in the results
+    store at ``path`` as soon as it is done, so an interrupted run resumes where it stopped
+    (``force``: recompute every head). Under several processes (:mod:`minimaxkv.distributed`)
+    each computes its share of the heads and process 0 stores every row (its own as they come,
+    the others' when gathered)."""
+    from . import capture, distributed, io, rules, store
+
+    distributed.initialize()
+    main_process = distributed.index() == 0
+    heads = None
+    if layers is not None:
+        bad = [i for i in layers if not 0 <= i < cap.layers]
+        if bad:
+            raise ValueError(f"--layers {bad}: the capture has layers 0..{cap.layers - 1}")
+        heads = [(i, h) for i in layers for h in range(cap.kv_heads)]
+    names = list(names)
+    hyper = capture.rule_hyper(cap)  # the model's RoPE and scale, for the rules that use them
+    chosen = {name: rules.get(name, **hyper) for name in names}
+    config = {"command": "analyze",
+              "capture": {k: cap.meta.get(k) for k in ("model", "tokens", "text_sha256")},
+              "budgets": [float(b) for b in budgets], "rules": names, "future": future,
+              "observed": observed, "eps": eps, "spectrum": spectrum}
+    done = store.resume(path, config, force=force)
+    provenance = io.provenance()
+    kept = {(r["layer"], r["kv_head"]) for r in done}
+
+    def keep(new_rows):
+        store.add(path, [store.keyed({**row, "provenance": provenance}, config, IDENT)
+                         for row in new_rows])
+        kept.update((r["layer"], r["kv_head"]) for r in new_rows)
+
+    rows = analyze(cap, budgets, chosen, future=future, observed=observed, eps=eps, heads=heads,
+                   spectrum=spectrum, done=done, progress=main_process,
+                   on_row=(lambda row: keep([row])) if main_process else None)
+    if main_process:
+        keep([r for r in rows if (r["layer"], r["kv_head"]) not in kept])
+    return rows
+
+
+REFIT_COLUMN = "refit (sees the probes)"
+
+
+def rule_summary(rows: list[dict]) -> dict:
+    """Per rule of the rows (and the probe-fitted refit, :data:`REFIT_COLUMN`), per budget:
+    ``(mean, geometric mean, wins)`` of the relative risk over the heads, wins = the heads where
+    the rule is the lowest of the rules (``None`` for the refit, which is not a rule)."""
+    names = list(rows[0]["relative"])
+    out = {}
+    for col in names + [REFIT_COLUMN]:
+        cells = []
+        for i in range(len(rows[0]["budgets"])):
+            v = np.array([r["refit_relative"][i] if col == REFIT_COLUMN else r["relative"][col][i]
+                          for r in rows])
+            wins = sum(min(names, key=lambda k: r["relative"][k][i]) == col for r in rows)
+            gm = float(np.exp(np.mean(np.log(np.maximum(v, 1e-300)))))
+            cells.append((float(v.mean()), gm, None if col == REFIT_COLUMN else int(wins)))
+        out[col] = cells
+    return out
 
 
 def spearman(x, y) -> float:

@@ -31,10 +31,10 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float, Int
 
 from . import _check
 from .cache import Cache, validate
+from .shapes import Arr, Float, Int, Scalar
 
 HIGHEST = lax.Precision.HIGHEST
 DENSE_MAX_N = 4096  # above this many atoms the automatic path is chunked
@@ -209,14 +209,14 @@ def _chunk_for(n: int, chunk):
 
 
 def attend_and_mass(
-    queries: Float[Array, "p d"],
+    queries: Float[Arr, "p d"],
     cache: Cache,
-    scale: float | None = None,
+    scale: Scalar | None = None,
     *,
-    query_pos: Int[Array, " p"] | None = None,
-    key_pos: Int[Array, " n"] | None = None,
+    query_pos: Int[Arr, " p"] | None = None,
+    key_pos: Int[Arr, " n"] | None = None,
     chunk: int | None = None,
-) -> tuple[Float[Array, "p dv"], Float[Array, " p"]]:
+) -> tuple[Float[Arr, "p dv"], Float[Arr, " p"]]:
     r"""Attention output :math:`A(q)` and log-mass :math:`\log Z(q)` in one pass.
 
     Args:
@@ -237,7 +237,7 @@ def attend_and_mass(
     return _check.finite_outputs(out, "attend: the attention output"), lz
 
 
-def attend(queries, cache, scale=None, **kw) -> Float[Array, "p dv"]:
+def attend(queries, cache, scale=None, **kw) -> Float[Arr, "p dv"]:
     r"""Attention output :math:`A(q) = \sum_j p_j(q) v_j` for each query; ``[p, dv]``.
 
     See :func:`attend_and_mass` for the arguments.
@@ -251,7 +251,7 @@ def attend(queries, cache, scale=None, **kw) -> Float[Array, "p dv"]:
     return attend_and_mass(queries, cache, scale, **kw)[0]
 
 
-def log_mass(queries, cache, scale=None, **kw) -> Float[Array, " p"]:
+def log_mass(queries, cache, scale=None, **kw) -> Float[Arr, " p"]:
     r"""Log-mass :math:`\log Z(q) = \log\sum_j e^{\tau\langle q,k_j\rangle + b_j}`; ``[p]``."""
     return attend_and_mass(queries, cache, scale, **kw)[1]
 
@@ -272,8 +272,8 @@ def _weights_core(q, keys, logw, scale, qpos, kpos):
 
 
 def combine(
-    outputs: Float[Array, "B p dv"], log_masses: Float[Array, "B p"]
-) -> tuple[Float[Array, "p dv"], Float[Array, " p"]]:
+    outputs: Float[Arr, "B p dv"], log_masses: Float[Arr, "B p"]
+) -> tuple[Float[Arr, "p dv"], Float[Arr, " p"]]:
     r"""Combine per-block attention into the attention of the union (identity I1).
 
     .. math:: A(q) = \sum_B \lambda_B(q) A_B(q),\quad \lambda_B = Z_B/Z,\quad Z = \sum_B Z_B.

@@ -27,10 +27,12 @@ import csv
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from . import store, tasks
 
+SEED = 0  # the key of the rules' random draws (minimax's reference law): the same for every row
 RATIOS = (0.25, 0.5, 0.75, 0.875)
 SCALES = {
     # a few seconds on a tiny model: the tests' configuration
@@ -142,7 +144,8 @@ def run(model, cfg: dict, path, *, force: bool = False, progress: bool = True) -
             model, task_list, rules, cfg["ratios"], query_aware=aware,
             observed=cfg["observed"], max_new=cfg["max_new"], progress=progress and main_process,
             kept=from_compression_ratio,
-            done=[r for r in done if r["query_aware"] == aware], on_row=keep)
+            done=[r for r in done if r["query_aware"] == aware], on_row=keep,
+            key=jax.random.PRNGKey(SEED))
     if distributed.count() > 1:
         every = [r for part in distributed.gather(new) for r in part]
         if main_process:
@@ -162,23 +165,29 @@ def interval(per_task: list[np.ndarray], reps: int = 10_000, seed: int = 0):
     return float(lo), float(hi)
 
 
-def leaderboard(rows: list[dict], cfg: dict) -> tuple[list[dict], list[dict]]:
-    """(average rows, per-task rows) in the leaderboard's columns, scores in percent; the full
-    cache is ``method = "full"``, ``compression_ratio = 0``."""
+def leaderboard(rows: list[dict], cfg: dict, field: str = "score") -> tuple[list[dict],
+                                                                             list[dict]]:
+    """(average rows, per-task rows) in the leaderboard's columns: the mean over prompts of each
+    task, and the mean over tasks, with 95 % intervals (:func:`interval`). ``field="score"``:
+    RULER's score in percent, the full cache as ``method = "full"``, ``compression_ratio = 0``;
+    another row field (``"kl"``) is averaged as it is, under its own name, without a full-cache
+    row."""
     cells: dict = {}
+    unit = 100.0 if field == "score" else 1.0
     for r in rows:
         cells.setdefault((r["query_aware"], r["rule"], r["budget_spec"], r["family"]),
-                         {})[r["seed"]] = (r["score"], r["bytes"])
-        cells.setdefault((r["query_aware"], "full", 0.0, r["family"]),
-                         {})[r["seed"]] = (r["score_full"], r["full_bytes"])
+                         {})[r["seed"]] = (r[field] * unit, r["bytes"])
+        if field == "score":
+            cells.setdefault((r["query_aware"], "full", 0.0, r["family"]),
+                             {})[r["seed"]] = (r["score_full"] * unit, r["full_bytes"])
     base = {"dataset": "ruler", "data_dir": str(cfg["length"]), "model": cfg["model"]}
     per_task, groups = [], {}
     for (aware, method, ratio, task), by_seed in sorted(cells.items(), key=_order):
-        s = np.array([v[0] for v in by_seed.values()], float) * 100
+        s = np.array([v[0] for v in by_seed.values()], float)
         b = float(np.mean([v[1] for v in by_seed.values()]))
         lo, hi = interval([s])
         per_task.append({**base, "task": task, "method": method, "compression_ratio": ratio,
-                         "query_aware": aware, "score": float(s.mean()), "ci_low": lo,
+                         "query_aware": aware, field: float(s.mean()), "ci_low": lo,
                          "ci_high": hi, "n": len(s), "bytes": b})
         groups.setdefault((aware, method, ratio), []).append((s, b))
     average = []
@@ -186,7 +195,7 @@ def leaderboard(rows: list[dict], cfg: dict) -> tuple[list[dict], list[dict]]:
         scores = [s for s, _ in parts]
         lo, hi = interval(scores)
         average.append({**base, "method": method, "compression_ratio": ratio,
-                        "query_aware": aware, "score": float(np.mean([s.mean() for s in scores])),
+                        "query_aware": aware, field: float(np.mean([s.mean() for s in scores])),
                         "ci_low": lo, "ci_high": hi, "n": int(sum(len(s) for s in scores)),
                         "bytes": float(np.mean([b for _, b in parts]))})
     return average, per_task

@@ -29,11 +29,12 @@ import scipy.special
 from jax import lax
 
 from . import _check
-from .attention import attend, attention_weights, log_mass, logits, prepare
+from .attention import HIGHEST, attend, attention_weights, log_mass, logits, prepare
 from .cache import Cache, Summary
 from .compressibility import diameter
 from .fit import fitted_values, mass_coefficients, mass_match
 from .linalg import matmul as _mm
+from .shapes import Arr, Float, Int, Scalar, Shaped
 
 MAX_ORACLE_N = 16
 
@@ -47,7 +48,8 @@ def _weights(w, p, dtype):
 # ------------------------------------------------------------------------------ identities
 
 
-def reweighted_error(queries, cache: Cache, c, *, scale=None):
+def reweighted_error(queries: Float[Arr, "p d"], cache: Cache, c: Float[Arr, " n"], *,
+                     scale: Scalar | None = None) -> Float[Arr, "p dv"]:
     r"""I2: the error of keeping atom j with weight factor :math:`c_j\ge 0`, by the closed form
 
     .. math:: A_{\hat C}(q) - A_C(q) = -\frac{\sum_j (1-c_j)\phi_j(q)}{1 - \sum_j (1-c_j)p_j(q)},
@@ -67,7 +69,8 @@ def reweighted_error(queries, cache: Cache, c, *, scale=None):
 # ------------------------------------------------------------------------------ upper bounds
 
 
-def eviction_bound(queries, cache: Cache, evicted, *, scale=None):
+def eviction_bound(queries: Float[Arr, "p d"], cache: Cache, evicted: Shaped[Arr, " n"], *,
+                   scale: Scalar | None = None) -> Float[Arr, " p"]:
     r"""U1: :math:`e(q) \le \frac{\varepsilon(q)}{1-\varepsilon(q)}\max_{j\in E}\lVert v_j - A(q)\rVert`.
 
     ``evicted`` is a boolean mask ``[n]``; :math:`\varepsilon(q) = \sum_{j\in E}p_j(q)`. Returns the
@@ -78,11 +81,15 @@ def eviction_bound(queries, cache: Cache, evicted, *, scale=None):
     if ev.shape != (cache.n,):
         raise ValueError(f"evicted: expected a boolean mask of shape ({cache.n},), got {ev.shape}")
     pmat = attention_weights(q, cache, scale)
-    a = attend(q, cache, scale)
     eps = jnp.sum(jnp.where(ev[None, :], pmat, 0.0), axis=1)
-    dist = jnp.linalg.norm(cache.values[None, :, :] - a[:, None, :], axis=2)
+    kept = jnp.sum(jnp.where(ev[None, :], 0.0, pmat), axis=1)  # 1 - eps, without cancellation
+    # v_j - A(q) measured from the query's most attended value c: A - c = sum_l p_l (v_l - c)
+    # keeps its digits when A is close to c (1 - eps tiny: the case where the bound is tight)
+    rel = cache.values[None, :, :] - cache.values[jnp.argmax(pmat, axis=1)][:, None, :]
+    a_rel = jnp.einsum("pn,pnv->pv", pmat, rel, precision=HIGHEST)
+    dist = jnp.linalg.norm(rel - a_rel[:, None, :], axis=2)
     far = jnp.max(jnp.where(ev[None, :], dist, 0.0), axis=1)
-    return jnp.where(eps < 1, eps / jnp.where(eps < 1, 1 - eps, 1.0) * far, jnp.inf)
+    return jnp.where(kept > 0, eps / jnp.where(kept > 0, kept, 1.0) * far, jnp.inf)
 
 
 def softmax_tv_bound(delta):
@@ -91,13 +98,14 @@ def softmax_tv_bound(delta):
     return jnp.tanh(jnp.asarray(delta) / 2)
 
 
-def logit_bound(delta, values):
+def logit_bound(delta, values: Float[Arr, "n dv"]):
     r"""U2: :math:`e(q)\le\tanh(\delta/2)\,\mathrm{diam}(V)` for logit moves within a band of
     half-width δ (in particular :math:`|s'_j-s_j|\le\delta`), values unchanged."""
     return softmax_tv_bound(delta) * diameter(values)
 
 
-def merging_bound(queries, cache: Cache, labels, centres, *, scale=None):
+def merging_bound(queries: Float[Arr, "p d"], cache: Cache, labels: Int[Arr, " n"],
+                  centres: Float[Arr, "k d"], *, scale: Scalar | None = None) -> Float[Arr, " p"]:
     r"""U3: a merged summary (I3) errs by at most :math:`\tanh(\tau\lVert q\rVert r/2)\,\mathrm{diam}(V)`,
 
     with :math:`r = \max_j\lVert k_j - \kappa_{\ell(j)}\rVert` the distance of the keys to their
@@ -110,7 +118,9 @@ def merging_bound(queries, cache: Cache, labels, centres, *, scale=None):
     return jnp.tanh(scale * jnp.linalg.norm(q, axis=1) * r / 2) * diameter(cache.values)
 
 
-def composition_bound(outputs, log_masses, outputs_hat, log_masses_hat):
+def composition_bound(outputs: Float[Arr, "B p dv"], log_masses: Float[Arr, "B p"],
+                      outputs_hat: Float[Arr, "B p dv"],
+                      log_masses_hat: Float[Arr, "B p"]) -> Float[Arr, " p"]:
     r"""C1: error of a block-wise summary from the blocks' own errors and mass errors.
 
     With blocks B, exact ``(A_B, log Z_B)`` and summarised ``(Â_B, log Ẑ_B)`` (``[B, p, dv]`` and
@@ -131,7 +141,9 @@ def composition_bound(outputs, log_masses, outputs_hat, log_masses_hat):
     return jnp.sum(lam_hat * err, axis=0) + jnp.tanh(delta / 2) * spread
 
 
-def refit_worst_case(queries, cache: Cache, keys, logw, *, weights=None, scale=None):
+def refit_worst_case(queries: Float[Arr, "p d"], cache: Cache, keys: Float[Arr, "m d"],
+                     logw: Float[Arr, " m"], *, weights: Float[Arr, " p"] | None = None,
+                     scale: Scalar | None = None) -> float:
     r"""U4 (exact): worst case over unit-norm value vectors of the least-squares-refit summary.
 
     The summary has keys ``keys [m, d]`` and log-weights ``logw [m]``; its values are the LS fit
@@ -151,7 +163,9 @@ def refit_worst_case(queries, cache: Cache, keys, logw, *, weights=None, scale=N
     return _residual_norm2(np.asarray(x, np.float64), np.asarray(xh, np.float64))
 
 
-def mass_gap(queries, cache: Cache, summary, *, weights=None, scale=None):
+def mass_gap(queries: Float[Arr, "p d"], cache: Cache, summary: Cache | Summary, *,
+             weights: Float[Arr, " p"] | None = None,
+             scale: Scalar | None = None) -> Float[Arr, ""]:
     r"""U4(c)'s mass-matching term of a summary on a query set, an a-posteriori certificate:
 
     .. math:: \eta = \max_{i:\,w_i>0}\bigl|1 - Z(q_i)/\hat Z(q_i)\bigr|,
@@ -168,7 +182,8 @@ def mass_gap(queries, cache: Cache, summary, *, weights=None, scale=None):
     return gap_of_log_masses(log_mass(q, cache, scale), log_mass(q, summ, scale), w)
 
 
-def gap_of_log_masses(logz, logz_hat, weights):
+def gap_of_log_masses(logz: Float[Arr, " p"], logz_hat: Float[Arr, " p"],
+                      weights: Float[Arr, " p"]) -> Float[Arr, ""]:
     r""":math:`\max_{i:\,w_i>0}|1-e^{\log Z_i-\log\hat Z_i}|` from the log-masses ``[p]`` (the
     core of :func:`mass_gap`, for callers that hold the log-masses already)."""
     gap = jnp.abs(1.0 - jnp.exp(logz - logz_hat))
@@ -192,7 +207,8 @@ def _attention_operator(queries, cache, weights, scale):
     return jnp.sqrt(w)[:, None] * attention_weights(q, cache, scale), cache
 
 
-def width_lower(queries, cache: Cache, budget: int, *, weights=None, scale=None):
+def width_lower(queries: Float[Arr, "p d"], cache: Cache, budget: int, *,
+                weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None):
     r"""L2: :math:`\sigma_{m+1}(W^{1/2}P)^2` -- value-class worst-case lower bound.
 
     For every summary whose output is :math:`LV` with :math:`L` of rank :math:`\le m` chosen without
@@ -208,7 +224,8 @@ def width_lower(queries, cache: Cache, budget: int, *, weights=None, scale=None)
     return s[m] ** 2 if m < s.shape[0] else jnp.zeros((), s.dtype)
 
 
-def width_average_lower(queries, cache: Cache, budget: int, *, weights=None, scale=None):
+def width_average_lower(queries: Float[Arr, "p d"], cache: Cache, budget: int, *,
+                        weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None):
     r"""L2': :math:`\sum_{i>m}\sigma_i(W^{1/2}P)^2` -- value class, random values.
 
     If the values have i.i.d. zero-mean entries of variance :math:`s^2`, independent of the
@@ -248,8 +265,9 @@ def _projection_share(k: int, m: int, log_count: float, delta: float) -> float:
     return min(1.0, hi * m / k)
 
 
-def value_aware_lower(queries, cache: Cache, budget: int, *, menu: int = 1, weights=None,
-                      scale=None, delta: float = 0.5) -> ValueAwareLower:
+def value_aware_lower(queries: Float[Arr, "p d"], cache: Cache, budget: int, *, menu: int = 1,
+                      weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None,
+                      delta: float = 0.5) -> ValueAwareLower:
     r"""L4: a worst-case lower bound for rules that choose their support *knowing the values*.
 
     Class: summaries of at most m atoms of the cache, the support chosen for the values, with
@@ -274,13 +292,14 @@ def value_aware_lower(queries, cache: Cache, budget: int, *, menu: int = 1, weig
     return best
 
 
-def lookup_tail(n: int, m: int, gap: float):
+def lookup_tail(n: int, m: float, gap: float):
     r"""L3 (closed form): :math:`\sum_{i>m}\sigma_i^2` for the exact lookup cache.
 
     Orthogonal keys, query i aligned with key i with logit gap ``gap`` (own logit minus the others'),
     uniform weights over the n queries: :math:`P = (a-o)I + o\mathbf 1\mathbf 1^T` with
     :math:`a = e^{g}/(e^{g}+n-1)`, :math:`o = 1/(e^{g}+n-1)`; for :math:`1\le m<n` the tail is
-    :math:`(n-m)(a-o)^2/n`.
+    :math:`(n-m)(a-o)^2/n` (``m`` may be real: the formula continued between budgets is what the
+    ``lookup_support`` experiment inverts).
     """
     if not 1 <= m <= n:
         raise ValueError(f"m: expected 1 <= m <= n = {n}, got {m}")
@@ -292,7 +311,8 @@ def lookup_tail(n: int, m: int, gap: float):
 # ------------------------------------------------------------------------------ achievable
 
 
-def max_volume_support(queries, cache: Cache, budget: int, *, weights=None, scale=None):
+def max_volume_support(queries: Float[Arr, "p d"], cache: Cache, budget: int, *,
+                       weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None):
     """Support of m columns of :math:`W^{1/2}P` with maximal volume (brute force, n <= 16)."""
     x, cache = _attention_operator(queries, cache, weights, scale)
     m = _check.budget(budget, cache.n)
@@ -306,8 +326,9 @@ def max_volume_support(queries, cache: Cache, budget: int, *, weights=None, scal
     return np.asarray(arg)
 
 
-def width_upper(queries, cache: Cache, budget: int, *, weights=None, scale=None,
-                support=None, iters: int = 2000):
+def width_upper(queries: Float[Arr, "p d"], cache: Cache, budget: int, *,
+                weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None, support=None,
+                iters: int = 2000):
     r"""U4: achievable value-class worst case of mass-matched, LS-refit subset summaries.
 
     For a support S: log-weights by mass matching (:func:`minimaxkv.fit.mass_match`), values by
@@ -360,7 +381,8 @@ def _supports(n: int, m: int):
     return jnp.asarray(rows, jnp.int32), jnp.asarray(masks)
 
 
-def oracle(queries, cache: Cache, budget: int, *, weights=None, scale=None, steps: int = 150,
+def oracle(queries: Float[Arr, "p d"], cache: Cache, budget: int, *,
+           weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None, steps: int = 150,
            lr: float = 0.05, nnls_iters: int = 500, batch_size: int = 512) -> OracleResult:
     r"""L1: brute-force best summary of the subset class, for ``n <= 16``.
 

@@ -22,15 +22,15 @@ from typing import NamedTuple, Optional
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
 
 from . import _check
+from .shapes import Arr, Float, Int
 
 
 class _CacheFields(NamedTuple):
-    keys: Float[Array, "n d"]
-    values: Float[Array, "n dv"]
-    logw: Float[Array, " n"]
+    keys: Float[Arr, "*heads n d"]  # leading axes: heads or layers stacked
+    values: Float[Arr, "*heads n dv"]
+    logw: Float[Arr, "*heads n"]
 
 
 class Cache(_CacheFields):
@@ -84,11 +84,17 @@ def compact(cache: Cache) -> Cache:
                  jnp.take_along_axis(cache.logw, idx, -1))
 
 
+def atom_bytes(d: int, dv: int, itemsize: int) -> int:
+    """Bytes of one atom: a key (d numbers), a value (d_v) and a log-weight, at ``itemsize``
+    bytes per number. Every byte count of the toolkit is a number of atoms times this."""
+    return (d + dv + 1) * itemsize
+
+
 def live_bytes(cache: Cache, itemsize: int | None = None) -> int:
-    """Bytes of the atoms that count: a key (d), a value (d_v) and a log-weight each, at
-    ``itemsize`` bytes per number (default: the keys' dtype)."""
+    """Bytes of the atoms that count (:func:`atom_bytes` each, ``itemsize`` by default the keys'
+    dtype's)."""
     size = np.dtype(cache.keys.dtype).itemsize if itemsize is None else itemsize
-    return live_atoms(cache) * (cache.keys.shape[-1] + cache.values.shape[-1] + 1) * size
+    return live_atoms(cache) * atom_bytes(cache.keys.shape[-1], cache.values.shape[-1], size)
 
 
 class Summary(NamedTuple):
@@ -103,11 +109,11 @@ class Summary(NamedTuple):
     """
 
     cache: Cache
-    kept: Optional[Int[Array, " m"]] = None
-    mass_gap: Optional[Float[Array, ""]] = None
+    kept: Optional[Int[Arr, "*heads m"]] = None
+    mass_gap: Optional[Float[Arr, "*heads"]] = None
 
 
-def validate(cache: Cache, name: str = "cache") -> Cache:
+def validate(cache: object, name: str = "cache") -> Cache:
     """Check a cache and return it with arrays converted to JAX arrays.
 
     Raises ``ValueError`` for: a non-``Cache`` argument, wrong ranks or disagreeing atom counts,

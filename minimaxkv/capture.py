@@ -53,6 +53,27 @@ class Captured(NamedTuple):
                 jnp.asarray(self.queries[layer, kv_head * g:(kv_head + 1) * g]))
 
 
+def prompt_ids(model, *, text=None, task: str = "passkey", length: int | None = None,
+               seed: int = 0) -> tuple[list[int], str]:
+    """Token ids of the text file ``text`` (its first ``length`` tokens; all with ``None``), or
+    else of a generated ``task`` prompt of about ``length`` tokens (context, then question), and
+    the source's description."""
+    from . import tasks
+
+    tok = model.tokenizer
+    if text is not None:
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"--text {path}: no such file")
+        content = path.read_text()
+        if not content.strip():
+            raise ValueError(f"--text {path} is empty")
+        ids = tok.encode(content)
+        return (ids[:length] if length else ids), f"text:{path.name}"
+    prompt = tasks.make(task, length, lambda t: len(tok.encode(t)), seed=seed, chat=tok.chat)
+    return tok.encode(prompt.context) + tok.encode(prompt.question), f"task:{task}:{seed}"
+
+
 def text_hash(ids) -> str:
     return hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import _check
 from .attention import attend_and_mass
-from .cache import Cache, live_bytes
+from .cache import Cache, atom_bytes, live_bytes
 from .rules.base import Rule
 
 
@@ -50,6 +50,8 @@ def run(rule: Rule, keys, values, queries, budget: int, *, prefill: int, block: 
         budget: atoms of the summary of the closed past.
         prefill: the first ``prefill`` tokens are the prompt; the rest are decoded.
         block: size of the exact buffer; it is compressed into the summary when full.
+        key: the random draws of a rule that makes them (``Rule.randomized``), folded with each
+            compression's first position; such a rule refuses ``None``.
     """
     k = _check.array(keys, "keys", (None, None))
     T, d = k.shape
@@ -60,7 +62,6 @@ def run(rule: Rule, keys, values, queries, budget: int, *, prefill: int, block: 
         raise ValueError(f"prefill: expected 1 <= prefill <= T = {T}, got {prefill}")
     if block < 1:
         raise ValueError(f"block: expected a positive int, got {block}")
-    key = jax.random.PRNGKey(0) if key is None else key
     dt = _check.compute_dtype(k, v)
     itemsize = np.dtype(k.dtype).itemsize
     exact, _ = attend_and_mass(q, Cache(k, v), query_pos=jnp.arange(T))
@@ -80,10 +81,12 @@ def run(rule: Rule, keys, values, queries, budget: int, *, prefill: int, block: 
         out, _ = attend_and_mass(q[start:stop], state, query_pos=pos, key_pos=kpos)
         err[start:stop] = np.asarray(jnp.sum((out - exact[start:stop]) ** 2, axis=1))
         base = live_bytes(summary, itemsize)
-        nbytes[start:stop] = base + (np.arange(1, stop - start + 1)) * (d + v.shape[1] + 1) * itemsize
+        nbytes[start:stop] = base + np.arange(1, stop - start + 1) * atom_bytes(d, v.shape[1],
+                                                                                itemsize)
         if state.keys.shape[0] > budget and stop < T:
             t0 = time.perf_counter()
-            s = rule(state, budget, q[start:stop], jax.random.fold_in(key, start))
+            s = rule(state, budget, q[start:stop],
+                     None if key is None else jax.random.fold_in(key, start))
             jax.block_until_ready(s.cache)
             spent += time.perf_counter() - t0
             count += 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,8 +78,8 @@ def causal_cmd(args) -> int:
     for name in args.rules or DEFAULTS["causal"]:
         hyper = {"block": args.block} if name.startswith("minimax") else {}
         res = causal.run(rules.get(name, theta=st.theta, **hyper), st.keys, st.values, st.queries,
-                         args.budget,
-                         prefill=args.prefill, block=args.block, progress=True)
+                         args.budget, prefill=args.prefill, block=args.block,
+                         key=jax.random.PRNGKey(args.seed), progress=True)
         print(f"{name:20s}{res.prefill_risk:14.4g}{res.decode_risk:14.4g}{res.nbytes.max():11d}"
               f"{res.compress_seconds:12.2f}")
     print(f"done in {time.perf_counter() - t0:.1f} s (minimax uses the driver's block size)")
@@ -88,31 +87,13 @@ def causal_cmd(args) -> int:
 
 
 
-def _prompt_ids(args, model):
-    """Token ids of ``--text FILE`` or of a generated ``--task`` prompt, and a description."""
-    from . import tasks
-
-    if args.text is not None:
-        path = Path(args.text)
-        if not path.is_file():
-            raise FileNotFoundError(f"--text {path}: no such file")
-        text = path.read_text()
-        if not text.strip():
-            raise ValueError(f"--text {path} is empty")
-        ids = model.tokenizer.encode(text)[: args.length] if args.length else model.tokenizer.encode(text)
-        return ids, f"text:{path.name}"
-    tok = model.tokenizer
-    task = tasks.make(args.task, args.length, lambda t: len(tok.encode(t)), seed=args.seed,
-                      chat=tok.chat)
-    return tok.encode(task.context) + tok.encode(task.question), f"task:{args.task}:{args.seed}"
-
-
 def capture_cmd(args) -> int:
     from . import capture, model
 
     t0 = time.perf_counter()
     m = model.load(args.model)
-    ids, source = _prompt_ids(args, m)
+    ids, source = capture.prompt_ids(m, text=args.text, task=args.task, length=args.length,
+                                     seed=args.seed)
     cap = capture.capture(m, ids, source=source)
     path = capture.save(args.out, cap)
     mb = path.stat().st_size / 2**20
@@ -123,51 +104,19 @@ def capture_cmd(args) -> int:
 
 
 
-ANALYZE_IDENT = ("layer", "kv_head")
+def _head_rows(args):
+    """The capture and its per-head rows for ``analyze`` / ``compare --cache`` (stored as they
+    finish, :func:`minimaxkv.analyze.stored`); no rows on a process other than 0, which reports
+    for every process."""
+    from . import analyze, capture, distributed
 
-
-def _analyze_rows(args):
-    """Rows of :func:`minimaxkv.analyze.analyze` for the command line's ``CACHEFILE`` options,
-    each head stored as soon as it is done (in ``--out`` or the default store), so an
-    interrupted run resumes where it stopped. Under several processes
-    (:mod:`minimaxkv.distributed`) each computes its share of the heads and process 0 stores
-    every row (its own as they come, the others' when gathered)."""
-    from . import analyze, capture, distributed, io, rules, store
-
-    distributed.initialize()
-    main_process = distributed.index() == 0
+    distributed.initialize()  # before the capture's arrays: several processes share the heads
     cap = capture.load(args.cachefile)
-    heads = None
-    if args.layers is not None:
-        bad = [i for i in args.layers if not 0 <= i < cap.layers]
-        if bad:
-            raise ValueError(f"--layers {bad}: the capture has layers 0..{cap.layers - 1}")
-        heads = [(i, h) for i in args.layers for h in range(cap.kv_heads)]
-    names = list(args.rules or DEFAULTS["heads"])
-    hyper = capture.rule_hyper(cap)  # the model's RoPE and scale, for the rules that use them
-    chosen = {name: rules.get(name, **hyper) for name in names}
-    spectrum = bool(getattr(args, "plot", None))
-    config = {"command": "analyze",
-              "capture": {k: cap.meta.get(k) for k in ("model", "tokens", "text_sha256")},
-              "budgets": [float(b) for b in args.budgets], "rules": names, "future": args.future,
-              "observed": args.observed, "eps": getattr(args, "eps", 0.05), "spectrum": spectrum}
-    path = _store_path(args)
-    done = _stored(path, config, args.force)
-    provenance = io.provenance()
-    stored = {(r["layer"], r["kv_head"]) for r in done}
-
-    def keep(new_rows):
-        store.add(path, [store.keyed({**row, "provenance": provenance}, config, ANALYZE_IDENT)
-                         for row in new_rows])
-        stored.update((r["layer"], r["kv_head"]) for r in new_rows)
-
-    rows = analyze.analyze(
-        cap, args.budgets, chosen, future=args.future, observed=args.observed,
-        eps=config["eps"], heads=heads, spectrum=spectrum, done=done, progress=main_process,
-        on_row=(lambda row: keep([row])) if main_process else None)
-    if main_process:
-        keep([r for r in rows if (r["layer"], r["kv_head"]) not in stored])
-    return cap, rows
+    rows = analyze.stored(cap, args.budgets, args.rules or DEFAULTS["heads"], _store_path(args),
+                          future=args.future, observed=args.observed,
+                          eps=getattr(args, "eps", 0.05), layers=args.layers,
+                          spectrum=bool(getattr(args, "plot", None)), force=args.force)
+    return cap, (rows if distributed.index() == 0 else None)
 
 
 def _resume_note(args) -> str:
@@ -183,36 +132,20 @@ def _resume_note(args) -> str:
 
 
 def _store_path(args) -> Path:
-    """The results store of ``evaluate``/``analyze``/``compare --cache``: ``--out``, else
-    ``$MINIMAXKV_RESULTS/<command>.json`` (``compare --cache`` shares analyze's store)."""
+    """The results store of ``evaluate``/``analyze``/``compare --cache``: ``--out``, else the
+    command's default (:func:`minimaxkv.store.default_path`)."""
     from . import store
 
-    if getattr(args, "out", None):
-        return Path(args.out)
-    return store.results_dir() / ("evaluate.json" if args.command == "evaluate" else "analyze.json")
-
-
-def _stored(path: Path, config: dict, force: bool) -> list[dict]:
-    """The rows of ``config`` already in the store (none with ``force``, which also sets an
-    unreadable store aside instead of failing on it)."""
-    from . import store
-
-    if force:
-        moved = store.set_aside(path)
-        if moved is not None:
-            print(f"{path}: not a readable results store, set aside as {moved}", file=sys.stderr)
-        store.read(path)
-        return []
-    return store.of_config(store.read(path), config)
+    return Path(args.out) if getattr(args, "out", None) else store.default_path(args.command)
 
 
 def analyze_cmd(args) -> int:
     """Compressibility, bounds and measured risk per layer and KV head of a captured cache."""
-    from . import analyze, distributed, io, plots
+    from . import analyze, io, plots
 
     t0 = time.perf_counter()
-    cap, rows = _analyze_rows(args)
-    if distributed.index() != 0:  # process 0 reports for every process
+    cap, rows = _head_rows(args)
+    if rows is None:
         return 0
     budgets = rows[0]["budgets"]
     rules_ = list(rows[0]["relative"])
@@ -256,33 +189,22 @@ def analyze_cmd(args) -> int:
 
 def compare_cache(args) -> int:
     """``compare --cache FILE``: every rule at every budget on the heads of a captured cache."""
-    from . import distributed
+    from . import analyze
 
     t0 = time.perf_counter()
-    cap, rows = _analyze_rows(args)
-    if distributed.index() != 0:  # process 0 reports for every process
+    cap, rows = _head_rows(args)
+    if rows is None:
         return 0
-    budgets = rows[0]["budgets"]
-    names = list(rows[0]["relative"])
     print(f"{cap.meta.get('model', '?')}: {len(rows)} KV heads, context {rows[0]['n']} tokens, "
           f"scored on {args.future} later tokens' queries; mean relative risk over heads "
           "(geometric mean in brackets), wins = heads where the rule is lowest")
-    print("rule".ljust(22) + "".join(f"m={m:<6d}".rjust(26) for m in budgets))
-    cols = names + ["refit (sees the probes)"]
-    for col in cols:
-        cells = ""
-        for i in range(len(budgets)):
-            v = np.array([r["refit_relative"][i] if col not in names else r["relative"][col][i]
-                          for r in rows])
-            wins = sum(min(names, key=lambda k: r["relative"][k][i]) == col for r in rows)
-            gm = float(np.exp(np.mean(np.log(np.maximum(v, 1e-300)))))
-            cells += f"{v.mean():10.3g} [{gm:8.3g}]" + (f" {wins:3d}w" if col in names else "     ")
-        print(col.ljust(22) + cells)
+    print("rule".ljust(22) + "".join(f"m={m:<6d}".rjust(26) for m in rows[0]["budgets"]))
+    for col, cells in analyze.rule_summary(rows).items():
+        print(col.ljust(22) + "".join(
+            f"{mean:10.3g} [{gm:8.3g}]" + ("     " if wins is None else f" {wins:3d}w")
+            for mean, gm, wins in cells))
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-EVALUATE_IDENT = ("family", "seed", "rule", "budget_spec")
 
 
 def bench_cmd(args) -> int:
@@ -304,29 +226,16 @@ def _bench_folder(args) -> Path:
 def evaluate_cmd(args) -> int:
     """End to end on a real model; every row is stored as soon as it is done (see
     :mod:`minimaxkv.store`), keyed by the run's configuration, sample, rule and budget."""
-    from . import evaluate, io, model, store, tasks
+    from . import evaluate, model
 
     t0 = time.perf_counter()
     m = model.load(args.model)
-    tok = m.tokenizer
-    task_list = [tasks.make(args.task, args.length, lambda t: len(tok.encode(t)), seed=args.seed + i,
-                            chat=tok.chat) for i in range(args.samples)]
-    names = args.rules or list(DEFAULTS["model"])
-    chosen = {name: evaluate.resolve(name, **m.config.rule_hyper) for name in names}
-    config = {"command": "evaluate", "model": m.config.name, "task": args.task,
-              "length": args.length, "query_aware": args.query_aware, "block": args.block,
-              "observed": args.observed, "max_new": args.max_new, "decode_block": args.decode_block}
     out = _store_path(args)
-    seeds = {t.seed for t in task_list}
-    budgets = {float(b) for b in args.budgets}
-    done = [r for r in _stored(out, config, args.force)
-            if r["rule"] in chosen and r["budget_spec"] in budgets and r["seed"] in seeds]
-    provenance = io.provenance()
-    rows = evaluate.sweep(
-        m, task_list, chosen, args.budgets, query_aware=args.query_aware, block=args.block,
-        observed=args.observed, max_new=args.max_new, decode_block=args.decode_block, done=done,
-        on_row=lambda row: store.add(out, [store.keyed({**row, "provenance": provenance}, config,
-                                                       EVALUATE_IDENT)]))
+    rows = evaluate.stored_sweep(
+        m, args.task, args.length, args.samples, args.seed, args.rules or DEFAULTS["model"],
+        args.budgets, out, query_aware=args.query_aware, block=args.block,
+        observed=args.observed, max_new=args.max_new, decode_block=args.decode_block,
+        force=args.force)
     mode = "query-aware (compression sees the question)" if args.query_aware else \
         "query-agnostic (context compressed before the question)"
     n = rows[0]["prefix_tokens"] if rows else 0
@@ -348,86 +257,26 @@ def evaluate_cmd(args) -> int:
 
 
 def figures_cmd(args) -> int:
-    """Compute every missing or stale experiment result at ``--scale``, then draw every figure.
-
-    Each experiment to compute runs in a process of its own (``python -m
-    minimaxkv.experiments.NAME``): what it compiled is released when it ends, and its failure --
-    even a crash of the compiler -- loses nothing the others stored. The processes share a
-    persistent compilation cache in ``<results>/.xla-cache``. Every figure whose result exists is
-    then drawn; the command exits non-zero if an experiment or a figure failed. Results and
-    figures go to ``--results`` / ``--figures`` (default ``./results``, ``./figures``)."""
+    """Compute every missing or stale experiment result at ``--scale``, then draw every figure
+    (:func:`minimaxkv.experiments.common.refresh`); exits non-zero if an experiment or a figure
+    failed. Results and figures go to ``--results`` / ``--figures`` (default ``./results``,
+    ``./figures``)."""
 
     from .experiments import common
-    from .paper_figures import common as figs
 
-    names = args.only or list(common.EXPERIMENTS)
-    for name in names:
-        common.check_name(name)
-    common.check_scale(args.scale)
-    results = Path(args.results or common.results_dir()).resolve()
-    figures = Path(args.figures or common.figures_dir()).resolve()
-    env = dict(os.environ, MINIMAXKV_RESULTS=str(results), MINIMAXKV_FIGURES=str(figures))
-    # one persistent compilation cache for the experiments' processes: a program one of them
-    # compiled (or that a cleared cache drops) is read back from disk, not compiled again
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(results / ".xla-cache"))
-    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     t0 = time.perf_counter()
-    failed = []
     try:
-        for name in names:
-            t1 = time.perf_counter()
-            if not args.force and common.cached(name, args.scale, results) is not None:
-                print(f"{name}: reused {common.result_path(name, args.scale, results)}", flush=True)
-                continue
-            cmd = [sys.executable, "-m", f"{common.__package__}.{name}", "--scale", args.scale]
-            code = run_child(cmd + ["--force"] * args.force, env)
-            took = f"{time.perf_counter() - t1:.1f} s"
-            if code != 0:
-                failed.append(name)
-                print(f"{name}: FAILED (exit code {code}, after {took}); the other experiments "
-                      "go on", flush=True)
-            else:
-                what = "recomputed (--force)" if args.force else "computed (missing or stale)"
-                print(f"{name}: {what} {common.result_path(name, args.scale, results)} ({took})",
-                      flush=True)
+        failed = common.refresh(args.only or common.EXPERIMENTS, args.scale,
+                                results=args.results, figures=args.figures, force=args.force)
     except KeyboardInterrupt:
         print("\nminimaxkv: interrupted; every result computed so far is stored (a rerun "
               "reuses it)", file=sys.stderr)
         return 130
-    for name in names:
-        try:
-            paths = figs.render(name, args.scale, results=results, out=figures)
-        except FileNotFoundError:
-            print(f"figure {name}: not drawn (no up-to-date result)", flush=True)
-            continue
-        except Exception as err:  # a figure that fails must not stop the others
-            failed.append(f"figure {name}")
-            print(f"figure {name}: FAILED ({type(err).__name__}: {err})", flush=True)
-            continue
-        print(f"figure {name}: {' '.join(str(p) for p in paths)}", flush=True)
     print(f"done in {time.perf_counter() - t0:.1f} s")
     if failed:
         print(f"minimaxkv: error: failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-def run_child(cmd: list[str], env=None, grace: float = 30.0) -> int:
-    """Run ``cmd`` and return its exit status; if this process is interrupted or terminated
-    meanwhile, the child is sent SIGTERM (its own cleanup runs: temporary files removed), given
-    ``grace`` seconds, then killed, and the interruption goes on."""
-    child = subprocess.Popen(cmd, env=env)
-    try:
-        return child.wait()
-    except BaseException:
-        child.terminate()
-        try:
-            child.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        raise
 
 
 def _check_args(args, fail, compare_default) -> None:

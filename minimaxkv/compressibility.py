@@ -26,7 +26,9 @@ from jax import lax
 
 from . import _check, linalg
 from .attention import HIGHEST, attend, attention_weights, prepare
+from .cache import Cache
 from .linalg import matmul as _mm
+from .shapes import Arr, Float, Scalar
 
 
 
@@ -38,7 +40,8 @@ def _setup(queries, cache, weights, scale):
     return q, c, scale, w, pmat
 
 
-def response_covariance(queries, cache, *, weights=None, scale=None):
+def response_covariance(queries: Float[Arr, "p d"], cache: Cache, *,
+                        weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None):
     r"""Response covariance :math:`G = P^TWP\circ(\mathbf 1\mathbf 1^T + VV^T)`, ``[n, n]`` (PSD).
 
     Example:
@@ -57,7 +60,8 @@ def _g(pmat, w, values):
     return k * (1.0 + _mm(values, values.T))
 
 
-def value_centred_covariance(queries, cache, *, weights=None, scale=None):
+def value_centred_covariance(queries: Float[Arr, "p d"], cache: Cache, *,
+                             weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None):
     r"""Value-centred covariance :math:`\Gamma_{jl} = \sum_i w_i p_j p_l\langle v_j - A, v_l - A\rangle`.
 
     Expanded with :math:`M_{ij} = p_j(q_i)\langle v_j, A(q_i)\rangle`:
@@ -82,7 +86,9 @@ def _gamma(pmat, w, values, a):
     )
 
 
-def response_factor(queries, cache, *, weights=None, scale=None, centred=False):
+def response_factor(queries: Float[Arr, "p d"], cache: Cache, *,
+                    weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None,
+                    centred=False):
     r"""A factor :math:`F` ``[n, p(1+d_v)]`` (``[n, p d_v]`` if centred) with :math:`G = FF^T`.
 
     Column ``(i, c)`` is :math:`\sqrt{w_i}` times coordinate c of :math:`\tilde\psi_j(q_i)`
@@ -99,7 +105,8 @@ def response_factor(queries, cache, *, weights=None, scale=None, centred=False):
     return jnp.transpose(resp, (1, 0, 2)).reshape(c.n, -1)
 
 
-def spectrum(queries, cache, k: int | None = None, *, weights=None, scale=None, centred=False,
+def spectrum(queries: Float[Arr, "p d"], cache: Cache, k: int | None = None, *,
+             weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None, centred=False,
              key=None, oversample: int | None = None, iters: int = 4, method: str = "subspace",
              block: int | None = None, depth: int = 6):
     r"""Eigenvalues of :math:`G` (or :math:`\Gamma` if ``centred``), descending.
@@ -124,8 +131,9 @@ def spectrum(queries, cache, k: int | None = None, *, weights=None, scale=None, 
                                block=block, depth=depth).values
 
 
-def randomized_spectrum(queries, cache, k: int, *, weights=None, scale=None, centred=False,
-                        key=None, oversample: int | None = None, iters: int = 4,
+def randomized_spectrum(queries: Float[Arr, "p d"], cache: Cache, k: int, *,
+                        weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None,
+                        centred=False, key=None, oversample: int | None = None, iters: int = 4,
                         method: str = "subspace", block: int | None = None,
                         depth: int = 6) -> linalg.Ritz:
     """Top-k eigenpairs of G (or Γ) with residual bounds, without forming the n x n matrix.
@@ -140,7 +148,9 @@ def randomized_spectrum(queries, cache, k: int, *, weights=None, scale=None, cen
     q, c, scale, w, pmat = _setup(queries, cache, weights, scale)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= c.n:
         raise ValueError(f"k: expected an int in [1, n={c.n}], got {k!r}")
-    key = jax.random.PRNGKey(0) if key is None else key
+    if key is None:
+        raise ValueError("randomized_spectrum draws its starting block at random: pass key= (a "
+                         "jax.random.PRNGKey)")
     if centred:
         a = attend(q, c, scale)
         mat = partial(_gamma_matmat, pmat, w, c.values, a)
@@ -234,7 +244,7 @@ def _desc(eigs):
     return jnp.sort(jnp.clip(e, 0.0, None))[::-1]
 
 
-def tail_mass(eigs, m: int):
+def tail_mass(eigs: Float[Arr, " n"], m: int):
     r"""Tail mass :math:`\sum_{i>m}\lambda_i` (eigenvalues sorted descending, ``0 <= m <= n``)."""
     e = _desc(eigs)
     if not 0 <= m <= e.shape[0]:
@@ -242,7 +252,7 @@ def tail_mass(eigs, m: int):
     return jnp.sum(e[m:])
 
 
-def eps_rank(eigs, eps: float):
+def eps_rank(eigs: Float[Arr, " n"], eps: float) -> int:
     r"""ε-rank: the smallest m with :math:`\sum_{i>m}\lambda_i \le \varepsilon\sum_i\lambda_i`."""
     if not 0 <= eps <= 1:
         raise ValueError(f"eps: expected a relative tolerance in [0, 1], got {eps}")
@@ -251,7 +261,7 @@ def eps_rank(eigs, eps: float):
     return int(np.argmax(tails <= eps * e.sum()))
 
 
-def effective_dimension(eigs, ridge: float):
+def effective_dimension(eigs: Float[Arr, " n"], ridge: float):
     r"""Effective dimension :math:`d_{\text{eff}}(\lambda) = \mathrm{tr}\,G(G+\lambda I)^{-1} = \sum_i \frac{\lambda_i}{\lambda_i+\lambda}`."""
     if ridge <= 0:
         raise ValueError(f"ridge: expected a positive regulariser, got {ridge}")
@@ -259,7 +269,7 @@ def effective_dimension(eigs, ridge: float):
     return jnp.sum(e / (e + ridge))
 
 
-def ridge_leverage(gram, ridge: float):
+def ridge_leverage(gram: Float[Arr, "n n"], ridge: float) -> Float[Arr, " n"]:
     r"""Ridge leverage scores :math:`\ell_j = [G(G+\lambda I)^{-1}]_{jj}`, ``[n]``; sum = :math:`d_{\text{eff}}`."""
     g = _check.array(gram, "gram", (None, None))
     if g.shape[0] != g.shape[1]:
@@ -271,19 +281,20 @@ def ridge_leverage(gram, ridge: float):
     return jnp.sum(u * u * (lam / (lam + ridge))[None, :], axis=1)
 
 
-def attention_singular_values(queries, cache, *, weights=None, scale=None):
+def attention_singular_values(queries: Float[Arr, "p d"], cache: Cache, *,
+                              weights: Float[Arr, " p"] | None = None, scale: Scalar | None = None):
     r"""Singular values of the weighted attention operator :math:`W^{1/2}P` (descending)."""
     _, _, _, w, pmat = _setup(queries, cache, weights, scale)
     return jnp.linalg.svd(jnp.sqrt(w)[:, None] * pmat, compute_uv=False)
 
 
-def attention_entropy(queries, cache, *, scale=None):
+def attention_entropy(queries: Float[Arr, "p d"], cache: Cache, *, scale: Scalar | None = None):
     r"""Entropy :math:`H(q) = -\sum_j p_j(q)\log p_j(q)` of each query's attention, ``[p]`` (nats)."""
     _, _, _, _, pmat = _setup(queries, cache, None, scale)
     return -jnp.sum(jnp.where(pmat > 0, pmat * jnp.log(jnp.where(pmat > 0, pmat, 1.0)), 0.0), 1)
 
 
-def top_mass(queries, cache, m: int, *, scale=None):
+def top_mass(queries: Float[Arr, "p d"], cache: Cache, m: int, *, scale: Scalar | None = None):
     r"""Attention mass on each query's own top-m atoms, ``[p]``."""
     _, c, _, _, pmat = _setup(queries, cache, None, scale)
     _check.budget(m, c.n, "m")
@@ -299,7 +310,7 @@ class Covering(NamedTuple):
     assignment: jax.Array
 
 
-def covering_radius(keys, m: int) -> Covering:
+def covering_radius(keys: Float[Arr, "n d"], m: int) -> Covering:
     r"""Greedy k-centre (Gonzalez 1985) on the keys: a 2-approximation of
     :math:`r_m = \min_{|S|=m}\max_j \min_{c\in S}\lVert k_j - k_c\rVert`.
 
@@ -328,7 +339,7 @@ def _kcentre(x, m):
     return Covering(jnp.max(dmin), centres, assign)
 
 
-def value_radius(values):
+def value_radius(values: Float[Arr, "n dv"]):
     r"""Radius of the values about their mean, :math:`\max_j\lVert v_j-\bar v\rVert`.
 
     It bounds the Chebyshev radius r (smallest enclosing ball) from above, and

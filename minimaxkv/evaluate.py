@@ -115,9 +115,9 @@ def head_budgets(rule: Allocated, past: Cache, queries, budget: int, key=None) -
     if rule.alloc == "pyramid":
         exact = np.repeat(allocation.pyramid_budgets(budget, L)[:, None], K, 1)
     elif rule.alloc == "adakv":
-        key = jax.random.PRNGKey(0) if key is None else key
         exact = np.stack([allocation.adakv_budgets(np.stack([np.asarray(rule.rule.score(
-            Cache(past.keys[i, h], past.values[i, h], past.logw[i, h]), q[i, h], key))
+            Cache(past.keys[i, h], past.values[i, h], past.logw[i, h]), q[i, h],
+            rule.rule.checked_key(key)))
             for h in range(K)]), budget) for i in range(L)])
     else:
         spectra = np.stack([np.asarray(spectrum(q[i, h].reshape(-1, hd), Cache(
@@ -130,7 +130,9 @@ def head_budgets(rule: Allocated, past: Cache, queries, budget: int, key=None) -
 def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
     """Every layer and KV head of ``past`` ``[L, Hkv, n, hd]`` compressed to ``budget`` atoms, the
     rule seeing each head's group of observed queries (``queries [L, H, p, hd]``, the last p
-    tokens of ``past``). An :class:`Allocated` rule gives each head its own budget (mean at most
+    tokens of ``past``); ``key`` is split into one key per head for a rule that draws random
+    numbers (``Rule.randomized``: it refuses ``None``; the others never read it). An
+    :class:`Allocated` rule gives each head its own budget (mean at most
     ``budget``); its summaries are padded to the largest with empty atoms (log-weight -inf, which
     attention ignores and :func:`metrics` does not count) by :meth:`~minimaxkv.rules.Rule.padded`,
     which compiles one program for all the budgets when the rule allows it.
@@ -145,8 +147,9 @@ def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
         return past
     H, p = queries.shape[1], queries.shape[2]
     q = queries.reshape(L, K, H // K, p, hd)
-    key = jax.random.PRNGKey(0) if key is None else key
-    keys = jax.random.split(key, L * K).reshape(L, K, -1)
+    # one key per head for a rule that draws random numbers (none without: it refuses None)
+    keys = None if key is None else jax.random.split(key, L * K).reshape(L, K, -1)
+    head_key = (lambda i, h: None) if keys is None else (lambda i, h: keys[i, h])
     if isinstance(rule, Allocated):
         sizes = head_budgets(rule, past, queries, budget, key)
         rule = rule.rule
@@ -162,13 +165,13 @@ def compress(rule, past: Cache, budget: int, queries, key=None) -> Cache:
         head = Cache(past.keys[i, h], past.values[i, h], past.logw[i, h])
         m = int(sizes[i, h])
         if (sizes == top).all() or m == n:
-            return pad(rule(head, m, q[i, h], keys[i, h]), size).cache
-        return pad(rule.padded(head, capacity, m, q[i, h], keys[i, h]), size).cache
+            return pad(rule(head, m, q[i, h], head_key(i, h)), size).cache
+        return pad(rule.padded(head, capacity, m, q[i, h], head_key(i, h)), size).cache
 
     if rule.layer_shared:  # one order per layer from the mean score of its KV heads
         out = [pad(s, size).cache for i in range(L) for s in layer_summaries(
             rule, [Cache(past.keys[i, h], past.values[i, h], past.logw[i, h]) for h in range(K)],
-            list(q[i]), sizes[i], size, list(keys[i]))]
+            list(q[i]), sizes[i], size, [head_key(i, h) for h in range(K)])]
     elif (sizes == top).all() or rule.upto is not None:
         return _compress_batched(rule, past, sizes, capacity, size, q, keys)
     else:
@@ -185,13 +188,15 @@ def _compress_batched(rule, past: Cache, sizes, capacity: int, size: int, q, key
     L, K, n, hd = past.keys.shape
     flat = sizes.ravel()
     heads = Cache(*(x.reshape(L * K, *x.shape[2:]) for x in past))
-    qs, ks = q.reshape(L * K, *q.shape[2:]), keys.reshape(L * K, -1)
+    qs = q.reshape(L * K, *q.shape[2:])
+    ks = None if keys is None else keys.reshape(L * K, -1)
     if (flat == flat[0]).all():  # one budget: its own program, no padding inside
         got = compress_heads(rule, heads, int(flat[0]), qs, ks).cache
     else:
         small = np.flatnonzero(flat < n)  # the others are kept whole (then size == n)
         got = _pad_heads(compress_heads(rule, Cache(*(x[small] for x in heads)), flat[small],
-                                        qs[small], ks[small], capacity=capacity).cache, size)
+                                        qs[small], None if ks is None else ks[small],
+                                        capacity=capacity).cache, size)
         if small.size < flat.size:
             got = Cache(*(a.at[small].set(b) for a, b in zip(heads, got)))
     return Cache(*(x.reshape(L, K, *x.shape[1:]) for x in _pad_heads(got, size)))
@@ -229,7 +234,7 @@ def rule_queries(state: State, rule):
     return q[:, :, q.shape[2] - state.observed:]
 
 
-def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = None, *,
+def prefill(model: Model, ids, rule: Rule | Allocated | None = None, budget: int | None = None, *,
             observed: int = 32, block: int | None = None, key=None,
             every_query: bool = False) -> State:
     """Read ``ids``; with a rule, compress to ``budget`` atoms per head (after the whole prefix, or
@@ -237,13 +242,13 @@ def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = No
     tokens (after the whole prefix, a rule that reads the whole prefix sees every token's). Without
     a rule the state keeps the queries of the last ``observed`` tokens (with ``every_query``, of
     every token, for the rules that read the whole prefix: :func:`rule_queries`), so one full
-    prefill serves every rule (:func:`compress_state`)."""
+    prefill serves every rule (:func:`compress_state`). ``key``: the random draws of a rule
+    that makes them, split at every compression."""
     p, cfg = model.params, model.config
     ids = np.asarray(ids, np.int32)
     T = int(ids.shape[0])
     step = T if block is None or rule is None else block
     past, spent = empty_past(cfg), 0.0
-    key = jax.random.PRNGKey(0) if key is None else key
     for lo in range(0, T, step):
         chunk = ids[lo:lo + step]
         size = int(chunk.shape[0])
@@ -257,7 +262,7 @@ def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = No
         queries = out.queries[:, :, :size] if every else out.queries
         past = concat(past, out.keys[:, :, :size], out.values[:, :, :size])
         if rule is not None and past.keys.shape[2] > budget:
-            key, sub = jax.random.split(key)
+            key, sub = (None, None) if key is None else jax.random.split(key)
             t0 = time.perf_counter()
             past = jax.block_until_ready(compress(rule, past, budget, queries, sub))
             spent += time.perf_counter() - t0
@@ -266,13 +271,12 @@ def prefill(model: Model, ids, rule: Rule | None = None, budget: int | None = No
     return State(past, out.logits[-1], spent, queries, w)
 
 
-def compress_state(full: State, rule: Rule, budget: int, key=None) -> State:
-    """One-shot compression of a full prefill (the same result as ``prefill(..., rule, budget)``
-    without reading the prefix again)."""
+def compress_state(full: State, rule: Rule | Allocated, budget: int, key=None) -> State:
+    """One-shot compression of a full prefill (the same result as ``prefill(..., rule, budget,
+    key=key)`` without reading the prefix again)."""
     t0 = time.perf_counter()
-    past = jax.block_until_ready(compress(rule, full.past, budget, rule_queries(full, rule),
-                                          jax.random.split(jax.random.PRNGKey(0) if key is None
-                                                           else key)[1]))
+    sub = None if key is None else jax.random.split(key)[1]  # prefill's first subkey
+    past = jax.block_until_ready(compress(rule, full.past, budget, rule_queries(full, rule), sub))
     return State(past, full.last, time.perf_counter() - t0)
 
 
@@ -284,39 +288,31 @@ class Reading(NamedTuple):
     score: float
 
 
-class Running:
-    """Decoding over a compressed state, compressing again whenever ``block`` new tokens have
-    accumulated: the summary plus the exact block go back to ``budget`` atoms (merge-reduce), so
-    memory stays at most ``budget + block`` atoms per head. The rule sees the queries of the
-    block's last ``observed`` tokens."""
+class Recompression(NamedTuple):
+    """How decoding compresses again: whenever ``block`` new tokens have accumulated, the summary
+    plus the exact block go back to ``budget`` atoms (merge-reduce), so memory stays at most
+    ``budget + block`` atoms per head; ``rule`` sees the queries of the block's last
+    ``observed`` tokens (``key``: for a rule that draws random numbers, split at every
+    compression)."""
 
-    def __init__(self, model: Model, state: State, start: int, rule: Rule, budget: int,
-                 block: int, observed: int = 32):
-        self.model, self.rule, self.budget, self.block = model, rule, budget, block
-        self.observed = min(observed, block)
-        self.pos, self.seconds = start, 0.0
-        self._reset(state.past)
+    rule: Rule
+    budget: int
+    block: int
+    observed: int = 32
+    key: jax.Array | None = None
 
-    def _reset(self, past: Cache):
-        self.slot = past.keys.shape[2]
-        self.buf = buffer(past, self.budget + self.block - self.slot)
-        self.queries = []
 
-    def feed(self, token: int) -> np.ndarray:
-        """Read one token; its next-token logits ``[V]``."""
-        m = self.model
-        row, self.buf, q = decode(m.params, m.config, token, self.pos, self.buf, self.slot,
-                                  queries=True)
-        self.queries = (self.queries + [q])[-self.observed:]
-        self.pos += 1
-        self.slot += 1
-        if self.slot == self.buf.keys.shape[2]:
-            t0 = time.perf_counter()
-            past = jax.block_until_ready(
-                compress(self.rule, self.buf, self.budget, jnp.concatenate(self.queries, 2)))
-            self.seconds += time.perf_counter() - t0
-            self._reset(past)
-        return np.asarray(row)
+class Decoding(NamedTuple):
+    """Where decoding over a compressed state stands: the buffer (summary, then the open block's
+    exact atoms, then free slots), the next free slot and position, the last decoded tokens'
+    queries, the key of the next compression and the seconds spent compressing so far."""
+
+    buf: Cache
+    slot: int
+    pos: int
+    queries: tuple = ()
+    key: jax.Array | None = None
+    seconds: float = 0.0
 
     @property
     def past(self) -> Cache:
@@ -324,21 +320,50 @@ class Running:
         return Cache(*(x[:, :, :self.slot] for x in self.buf))
 
 
-def _read_running(model, prep, state, rule, budget, block, observed, max_new):
+def start_decoding(past: Cache, start: int, how: Recompression, key=None,
+                   seconds: float = 0.0) -> Decoding:
+    """A :class:`Decoding` over ``past`` whose next token sits at position ``start``."""
+    slot = past.keys.shape[2]
+    return Decoding(buffer(past, how.budget + how.block - slot), slot, start, (), key, seconds)
+
+
+def feed(model: Model, how: Recompression, dec: Decoding, token: int) -> tuple[np.ndarray,
+                                                                               Decoding]:
+    """Read one token: its next-token logits ``[V]`` and the decoding after it (compressed back
+    to ``how.budget`` atoms when the block is full)."""
+    row, buf, q = decode(model.params, model.config, token, dec.pos, dec.buf, dec.slot,
+                         queries=True)
+    dec = dec._replace(buf=buf, slot=dec.slot + 1, pos=dec.pos + 1,
+                       queries=(dec.queries + (q,))[-min(how.observed, how.block):])
+    if dec.slot == buf.keys.shape[2]:
+        key, sub = (None, None) if dec.key is None else jax.random.split(dec.key)
+        t0 = time.perf_counter()
+        past = jax.block_until_ready(
+            compress(how.rule, buf, how.budget, jnp.concatenate(dec.queries, 2), sub))
+        dec = start_decoding(past, dec.pos, how, key, dec.seconds + time.perf_counter() - t0)
+    return np.asarray(row), dec
+
+
+def _read_running(model, prep, state, how: Recompression, max_new):
+    """:func:`read` while compressing again every ``how.block`` decoded tokens: the reading, the
+    state at its end and the seconds spent compressing."""
     start = len(prep.prefix)
-    run = Running(model, state, start, rule, budget, block, observed)
-    rows = [np.asarray(state.last)] + [run.feed(int(t)) for t in prep.cont[:-1]]
-    gen_run = Running(model, state, start, rule, budget, block, observed)
+    dec = start_decoding(state.past, start, how, how.key)
+    rows = [np.asarray(state.last)]
+    for t in prep.cont[:-1]:
+        row, dec = feed(model, how, dec, int(t))
+        rows.append(row)
+    gen_dec = start_decoding(state.past, start, how, how.key)
     row = np.asarray(state.last)
     for t in prep.cont[:len(prep.cont) - prep.answer]:
-        row = gen_run.feed(int(t))
+        row, gen_dec = feed(model, how, gen_dec, int(t))
     gen, stop = [], model.tokenizer.eos
     while len(gen) < max_new and (not gen or gen[-1] != stop) and not _solved(model, prep, gen):
         gen.append(int(np.argmax(row)))
-        row = gen_run.feed(gen[-1])
+        row, gen_dec = feed(model, how, gen_dec, gen[-1])
     text = model.tokenizer.decode(gen, skip_special=True)
-    seconds = run.seconds + gen_run.seconds
-    return Reading(np.stack(rows), text, tasks_mod.score(prep.task, text)), run.past, seconds
+    seconds = dec.seconds + gen_dec.seconds
+    return Reading(np.stack(rows), text, tasks_mod.score(prep.task, text)), dec.past, seconds
 
 
 def _solved(model: Model, prep: Prepared, tokens) -> bool:
@@ -412,33 +437,40 @@ def _kvzip_state(model, prep, base, rule, m, scored: dict) -> State:
 
 
 def _compressed_reading(model, prep, base, rule, m, observed, block, decode_block, max_new,
-                        scored=None):
+                        key, scored=None):
     """The reading of ``prep`` with ``rule`` at ``m`` atoms: compressed once from the full
     prefill ``base``, or causally every ``block`` prefill (and ``decode_block`` new) tokens;
     ``scored``: the prompt's model-level scores computed so far (KVzip's)."""
     if isinstance(rule, kvzip_mod.KVzip):
         state = _kvzip_state(model, prep, base, rule, m, {} if scored is None else scored)
     elif block is None:
-        state = compress_state(base, rule, m)
+        state = compress_state(base, rule, m, key)
     else:
-        state = prefill(model, prep.prefix, rule, m, observed=observed, block=block)
+        state = prefill(model, prep.prefix, rule, m, observed=observed, block=block, key=key)
     if not decode_block:
         return read(model, prep, state, max_new), state
-    got, past, extra = _read_running(model, prep, state, rule, m, decode_block, observed, max_new)
+    how = Recompression(rule, m, decode_block, observed,
+                        None if key is None else jax.random.fold_in(key, 1))
+    got, past, extra = _read_running(model, prep, state, how, max_new)
     return got, State(past, state.last, state.seconds + extra)
 
 
-def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule], budgets, *,
+def sweep(model: Model, task_list: list[tasks_mod.Task],
+          rules: dict[str, Rule | Allocated | kvzip_mod.KVzip], budgets, *,
           query_aware: bool = False, block: int | None = None, observed: int = 32,
           max_new: int | None = None, decode_block: int | None = None,
           done: list[dict] | None = None, on_row=None, progress: bool = True,
-          kept=budgets_mod.atoms) -> list[dict]:
+          kept=budgets_mod.atoms, key=None) -> list[dict]:
     """Every (task, rule, budget) against the task's full-cache reference, generating at most
     ``max_new`` answer tokens (default: the task's own, ``Task.max_new``; RULER's length for its
     tasks).
 
     With ``decode_block`` the continuation is decoded token by token and the state is compressed
     back to the budget whenever ``decode_block`` new tokens have accumulated.
+
+    ``key``: the random draws of the rules that make them (``Rule.randomized``; they refuse to
+    run without), the same for every prompt, rule and budget, so a row does not depend on which
+    rows ran before it.
 
     ``kept(spec, n)`` turns each of ``budgets`` into atoms for a context of n tokens: by default
     :func:`minimaxkv.budgets.atoms` (atoms or fractions kept);
@@ -492,7 +524,7 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
                 m = atoms[float(b)]
                 t0 = time.perf_counter()
                 got, state = _compressed_reading(model, prep, base, rules[name], m, observed,
-                                                 block, decode_block, new, scored)
+                                                 block, decode_block, new, key, scored)
                 row = {"family": task.family, "seed": task.seed, "rule": name,
                        "budget_spec": float(b), "budget": m, "prefix_tokens": n,
                        "query_aware": query_aware, "block": block, "decode_block": decode_block,
@@ -505,6 +537,41 @@ def sweep(model: Model, task_list: list[tasks_mod.Task], rules: dict[str, Rule],
                 programs.relieve()
                 bar.update(1)
     return rows
+
+
+IDENT = ("family", "seed", "rule", "budget_spec")  # a row's identity in the results store
+
+
+def stored_sweep(model: Model, task: str, length: int, samples: int, seed: int, names, budgets,
+                 path, *, query_aware: bool = False, block: int | None = None,
+                 observed: int = 32, max_new: int | None = None,
+                 decode_block: int | None = None, force: bool = False) -> list[dict]:
+    """:func:`sweep` over ``samples`` prompts of ``task`` (seeds ``seed``, ``seed + 1``, ...) of
+    about ``length`` tokens and the rules ``names`` (registry names, optionally ``RULE@alloc``),
+    every row stored in the results store at ``path`` as soon as it is done, keyed by the run's
+    configuration, sample, rule and budget: the same call resumes from the stored rows
+    (``force``: recompute them). The rules' random draws come from ``PRNGKey(seed)``."""
+    from . import io, store
+
+    tok = model.tokenizer
+    task_list = [tasks_mod.make(task, length, lambda t: len(tok.encode(t)), seed=seed + i,
+                                chat=tok.chat) for i in range(samples)]
+    chosen = {name: resolve(name, **model.config.rule_hyper) for name in names}
+    config = {"command": "evaluate", "model": model.config.name, "task": task, "length": length,
+              "query_aware": query_aware, "block": block, "observed": observed,
+              "max_new": max_new, "decode_block": decode_block}
+    seeds = {t.seed for t in task_list}
+    specs = {float(b) for b in budgets}
+    done = [r for r in store.resume(path, config, force=force)
+            if r["rule"] in chosen and r["budget_spec"] in specs and r["seed"] in seeds]
+    provenance = io.provenance()
+
+    def keep(row):
+        store.add(path, [store.keyed({**row, "provenance": provenance}, config, IDENT)])
+
+    return sweep(model, task_list, chosen, budgets, query_aware=query_aware, block=block,
+                 observed=observed, max_new=max_new, decode_block=decode_block, done=done,
+                 key=jax.random.PRNGKey(seed), on_row=keep)
 
 
 def summarize_rows(rows: list[dict]) -> list[dict]:

@@ -24,32 +24,32 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
 
 from . import _check, rope
+from .shapes import Arr, Float, Int
 
 
 class QuerySet(NamedTuple):
     """Queries ``[p, d]`` with weights ``[p]`` summing to one."""
 
-    queries: Float[Array, "p d"]
-    weights: Float[Array, " p"]
+    queries: Float[Arr, "p d"]
+    weights: Float[Arr, " p"]
 
 
 class Gaussian(NamedTuple):
     r""":math:`\mathcal N(\text{mean}, \text{chol}\,\text{chol}^T)`."""
 
-    mean: Float[Array, " d"]
-    chol: Float[Array, "d d"]
+    mean: Float[Arr, " d"]
+    chol: Float[Arr, "d d"]
 
 
 class RopeGaussian(NamedTuple):
     r"""Pre-RoPE Gaussian :math:`\mathcal N(\mu, LL^T)` rotated at a uniform future position."""
 
-    mean: Float[Array, " d"]
-    chol: Float[Array, "d d"]
-    positions: Int[Array, " h"]
-    theta: float
+    mean: Float[Arr, " d"]
+    chol: Float[Arr, "d d"]
+    positions: Int[Arr, " h"]
+    theta: float | rope.Llama3
     convention: str
 
 
@@ -98,8 +98,8 @@ def fit_gaussian(observed, shrinkage: float = 1e-3) -> Gaussian:
     return Gaussian(mu, jnp.linalg.cholesky(cov))
 
 
-def rope_future(law: Gaussian, start: int, horizon: int = 512, theta: float = 10000.0,
-                convention: str = "half") -> RopeGaussian:
+def rope_future(law: Gaussian, start: int, horizon: int = 512,
+                theta: float | rope.Llama3 = 10000.0, convention: str = "half") -> RopeGaussian:
     """Pre-RoPE Gaussian ``law`` applied at a position uniform in ``start .. start+horizon-1``."""
     if horizon < 1:
         raise ValueError(f"horizon: expected at least 1 future position, got {horizon}")

@@ -21,12 +21,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 from scipy import stats
 
 from . import _check
 from .attention import _attend_core, _chunk_for, prepare
 from .cache import validate
+from .shapes import Arr, Float, Scalar
 
 REDUCTIONS = ("mean", "max", "sum", "none")
 
@@ -77,20 +77,20 @@ def _reduce(per_query, w, reduce):
 
 
 def errors(queries, cache, summary, scale=None, *, query_pos=None, key_pos=None,
-           summary_pos=None, chunk=None) -> Float[Array, "p dv"]:
+           summary_pos=None, chunk=None) -> Float[Arr, "p dv"]:
     r"""Error vectors :math:`A_{\hat C}(q) - A_C(q)`, ``[p, dv]``."""
     a, _, ah, _ = _pair(queries, cache, summary, scale, query_pos, key_pos, summary_pos, chunk)
     return ah - a
 
 
 def risk(
-    queries: Float[Array, "p d"],
+    queries: Float[Arr, "p d"],
     cache,
     summary,
     reduce: str = "mean",
     *,
-    weights: Float[Array, " p"] | None = None,
-    scale: float | None = None,
+    weights: Float[Arr, " p"] | None = None,
+    scale: Scalar | None = None,
     query_pos=None,
     key_pos=None,
     summary_pos=None,

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -115,3 +116,24 @@ def set_aside(path) -> Path | None:
             new = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             os.replace(path, new)
             return new
+
+
+def default_path(command: str) -> Path:
+    """The store a command writes when given no ``--out``: ``<results>/evaluate.json`` for
+    ``evaluate``, ``<results>/analyze.json`` for ``analyze`` and ``compare --cache`` (they share
+    their rows)."""
+    return results_dir() / ("evaluate.json" if command == "evaluate" else "analyze.json")
+
+
+def resume(path, config: dict, *, force: bool = False) -> list[dict]:
+    """The rows of ``config`` already in the store at ``path``, from which a command resumes;
+    with ``force`` none, and an unreadable store is set aside (said on stderr) instead of being
+    an error."""
+    path = Path(path)
+    if force:
+        moved = set_aside(path)
+        if moved is not None:
+            print(f"{path}: not a readable results store, set aside as {moved}", file=sys.stderr)
+        read(path)  # what is left there must still be a store (absent, or not a folder)
+        return []
+    return of_config(read(path), config)

@@ -23,10 +23,10 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
 
 from . import rope
 from .cache import Cache
+from .shapes import Arr, Float, Int
 
 
 @partial(jax.tree_util.register_dataclass, data_fields=["cache", "queries", "key_pos",
@@ -40,9 +40,9 @@ class Instance:
     are the arrays (the base is static: instances ``vmap`` and ``jit``)."""
 
     cache: Cache
-    queries: Float[Array, "p d"]
-    key_pos: Int[Array, " n"]
-    query_pos: Int[Array, " p"]
+    queries: Float[Arr, "*batch p d"]  # leading axes: instances batched by vmap
+    key_pos: Int[Arr, "*batch n"]
+    query_pos: Int[Arr, "*batch p"]
     theta: float = 0.0
     convention: str = "half"
 
@@ -192,9 +192,9 @@ class Stream:
     """Per-token keys, values and queries of one head, token t at position t, with the RoPE
     base and pairing as in :class:`Instance`."""
 
-    keys: Float[Array, "T d"]
-    values: Float[Array, "T dv"]
-    queries: Float[Array, "T d"]
+    keys: Float[Arr, "*batch T d"]
+    values: Float[Arr, "*batch T dv"]
+    queries: Float[Arr, "*batch T d"]
     theta: float = 0.0
     convention: str = "half"
 

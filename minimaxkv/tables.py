@@ -68,7 +68,8 @@ def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
 
     Returns ``{budget: {column: value}}``: a column per rule of ``rule_names`` and the
     :data:`REFERENCES`. Every summary has ``budget`` atoms with keys, values and
-    log-weights, so equal budgets are equal bytes (GVote may use fewer).
+    log-weights, so equal budgets are equal bytes (GVote may use fewer). The instance and the
+    rules' random draws both come from ``PRNGKey(seed)``.
     """
     from . import fit as fitmod
     from . import programs, rules
@@ -89,7 +90,8 @@ def compare_table(family: str, n: int, d: int, dv: int, p_obs: int, p_eval: int,
         m = budgets_mod.atoms(frac, n)
         row = {}
         for name in rule_names:
-            summ = rules.get(name, theta=inst.theta, convention=inst.convention)(c, m, q_obs)
+            rule = rules.get(name, theta=inst.theta, convention=inst.convention)
+            summ = rule(c, m, q_obs, jax.random.PRNGKey(seed))
             row[name] = float(risk(q_eval, c, summ))
         row[L2_LOWER] = float(bounds.width_lower(q_eval, c, m)) * dv
         piv = scipy.linalg.qr(np.asarray(attention_weights(q_eval, c)), pivoting=True,

@@ -197,7 +197,7 @@ for f, inst in small.items():
         row["best eviction"].append(float(res.eviction_risk))
         for r in oracle_rules:
             rule = rules.get(r, theta=inst.theta)  # the family's RoPE base (0: none)
-            row[r].append(float(risk(q, c, rule(c, m, q))))
+            row[r].append(float(risk(q, c, rule(c, m, q, KEY))))  # KEY: the rules' draws
     oracle_rows[f] = row
 
 fig, axes = plt.subplots(1, len(small), figsize=(4.2 * len(small), 3.6), squeeze=False)
@@ -241,7 +241,7 @@ for f in cfg["rule_families"]:
     inst = instance(f, n, p_obs + p_eval)
     c, q_obs, q_eval = inst.cache, inst.queries[:p_obs], inst.queries[p_obs:]
     ms = [max(1, round(fr * n)) for fr in cfg["fractions"]]
-    table = {r: [float(risk(q_eval, c, rules.get(r, theta=inst.theta)(c, m, q_obs)))
+    table = {r: [float(risk(q_eval, c, rules.get(r, theta=inst.theta)(c, m, q_obs, KEY)))
                  for m in ms] for r in cfg["rules"]}
     table["L2' x dv (expected, value-blind)"] = [
         DV * float(bounds.width_average_lower(q_eval, c, m)) for m in ms]

@@ -32,6 +32,7 @@
 # %%
 import os
 
+import jax
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -79,7 +80,7 @@ print("question:", repr(t.question[-160:]))
 chosen = {name: rules.get(name, theta=lm.config.rope_theta)  # the model's RoPE base
           for name in cfg["rules"]}
 rows = evaluate.sweep(lm, task_list, chosen, cfg["budgets"], max_new=cfg["max_new"],
-                      progress=False)
+                      key=jax.random.PRNGKey(0), progress=False)  # the rules' random draws
 table = evaluate.summarize_rows(rows)
 
 full_kib = np.mean([r["full_bytes"] for r in rows]) / 1024

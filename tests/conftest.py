@@ -41,6 +41,23 @@ def results_elsewhere(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True)
+def shape_checks(request):
+    """The package's annotations are checked at run time in the test session (pyproject.toml);
+    a test marked ``unchecked`` runs without them, to see the library's own one-line error for
+    input its annotations already refuse."""
+    if request.node.get_closest_marker("unchecked") is None:
+        yield
+        return
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261123)

@@ -109,6 +109,23 @@ def test_analyze_rows_spearman_and_errors():
         analyze.analyze(cap, [0.25], chosen, future=16, observed=4, heads=[(5, 0)])
 
 
+def test_rule_summary_by_hand():
+    """Mean, geometric mean and wins per rule and budget, against a hand count."""
+    rows = [{"budgets": [4, 8], "relative": {"a": [0.5, 0.1], "b": [0.2, 0.4]},
+             "refit_relative": [0.1, 0.05]},
+            {"budgets": [4, 8], "relative": {"a": [0.1, 0.3], "b": [0.4, 0.2]},
+             "refit_relative": [0.2, 0.1]},
+            {"budgets": [4, 8], "relative": {"a": [0.8, 0.2], "b": [0.9, 0.1]},
+             "refit_relative": [0.3, 0.05]}]
+    got = analyze.rule_summary(rows)
+    assert list(got) == ["a", "b", analyze.REFIT_COLUMN]
+    assert [w for _, _, w in got["a"]] == [2, 1] and [w for _, _, w in got["b"]] == [1, 2]
+    assert [w for _, _, w in got[analyze.REFIT_COLUMN]] == [None, None]
+    assert got["a"][0][0] == pytest.approx((0.5 + 0.1 + 0.8) / 3, rel=1e-12)
+    assert got["b"][1][1] == pytest.approx((0.4 * 0.2 * 0.1) ** (1 / 3), rel=1e-12)
+    assert got[analyze.REFIT_COLUMN][1][0] == pytest.approx(0.2 / 3, rel=1e-12)
+
+
 def test_cli_analyze_and_compare_cache(tmp_path, capsys):
     m = mkv.model.load(tiny_llama.gguf_file(tmp_path, seed=3))
     ids = np.random.default_rng(0).integers(0, m.config.vocab, 56)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import np_attention
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minimaxkv as mkv
@@ -409,6 +409,12 @@ finite = st.floats(-4, 4, allow_nan=False, width=64)
        q=hnp.arrays(np.float64, (4, 3), elements=finite),
        ev=hnp.arrays(bool, (6,)),
        shift=hnp.arrays(np.float64, (6,), elements=st.floats(-1, 1, width=64)))
+# U1 tight to the last digit: one kept atom with 1e-7 of the mass, every evicted value equal (the
+# bound then needs 1 - eps and |v_j - A| without cancellation)
+@example(k=np.array([[-4.0, 0, 0], [2, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0], [0, -4, 0]]),
+         v=np.array([[0.0, 1], [1, 1], [1, 1], [1, 1], [1, 1], [1, 1]]),
+         b=np.array([-3.0, -3, -3, -3, -3, 4]), q=np.array([[1.0, -3, 0]] + [[0.0, 0, 0]] * 3),
+         ev=np.ones(6, bool), shift=np.zeros(6))
 def test_hypothesis_instances(k, v, b, q, ev, shift):
     ev[0] = False
     c = mkv.Cache(k, v, b)

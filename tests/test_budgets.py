@@ -18,6 +18,7 @@ def test_atoms_from_counts_and_fractions():
             budgets.atoms(bad, 10)
 
 
+@pytest.mark.unchecked  # a str ratio: the library's message, not the annotation's
 def test_compression_ratio_is_the_fraction_removed():
     """kvpress: n_kept = int(T (1 - r)), the floor."""
     assert budgets.from_compression_ratio(0.5, 4096) == 2048

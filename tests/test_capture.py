@@ -5,6 +5,7 @@ import os
 import stat
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -72,8 +73,9 @@ def test_a_capture_keeps_what_the_rules_take_from_its_model(tmp_path):
     assert hyper["scale"] == 0.3
     cache, q = back.head(1, 0)
     for name in ("expected_attention", "minimax"):  # the rules that model RoPE
-        kept = [np.asarray(mkv.rules.get(name, theta=theta, scale=0.3)(cache, 12, q[:, -16:])
-                           .cache.keys) for theta in (hyper["theta"], 1e4)]
+        kept = [np.asarray(mkv.rules.get(name, theta=theta, scale=0.3)(
+            cache, 12, q[:, -16:], jax.random.PRNGKey(0)).cache.keys)
+            for theta in (hyper["theta"], 1e4)]
         assert not np.array_equal(*kept), name
 
 
@@ -219,10 +221,11 @@ with io.sigterm_exits():
 """
 PARENT = """
 import sys
-from minimaxkv import cli, io
+from minimaxkv import io
+from minimaxkv.experiments import common
 
 with io.sigterm_exits():
-    cli.run_child([sys.executable] + sys.argv[1:])
+    common.run_child([sys.executable] + sys.argv[1:])
 """
 
 

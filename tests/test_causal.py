@@ -44,7 +44,7 @@ def test_no_compression_when_everything_fits():
 def test_memory_stays_within_budget_plus_block(name):
     k, v, q = small_stream(T=96, seed=1)
     rule = rules.get(name, **({"block": 16} if name == "minimax" else {}))
-    res = causal.run(rule, k, v, q, 24, prefill=64, block=16)
+    res = causal.run(rule, k, v, q, 24, prefill=64, block=16, key=jax.random.PRNGKey(0))
     assert res.nbytes.max() <= (24 + 16) * (8 + 3 + 1) * 8
     assert res.compressions == 96 // 16 - 2  # every closed block beyond the first fits
     assert np.isfinite(res.errors).all() and res.decode_risk >= 0

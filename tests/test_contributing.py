@@ -44,6 +44,7 @@ def test_the_guides_rule_passes_the_invariants_and_its_reference_test(registered
     for name in ("value_norm", "value_norm+fit"):
         invariants.test_full_budget_is_exact(name)
         invariants.test_budget_protection_determinism(name)
+        invariants.test_a_key_only_where_the_rule_draws(name)
         invariants.test_vmap_over_heads_equals_loop(name)
         invariants.test_temperature_is_the_keys_scale(name)
     oracles = []

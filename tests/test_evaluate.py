@@ -29,7 +29,8 @@ def passkey(smollm2):
 def test_full_budget_equals_full_cache_exactly(smollm2, passkey, name, block):
     prep, full = passkey
     n = len(prep.prefix)
-    state = E.prefill(smollm2, prep.prefix, mkv.rules.get(name), n, block=block)
+    state = E.prefill(smollm2, prep.prefix, mkv.rules.get(name), n, block=block,
+                      key=jax.random.PRNGKey(0))
     got = E.read(smollm2, prep, state, max_new=8)
     met = E.metrics(prep, full, got, state.past, state.seconds)
     if block is None:
@@ -118,15 +119,19 @@ def test_compression_during_decoding(smollm2, passkey):
     n = len(prep.prefix)
     rule = mkv.rules.get("snapkv")
     state = E.prefill(smollm2, prep.prefix)
-    got, past, _ = E._read_running(smollm2, prep, state, rule, n + 100, 8, 32, 8)
+    got, past, _ = E._read_running(smollm2, prep, state, E.Recompression(rule, n + 100, 8), 8)
     assert E.metrics(prep, full, got, past, 0.0)["kl"] < 1e-6 and got.generated == full.generated
     small = E.prefill(smollm2, prep.prefix, rule, 48)
-    run = E.Running(smollm2, small, n, rule, 48, 8)
+    how = E.Recompression(rule, 48, 8)
+    dec = E.start_decoding(small.past, n, how)
     sizes = []
     for t in prep.cont:
-        run.feed(int(t))
-        sizes.append(run.past.keys.shape[2])
+        _, after = E.feed(smollm2, how, dec, int(t))
+        assert dec.slot + 1 == after.slot or after.slot == 48  # the state is a value: dec is kept
+        dec = after
+        sizes.append(dec.past.keys.shape[2])
     assert max(sizes) <= 48 + 8 and min(sizes) >= 48 and 48 in sizes  # it did compress
+    assert dec.seconds > 0 and dec.pos == n + len(prep.cont)
 
 
 def test_one_full_prefill_serves_every_rule(smollm2, passkey):

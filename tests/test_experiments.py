@@ -153,7 +153,8 @@ def test_risk_vs_budget_cell_equals_direct_risk(tiny):
     m = row["budgets"][0]
     for name in ("snapkv", "minimax"):
         rule = rules.get(name, theta=0.0)  # the clustered family has no RoPE (Instance.theta)
-        direct = float(mkv.risk(q_eval, c, rule(c, m, q_obs)))
+        # compare_table's rules draw from PRNGKey(seed), as its instance does
+        direct = float(mkv.risk(q_eval, c, rule(c, m, q_obs, jax.random.PRNGKey(cfg["seed"]))))
         assert row["risk"][name][0] == pytest.approx(direct, rel=1e-9, abs=1e-12)
     expect = float(bounds.width_lower(q_eval, c, m)) * cfg["dv"]
     assert row["risk"]["L2 lower (worst case)"][0] == pytest.approx(expect, rel=1e-9)
@@ -206,7 +207,8 @@ def test_lookup_support_grows_with_n(tiny):
                           p=n, gap=cfg["gap"], dtype=jnp.float64)
     q, c = inst.queries, inst.cache
     m = g["curves"][str(n)]["m"][0]
-    direct = float(mkv.relative_risk(q, c, rules.get("minimax")(c, m, q)))
+    summary = rules.get("minimax")(c, m, q, jax.random.PRNGKey(cfg["seed"]))
+    direct = float(mkv.relative_risk(q, c, summary))
     assert g["curves"][str(n)]["minimax"][0] == pytest.approx(direct, rel=1e-9)
 
 

@@ -167,7 +167,7 @@ def _sweep(model, rules, lengths, seeds):
     chosen = {name: evaluate.resolve(name) for name in rules}
     with compiles() as seen:
         rows = evaluate.sweep(model, task_list, chosen, [0.25, 0.5], query_aware=True,
-                              observed=4, max_new=3, progress=False)
+                              observed=4, max_new=3, progress=False, key=jax.random.PRNGKey(0))
     assert len(rows) == len(task_list) * len(rules) * 2
     assert {r["prefix_tokens"] for r in rows} == {n + 1 for n in lengths}  # digits + "?"
     return seen, rows

@@ -65,6 +65,21 @@ def test_budget_protection_determinism(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_a_key_only_where_the_rule_draws(name):
+    """A rule flagged ``randomized`` refuses to compress without a key (none is made up for the
+    caller); any other gives the same summary without a key as with one: it never reads it."""
+    c, q = instance(6)
+    rule = get(name)
+    if rule.randomized:
+        with pytest.raises(ValueError, match="pass key="):
+            rule(c, M, q)
+        return
+    for a, b in zip(jax.tree.leaves(rule(c, M, q)),
+                    jax.tree.leaves(rule(c, M, q, jax.random.PRNGKey(3)))):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_vmap_over_heads_equals_loop(name):
     (c0, q0), (c1, q1) = instance(4), instance(5)
     rule = get(name)
@@ -90,7 +105,7 @@ def test_oracle_below_eviction_on_every_subset_rules_support(name, oracles):
     and values may still beat the oracle, which is a local optimum in them: docs/theory.md L1.)"""
     rule = get(name)
     for c, q, orc in oracles:
-        s = rule(c, M, q)
+        s = rule(c, M, q, jax.random.PRNGKey(0))
         live = np.isfinite(np.asarray(s.cache.logw))
         kept = np.asarray(s.kept)[live]
         assert float(orc.risk) <= _eviction_risk(q.reshape(-1, D), c, kept) * (1 + 1e-9) + 1e-15
@@ -114,7 +129,7 @@ def test_minimax_without_merge_is_a_subset_rule(oracles):
     for agnostic in (False, True):
         rule = get("minimax", merge=False, agnostic=agnostic)
         for c, q, orc in oracles:
-            s = rule(c, M, q)
+            s = rule(c, M, q, jax.random.PRNGKey(0))
             kept = np.asarray(s.kept)
             np.testing.assert_array_equal(np.asarray(s.cache.keys), np.asarray(c.keys)[kept])
             assert float(orc.risk) <= _eviction_risk(q.reshape(-1, D), c, kept) * (1 + 1e-9)
@@ -205,7 +220,8 @@ def test_summaries_keep_the_caches_dtype(name):
     c, q = instance(10)
     half = mkv.Cache(*(x.astype(jnp.float16) for x in c))
     rule = get(name)
-    for s in (rule(half, M, q.astype(jnp.float16)), rule.padded(half, M + 2, M, q)):
+    key = jax.random.PRNGKey(0)
+    for s in (rule(half, M, q.astype(jnp.float16), key), rule.padded(half, M + 2, M, q, key)):
         assert [x.dtype for x in s.cache] == [jnp.float16] * 3
         out = mkv.attend(q.reshape(-1, D).astype(jnp.float32),
                          mkv.Cache(*(x.astype(jnp.float32) for x in s.cache)))

@@ -29,7 +29,8 @@ def test_randomized_vs_exact_n4096():
     inst = mkv.synthetic.power_law(jax.random.PRNGKey(1), n=4096, d=32, dv=16, p=64,
                                    dtype=jnp.float64)
     exact = np.asarray(cm.spectrum(inst.queries, inst.cache))
-    approx = np.asarray(cm.spectrum(inst.queries, inst.cache, k=64))
+    approx = np.asarray(cm.spectrum(inst.queries, inst.cache, k=64,
+                                   key=jax.random.PRNGKey(0)))
     rel = np.abs(approx - exact[:64]) / exact[:64]
     assert rel.max() <= 0.01, rel.max()
 
@@ -75,10 +76,15 @@ def test_block_krylov_vs_exact_n4096():
     inst = mkv.synthetic.power_law(jax.random.PRNGKey(1), n=4096, d=32, dv=16, p=64,
                                    dtype=jnp.float64)
     exact = np.asarray(cm.spectrum(inst.queries, inst.cache))
-    approx = np.asarray(cm.spectrum(inst.queries, inst.cache, k=64, method="krylov"))
+    approx = np.asarray(cm.spectrum(inst.queries, inst.cache, k=64, method="krylov",
+                                   key=jax.random.PRNGKey(0)))
     rel = np.abs(approx - exact[:64]) / exact[:64]
     assert rel.max() <= 0.01, rel.max()
     with pytest.raises(ValueError, match="method"):
-        cm.randomized_spectrum(inst.queries, inst.cache, 8, method="lanczos")
+        cm.randomized_spectrum(inst.queries, inst.cache, 8, method="lanczos",
+                               key=jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=">= k"):
-        cm.randomized_spectrum(inst.queries, inst.cache, 64, method="krylov", block=4, depth=2)
+        cm.randomized_spectrum(inst.queries, inst.cache, 64, method="krylov", block=4, depth=2,
+                               key=jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="key="):  # no key is made up for the caller
+        cm.randomized_spectrum(inst.queries, inst.cache, 8)

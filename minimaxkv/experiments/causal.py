@@ -44,7 +44,7 @@ def run(config: dict) -> dict:
         t0 = time.perf_counter()
         res = causal.run(rules.get(name, theta=st.theta, **hyper), st.keys, st.values, st.queries,
                          config["budget"], prefill=config["prefill"], block=config["block"],
-                         progress=True)
+                         key=jax.random.PRNGKey(config["seed"]), progress=True)
         out[name] = {"errors": res.errors.tolist(), "nbytes": res.nbytes.tolist(),
                      "prefill_risk": res.prefill_risk, "decode_risk": res.decode_risk,
                      "compress_seconds": res.compress_seconds, "compressions": res.compressions,

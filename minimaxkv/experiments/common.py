@@ -20,6 +20,8 @@ import contextlib
 import functools
 import importlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -203,3 +205,72 @@ def main(name: str, argv=None) -> int:
     print(f"{name}-{args.scale}: {'computed' if computed else 'reused'} "
           f"{result_path(name, args.scale)} ({describe(record)})", flush=True)
     return 0
+
+
+def refresh(names, scale: str, *, results=None, figures=None, force: bool = False,
+            say=functools.partial(print, flush=True)) -> list[str]:
+    """Compute every missing or stale result of the experiments ``names`` at ``scale`` (all with
+    ``force``), then draw every figure whose result exists; returns what failed (experiment
+    names, ``"figure NAME"``), each said as it happens.
+
+    Each experiment to compute runs in a process of its own (``python -m
+    minimaxkv.experiments.NAME``): what it compiled is released when it ends, and its failure --
+    even a crash of the compiler -- loses nothing the others stored. The processes share a
+    persistent compilation cache in ``<results>/.xla-cache``. A failed experiment or figure does
+    not stop the others."""
+    from minimaxkv.paper_figures import common as figs
+
+    names = [check_name(name) for name in names]
+    check_scale(scale)
+    results = results_dir(results).resolve()
+    figures = figures_dir(figures).resolve()
+    env = dict(os.environ, MINIMAXKV_RESULTS=str(results), MINIMAXKV_FIGURES=str(figures))
+    # one persistent compilation cache for the experiments' processes: a program one of them
+    # compiled (or that a cleared cache drops) is read back from disk, not compiled again
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(results / ".xla-cache"))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    failed = []
+    for name in names:
+        t0 = time.perf_counter()
+        if not force and cached(name, scale, results) is not None:
+            say(f"{name}: reused {result_path(name, scale, results)}")
+            continue
+        cmd = [sys.executable, "-m", f"{__package__}.{name}", "--scale", scale]
+        code = run_child(cmd + ["--force"] * force, env)
+        took = f"{time.perf_counter() - t0:.1f} s"
+        if code != 0:
+            failed.append(name)
+            say(f"{name}: FAILED (exit code {code}, after {took}); the other experiments go on")
+        else:
+            what = "recomputed (--force)" if force else "computed (missing or stale)"
+            say(f"{name}: {what} {result_path(name, scale, results)} ({took})")
+    for name in names:
+        try:
+            paths = figs.render(name, scale, results=results, out=figures)
+        except FileNotFoundError:
+            say(f"figure {name}: not drawn (no up-to-date result)")
+            continue
+        except Exception as err:  # a figure that fails must not stop the others
+            failed.append(f"figure {name}")
+            say(f"figure {name}: FAILED ({type(err).__name__}: {err})")
+            continue
+        say(f"figure {name}: {' '.join(str(p) for p in paths)}")
+    return failed
+
+
+def run_child(cmd: list[str], env=None, grace: float = 30.0) -> int:
+    """Run ``cmd`` and return its exit status; if this process is interrupted or terminated
+    meanwhile, the child is sent SIGTERM (its own cleanup runs: temporary files removed), given
+    ``grace`` seconds, then killed, and the interruption goes on."""
+    child = subprocess.Popen(cmd, env=env)
+    try:
+        return child.wait()
+    except BaseException:
+        child.terminate()
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise

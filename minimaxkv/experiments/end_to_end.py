@@ -53,29 +53,10 @@ def run(config: dict, rows=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         done = bench.run(model, cfg, rows or Path(tmp) / "rows.json")
     average, per_task = bench.leaderboard(done, cfg)
-    return {"rows": done, "average": average, "per_task": per_task, "kl": kl_table(done),
+    kl = bench.leaderboard(done, cfg, field="kl")[0]
+    return {"rows": done, "average": average, "per_task": per_task, "kl": kl,
             "model": model.config.name, "full_bytes": done[0]["full_bytes"],
             "prefix_tokens": sorted({r["prefix_tokens"] for r in done})}
-
-
-def kl_table(rows: list[dict]) -> list[dict]:
-    """Mean over tasks of the mean KL per answer token, with its 95 % interval, per (protocol,
-    rule, ratio)."""
-    import numpy as np
-
-    from minimaxkv import bench
-
-    cells: dict = {}
-    for r in rows:
-        cells.setdefault((r["query_aware"], r["rule"], r["budget_spec"]), {}).setdefault(
-            r["family"], []).append(r["kl"])
-    out = []
-    for (aware, rule, ratio), by_task in cells.items():
-        kls = [np.asarray(v, float) for v in by_task.values()]
-        lo, hi = bench.interval(kls)
-        out.append({"method": rule, "compression_ratio": ratio, "query_aware": aware,
-                    "kl": float(np.mean([k.mean() for k in kls])), "ci_low": lo, "ci_high": hi})
-    return out
 
 
 if __name__ == "__main__":

@@ -38,11 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Float, Int
 
 from .. import rope
 from ..attention import fold
-from ..cache import Cache
+from ..cache import Cache, atom_bytes
+from ..shapes import Arr, Float, Int
 
 QUERY_BLOCK = 256  # queries per causal block of the prefill attention
 KEY_TILE = 256  # chunk keys per online-softmax step of the prefill attention
@@ -93,45 +93,46 @@ class Config(NamedTuple):
 
     def cache_bytes(self, atoms: int, itemsize: int = 4) -> int:
         """Bytes of a cache with ``atoms`` atoms in every layer and KV head (keys, values, log-weights)."""
-        return self.layers * self.kv_heads * atoms * (2 * self.head_dim + 1) * itemsize
+        return self.layers * self.kv_heads * atoms * atom_bytes(self.head_dim, self.head_dim,
+                                                                itemsize)
 
 
 class Layers(NamedTuple):
     """Per-layer weights stacked along a leading ``[L]`` axis; biases ``None`` unless Qwen2-style,
     per-head query/key norms ``None`` unless Qwen3-style."""
 
-    attn_norm: Float[Array, "L D"]
-    wq: Float[Array, "L D Hhd"]
-    wk: Float[Array, "L D Khd"]
-    wv: Float[Array, "L D Khd"]
-    wo: Float[Array, "L Hhd D"]
-    mlp_norm: Float[Array, "L D"]
-    w_gate: Float[Array, "L D F"]
-    w_up: Float[Array, "L D F"]
-    w_down: Float[Array, "L F D"]
-    bq: Optional[Float[Array, "L Hhd"]] = None
-    bk: Optional[Float[Array, "L Khd"]] = None
-    bv: Optional[Float[Array, "L Khd"]] = None
-    q_norm: Optional[Float[Array, "L hd"]] = None  # Qwen3
-    k_norm: Optional[Float[Array, "L hd"]] = None
+    attn_norm: Float[Arr, "L D"]
+    wq: Float[Arr, "L D Hhd"]
+    wk: Float[Arr, "L D Khd"]
+    wv: Float[Arr, "L D Khd"]
+    wo: Float[Arr, "L Hhd D"]
+    mlp_norm: Float[Arr, "L D"]
+    w_gate: Float[Arr, "L D F"]
+    w_up: Float[Arr, "L D F"]
+    w_down: Float[Arr, "L F D"]
+    bq: Optional[Float[Arr, "L Hhd"]] = None
+    bk: Optional[Float[Arr, "L Khd"]] = None
+    bv: Optional[Float[Arr, "L Khd"]] = None
+    q_norm: Optional[Float[Arr, "L hd"]] = None  # Qwen3
+    k_norm: Optional[Float[Arr, "L hd"]] = None
 
 
 class Params(NamedTuple):
     """All weights; ``head`` is ``None`` when the output projection is tied to the embedding."""
 
-    embed: Float[Array, "V D"]
+    embed: Float[Arr, "V D"]
     layers: Layers
-    norm: Float[Array, " D"]
-    head: Optional[Float[Array, "D V"]] = None
+    norm: Float[Arr, " D"]
+    head: Optional[Float[Arr, "D V"]] = None
 
 
 class Output(NamedTuple):
     """What :func:`forward` returns for a chunk of ``T`` tokens."""
 
-    logits: Float[Array, "T V"]  # float32; only the last row when ``all_logits=False``
-    keys: Float[Array, "L Hkv T hd"]  # post-RoPE keys of the chunk
-    values: Float[Array, "L Hkv T hd"]
-    queries: Optional[Float[Array, "L H w hd"]] = None  # post-RoPE queries of the last w tokens
+    logits: Float[Arr, "T V"]  # float32; only the last row when ``all_logits=False``
+    keys: Float[Arr, "L Hkv T hd"]  # post-RoPE keys of the chunk
+    values: Float[Arr, "L Hkv T hd"]
+    queries: Optional[Float[Arr, "L H w hd"]] = None  # post-RoPE queries of the last w tokens
 
 
 def rms_norm(x, w, eps):
@@ -318,7 +319,7 @@ def pad_tokens(ids) -> np.ndarray:
     return np.pad(ids, (0, bucket(ids.shape[0]) - ids.shape[0]))
 
 
-def forward(params: Params, cfg: Config, ids: Int[Array, " T"], start: int = 0,
+def forward(params: Params, cfg: Config, ids: Int[Arr, " T"], start: int = 0,
             past: Cache | None = None, *, n_queries: int = 0, all_logits: bool = True,
             block: int = QUERY_BLOCK, length: int | None = None,
             beyond_context: bool = False) -> Output:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..shapes import Arr, Float, Int, Shaped
+
 
 def _largest_remainder(weights, total: int, lo: int = 1):
     """Integers >= lo proportional to ``weights`` summing exactly to ``total``."""
@@ -34,7 +36,7 @@ def _largest_remainder(weights, total: int, lo: int = 1):
     return out
 
 
-def adakv_budgets(scores, m: int, alpha: float = 0.2):
+def adakv_budgets(scores: Float[Arr, "h n"], m: int, alpha: float = 0.2) -> Int[Arr, " h"]:
     """Per-head budgets ``[H]`` from per-atom scores ``[H, n]`` (sum = H * m, each <= n)."""
     s = np.asarray(scores, np.float64)
     h, n = s.shape
@@ -49,7 +51,8 @@ def adakv_budgets(scores, m: int, alpha: float = 0.2):
     return base + np.bincount(flat // rest.shape[1], minlength=h)
 
 
-def pyramid_budgets(m: int, layers: int, beta: float = 20.0, n: int | None = None):
+def pyramid_budgets(m: int, layers: int, beta: float = 20.0,
+                    n: int | None = None) -> Int[Arr, " L"]:
     """Per-layer budgets ``[L]`` falling linearly from bottom to top, mean m (sum = L * m)."""
     if layers < 1 or m < 1 or beta < 1:
         raise ValueError("pyramid_budgets needs m >= 1, layers >= 1, beta >= 1")
@@ -61,7 +64,8 @@ def pyramid_budgets(m: int, layers: int, beta: float = 20.0, n: int | None = Non
     return out
 
 
-def spectral_budgets(spectra, total: int, lo: int = 1):
+def spectral_budgets(spectra: Float[Arr, "h n"], total: int,
+                     lo: int = 1) -> Int[Arr, " h"]:
     """Per-head budgets ``[H]`` from spectra ``[H, n]``: greedy water-filling on the tails."""
     e = np.maximum(np.asarray(spectra, np.float64), 0.0)
     h, n = e.shape
@@ -73,7 +77,7 @@ def spectral_budgets(spectra, total: int, lo: int = 1):
     return lo + np.bincount(flat // rest.shape[1], minlength=h)
 
 
-def target_budgets(spectra, target: float):
+def target_budgets(spectra: Float[Arr, "h n"], target: float) -> Int[Arr, " h"]:
     """Least m per head with relative tail :math:`\\sum_{i>m}\\lambda_i/\\sum_i\\lambda_i\\le` target."""
     e = -np.sort(-np.maximum(np.asarray(spectra, np.float64), 0.0), axis=1)
     tails = np.concatenate([np.cumsum(e[:, ::-1], axis=1)[:, ::-1], np.zeros((e.shape[0], 1))], 1)
@@ -81,7 +85,7 @@ def target_budgets(spectra, target: float):
     return np.maximum(np.argmax(ok, axis=1), 1)
 
 
-def quantized(b, total: int, n: int, unit: int):
+def quantized(b: Shaped[Arr, " h"], total: int, n: int, unit: int) -> Int[Arr, " h"]:
     """Budgets rounded down to multiples of ``unit`` (at least ``unit``, at most n), then leftover
     units given to the largest remainders, keeping the sum <= ``total``: few distinct budgets mean
     few compilations of the rule."""

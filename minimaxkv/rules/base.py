@@ -36,10 +36,14 @@ from jax import lax
 from .. import _check
 from ..attention import HIGHEST, default_scale
 from ..cache import Cache, Summary, validate
+from ..shapes import Arr, Float, Int, Scalar, Shaped
 
 
 class Rule(NamedTuple):
-    """A compression rule: ``rule(cache, budget, queries=None, key=None) -> Summary``."""
+    """A compression rule: ``rule(cache, budget, queries=None, key=None) -> Summary``.
+
+    A ``randomized`` rule draws random numbers from ``key`` and refuses to run without one; the
+    others never read it (no key is ever made up for a caller)."""
 
     name: str
     compress: Callable
@@ -55,8 +59,18 @@ class Rule(NamedTuple):
     # the rule's published form reads every query of the prefix, not the last few: the evaluator
     # passes it the queries of all the cache's tokens in one-shot compression
     whole_prefix: bool = False
+    # the rule draws random numbers from ``key`` (a call without one is an error)
+    randomized: bool = False
 
-    def padded(self, cache, capacity: int, budget, queries=None, key=None) -> Summary:
+    def checked_key(self, key):
+        """``key``, or a one-line error if the rule draws random numbers and ``key`` is None."""
+        if key is None and self.randomized:
+            raise ValueError(f"rule {self.name!r} draws random numbers: pass key= (a "
+                             "jax.random.PRNGKey)")
+        return key
+
+    def padded(self, cache: Cache | Summary, capacity: int, budget,
+               queries: Float[Arr, "*g p d"] | None = None, key=None) -> Summary:
         """The rule at ``budget`` atoms followed by ``capacity - budget`` empty atoms (log-weight
         ``-inf``; their ``kept`` entries point at any atom): a summary of ``capacity`` atoms.
 
@@ -72,26 +86,27 @@ class Rule(NamedTuple):
         if self.needs_queries and q is None:
             raise ValueError(f"rule {self.name!r} is query-aware: pass the observed queries= "
                              "([p, d] or [g, p, d] for a GQA group)")
-        key = jax.random.PRNGKey(0) if key is None else key
-        out = _jitted(self.upto)(cache, capacity, jnp.asarray(budget, jnp.int32), q, key)
+        out = _jitted(self.upto)(cache, capacity, jnp.asarray(budget, jnp.int32), q,
+                                 self.checked_key(key))
         return _check.finite_outputs(out, f"rule {self.name!r}: summary")
 
-    def __call__(self, cache, budget, queries=None, key=None) -> Summary:
+    def __call__(self, cache: Cache | Summary, budget,
+                 queries: Float[Arr, "*g p d"] | None = None, key=None) -> Summary:
         cache = validate(cache)
         budget = _check.budget(budget, cache.n)
         q = None if queries is None else group_queries(queries, cache.keys.shape[1])
         if self.needs_queries and q is None:
             raise ValueError(f"rule {self.name!r} is query-aware: pass the observed queries= "
                              "([p, d] or [g, p, d] for a GQA group)")
-        key = jax.random.PRNGKey(0) if key is None else key
         if budget == cache.n:  # nothing to compress: the exact cache
             kept = jnp.arange(cache.n, dtype=jnp.int32)
             return Summary(cache, kept)
-        out = _jitted(self.compress)(cache, budget, q, key)
+        out = _jitted(self.compress)(cache, budget, q, self.checked_key(key))
         return _check.finite_outputs(out, f"rule {self.name!r}: summary")
 
 
-def compress_heads(rule: Rule, caches: Cache, budgets, queries=None, keys=None, *,
+def compress_heads(rule: Rule, caches: Cache, budgets,
+                   queries: Float[Arr, "B g p d"] | None = None, keys=None, *,
                    capacity: int | None = None, vectorize: bool = False) -> Summary:
     """Many KV heads in one call: ``caches`` with a leading head axis (keys ``[B, n, d]``, values
     ``[B, n, dv]``, log-weights ``[B, n]``), each compressed by ``rule`` to its budget with its
@@ -119,7 +134,7 @@ def compress_heads(rule: Rule, caches: Cache, budgets, queries=None, keys=None, 
     if rule.needs_queries and q is None:
         raise ValueError(f"rule {rule.name!r} is query-aware: pass the observed queries= "
                          "([B, g, p, d])")
-    keys = jax.random.split(jax.random.PRNGKey(0), B) if keys is None else jnp.asarray(keys)
+    keys = rule.checked_key(None if keys is None else jnp.asarray(keys))
     caches = Cache(keys_, values, logw)
     if capacity is None:
         budget = _check.budget(int(budgets), n)
@@ -187,7 +202,7 @@ def pad(summary: Summary, capacity: int) -> Summary:
     return Summary(cache, kept, summary.mass_gap)
 
 
-def group_queries(queries, d: int):
+def group_queries(queries: Float[Arr, "*g p d"], d: int) -> Float[Arr, "g p d"]:
     """Queries as ``[g, p, d]`` (a single head becomes g = 1)."""
     q = jnp.asarray(queries)
     if q.ndim == 2:
@@ -207,7 +222,8 @@ def protected_split(n: int, budget: int, sinks: int, window: int):
     return list(range(s)), list(range(n - w, n)), budget - s - w
 
 
-def select(scores, budget: int, sinks: int = 0, window: int = 0):
+def select(scores: Shaped[Arr, " n"], budget: int, sinks: int = 0,
+           window: int = 0) -> Int[Arr, " m"]:
     """Kept indices ``[budget]`` (position order): protected atoms plus the top-scored others."""
     n = scores.shape[0]
     sink_idx, win_idx, free = protected_split(n, budget, sinks, window)
@@ -222,7 +238,7 @@ def select(scores, budget: int, sinks: int = 0, window: int = 0):
     return jnp.sort(jnp.concatenate([prot, top]))
 
 
-def priority(scores, sinks: int = 0, window: int = 0):
+def priority(scores: Shaped[Arr, " n"], sinks: int = 0, window: int = 0) -> Int[Arr, " n"]:
     """All atoms ``[n]`` in the order :func:`select` takes them: the sinks (first atoms), the
     window from the most recent atom back, then the other atoms by decreasing score. For every
     budget m, ``select(scores, m, sinks, window)`` is the first m entries, sorted."""
@@ -238,7 +254,7 @@ def priority(scores, sinks: int = 0, window: int = 0):
     return jnp.concatenate([prot, top])
 
 
-def evict_upto(cache: Cache, order, capacity: int, budget) -> Summary:
+def evict_upto(cache: Cache, order: Int[Arr, " n"], capacity: int, budget) -> Summary:
     """Keep the first ``budget`` (traced) atoms of ``order`` in position order, then
     ``capacity - budget`` empty atoms: the eviction summary at that budget, padded."""
     slot = jnp.arange(capacity)
@@ -249,14 +265,14 @@ def evict_upto(cache: Cache, order, capacity: int, budget) -> Summary:
     return summ._replace(cache=summ.cache._replace(logw=logw))
 
 
-def evict(cache: Cache, kept) -> Summary:
+def evict(cache: Cache, kept: Int[Arr, " m"]) -> Summary:
     """The summary that keeps ``kept`` unchanged (no validation: used inside rules)."""
     return Summary(Cache(cache.keys[kept], cache.values[kept], cache.logw[kept]), kept)
 
 
 def scored(name: str, score: Callable, *, sinks: int = 0, window: int = 0,
            needs_queries: bool = False, layer_shared: bool = False,
-           whole_prefix: bool = False) -> Rule:
+           whole_prefix: bool = False, randomized: bool = False) -> Rule:
     """A rule that keeps protected atoms and the top-scored others; ``score(cache, q, key) -> [n]``.
     ``layer_shared``: the layer's KV heads keep one set, chosen on their mean score (see
     :func:`layer_summaries`); ``whole_prefix``: see :class:`Rule`."""
@@ -269,7 +285,8 @@ def scored(name: str, score: Callable, *, sinks: int = 0, window: int = 0,
                           budget)
 
     return Rule(name, compress, needs_queries, score, upto,
-                lambda scores: priority(scores, sinks, window), layer_shared, whole_prefix)
+                lambda scores: priority(scores, sinks, window), layer_shared, whole_prefix,
+                randomized)
 
 
 def layer_summaries(rule: Rule, heads: list[Cache], queries: list, budgets, capacity: int,
@@ -311,7 +328,8 @@ def query_positions(n: int, p: int):
     return jnp.arange(n - p, n)
 
 
-def head_attention(cache: Cache, queries, scale=None):
+def head_attention(cache: Cache, queries: Float[Arr, "g p d"],
+                   scale: Scalar | None = None) -> Float[Arr, "g p n"]:
     """Causal attention weights of each observed query ``[g, p, n]`` (float32 at least)."""
     g, p, d = queries.shape
     n = cache.n

@@ -20,7 +20,7 @@ from .base import Rule, evict, head_attention, query_positions, scored
 def random(sinks: int = 0, window: int = 0) -> Rule:
     """Uniformly random subset (seeded by ``key``)."""
     return scored("random", lambda c, q, key: jax.random.uniform(key, (c.n,)), sinks=sinks,
-                  window=window)
+                  window=window, randomized=True)
 
 
 def window() -> Rule:
@@ -114,8 +114,9 @@ def keydiff() -> Rule:
     return scored("keydiff", score)
 
 
-def expected_attention(horizon: int = 512, theta: float | None = None, convention: str = "half",
-                       sinks: int = 4, shrinkage: float = 1e-3, scale: float | None = None) -> Rule:
+def expected_attention(horizon: int = 512, theta: float | rope.Llama3 | None = None,
+                       convention: str = "half", sinks: int = 4, shrinkage: float = 1e-3,
+                       scale: float | None = None) -> Rule:
     r"""Expected Attention (Devoto, Jeblick & Jégou 2025).
 
     Observed queries are un-rotated to pre-RoPE (they sit at positions ``n-p..n-1``; those at
@@ -194,7 +195,7 @@ def leverage(sketch: int = 48) -> Rule:
         gram_pinv = jnp.linalg.pinv(x.T @ x, hermitian=True)
         return jnp.einsum("nr,rs,ns->n", x, gram_pinv, x, precision=HIGHEST)
 
-    return scored("leverage", score)
+    return scored("leverage", score, randomized=True)
 
 
 def gvote(samples: int = 16, nucleus: float = 0.95, shrinkage: float = 1e-3,
@@ -232,4 +233,4 @@ def gvote(samples: int = 16, nucleus: float = 0.95, shrinkage: float = 1e-3,
         logw = jnp.where(union[kept], summ.cache.logw, -jnp.inf)
         return summ._replace(cache=summ.cache._replace(logw=logw))
 
-    return Rule("gvote", compress, True)
+    return Rule("gvote", compress, True, randomized=True)

@@ -51,7 +51,7 @@ def kmeans_merge(iters: int = 25) -> Rule:
         labels = jnp.argmin(_sqdist(k, centres), axis=1)
         return merge(cache, labels, budget)
 
-    return Rule("kmeans_merge", compress)
+    return Rule("kmeans_merge", compress, randomized=True)
 
 
 def _sqdist(x, c):
@@ -163,4 +163,4 @@ def with_fit(rule: Rule, scale: float | None = None) -> Rule:
         base = rule.compress(cache, budget, queries, key)
         return fit_support(cache, base.kept, queries, scale=scale)
 
-    return Rule(rule.name + "+fit", compress, True)
+    return Rule(rule.name + "+fit", compress, True, randomized=rule.randomized)

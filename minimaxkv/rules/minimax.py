@@ -121,9 +121,9 @@ def _model_draws(pre, u, n: int, horizon, theta, convention):
     return jax.vmap(draw)(pre, u).reshape(-1, d)
 
 
-def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int, theta: float,
-                  convention: str, agnostic: bool, logit_std: float, scale: float,
-                  probes: float = 1.0, probe_share: str = "collision") -> Law:
+def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int,
+                  theta: float | rope.Llama3, convention: str, agnostic: bool, logit_std: float,
+                  scale: float, probes: float = 1.0, probe_share: str = "collision") -> Law:
     r"""The reference law of step 2 (docs/theory.md V2, V4): O(draws) query rows and one exact
     isolating probe per atom.
 
@@ -666,7 +666,7 @@ def least_risk(law: Law, exact, summaries, private, scale):
 
 
 def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: int | None = None,
-            horizon: int = 512, theta: float = 10000.0, convention: str = "half",
+            horizon: int = 512, theta: float | rope.Llama3 = 10000.0, convention: str = "half",
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
             window_frac: float = 0.125, response: str = "mass", selection: str = "value",
             merge: bool = True, sampled: float = 0.125, rounds: int = 2, pool: float = 1.5,
@@ -758,7 +758,7 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
     name = "minimax_agnostic" if agnostic else "minimax"
     # a traced budget needs the protected atoms and the blocks' shares independent of it
     traced = sinks == 0 and window == 0 and block is None
-    return Rule(name, compress, False, None, upto if traced else None)
+    return Rule(name, compress, False, None, upto if traced else None, randomized=True)
 
 
 def allocate(law: Law, blocks: Block, free: int, used, response: str):
