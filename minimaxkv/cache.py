@@ -84,10 +84,11 @@ def compact(cache: Cache) -> Cache:
                  jnp.take_along_axis(cache.logw, idx, -1))
 
 
-def atom_bytes(d: int, dv: int, itemsize: int) -> int:
+def atom_bytes(d: int, dv: int, itemsize: int, logw: bool = True) -> int:
     """Bytes of one atom: a key (d numbers), a value (d_v) and a log-weight, at ``itemsize``
-    bytes per number. Every byte count of the toolkit is a number of atoms times this."""
-    return (d + dv + 1) * itemsize
+    bytes per number (``logw=False``: a raw cache's token, whose log-weight is 0 and need not
+    be stored). Every byte count of the toolkit is a number of atoms times this."""
+    return (d + dv + int(logw)) * itemsize
 
 
 def live_bytes(cache: Cache, itemsize: int | None = None) -> int:

@@ -29,14 +29,44 @@ def test_compare_table_against_float64_numpy():
     assert table[6][tables.L2_LOWER] == pytest.approx(sigma[6] ** 2 * 2, rel=1e-6)
 
 
-def test_report_and_compare_run(capsys):
+def _printed_rows(out: str, first: str) -> dict:
+    """The table rows of a command's output, by their first cell, from the header starting with
+    ``first``: {name: {column: cell}}."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [first])
+    cols = lines[start].split()
+    return {line.split()[0]: dict(zip(cols, line.split())) for line in lines[start + 1:]
+            if len(line.split()) >= len(cols)}
+
+
+def test_report_prints_the_lookup_familys_bounds_as_float64_numpy(capsys):
+    """`report`'s lookup row: the epsilon-rank of G and the L2 width at m = 4 (sigma_5 of
+    W^1/2 P, squared), recomputed with float64 NumPy from the same instance."""
     assert cli.main(["report", "--n", "16", "--p", "8", "--d", "4", "--dv", "2",
                      "--budgets", "0.25", "--oracle-n", "8"]) == 0
-    out = capsys.readouterr().out
-    assert "lookup" in out and "eps_rank" in out
-    assert cli.main(["compare", "--families", "power_law", "--n", "16", "--p", "6", "--d", "4",
-                     "--dv", "2", "--budgets", "0.5", "--rules", "window", "minimax"]) == 0
-    assert "minimax" in capsys.readouterr().out
+    row = _printed_rows(capsys.readouterr().out, "family")["lookup"]
+    inst = synthetic.make("lookup", jax.random.PRNGKey(0), n=16, d=16, dv=2, p=8,
+                          dtype=jnp.float64)
+    q, (k, v, b) = np.asarray(inst.queries), (np.asarray(x) for x in inst.cache)
+    _, _, att = np_attention(q, k, v, b)
+    sigma = np.linalg.svd(att / np.sqrt(len(q)), compute_uv=False)
+    assert float(row["lower@0.25"]) == pytest.approx(sigma[4] ** 2, rel=5e-3)  # 3 digits
+    g = (att.T @ att / len(q)) * (1 + v @ v.T)
+    eigs = np.sort(np.linalg.eigvalsh(g))[::-1]
+    tails = np.append(np.cumsum(eigs[::-1])[::-1], 0.0)
+    assert int(row["eps_rank"]) == int(np.argmax(tails <= 0.05 * eigs.sum()))
+
+
+def test_compare_prints_the_library_table(capsys):
+    """`compare` prints compare_table's cells (4 digits) under the right rule and budget."""
+    argv = ["--n", "16", "--p", "6", "--d", "4", "--dv", "2", "--budgets", "0.25", "0.5"]
+    assert cli.main(["compare", "--families", "power_law", *argv,
+                     "--rules", "window", "minimax"]) == 0
+    rows = _printed_rows(capsys.readouterr().out, "rule")
+    table = tables.compare_table("power_law", 16, 4, 2, 6, 6, [0.25, 0.5], ["window", "minimax"])
+    for name in ("window", "minimax"):
+        printed = [float(rows[name][f"m={m}"]) for m in table]
+        assert printed == pytest.approx([table[m][name] for m in table], rel=1e-3)
 
 
 def test_bad_arguments():

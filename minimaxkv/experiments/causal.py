@@ -34,6 +34,7 @@ def run(config: dict) -> dict:
     import numpy as np
 
     from minimaxkv import causal, rules, synthetic
+    from minimaxkv.cache import atom_bytes
 
     T = config["prefill"] + config["decode"]
     st = synthetic.stream(jax.random.PRNGKey(config["seed"]), T=T, d=config["d"], dv=config["dv"])
@@ -49,7 +50,9 @@ def run(config: dict) -> dict:
                      "prefill_risk": res.prefill_risk, "decode_risk": res.decode_risk,
                      "compress_seconds": res.compress_seconds, "compressions": res.compressions,
                      "seconds": time.perf_counter() - t0}
-    full = ((np.arange(T) + 1) * (config["d"] + config["dv"]) * itemsize).tolist()  # no log-weights
+    # the uncompressed cache: keys and values of every token read so far (no log-weights)
+    per_token = atom_bytes(config["d"], config["dv"], itemsize, logw=False)
+    full = ((np.arange(T) + 1) * per_token).tolist()
     return {"rules": out, "full_nbytes": full, "prefill": config["prefill"], "T": T}
 
 
