@@ -41,7 +41,8 @@ import re
 import uuid
 from functools import lru_cache
 from importlib import resources
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 

@@ -26,7 +26,8 @@ Conventions (one KV head):
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
