@@ -82,7 +82,8 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
     ``budgets``) ``tail``, ``lower`` (L2), ``upper`` (U4), ``refit`` / ``refit_relative`` (the
     probe-fitted reference) and ``risk[rule]`` / ``relative[rule]``, and ``mass_gap[rule]`` for
     the rules whose summaries report one (``minimax``: U4(c)'s certificate on its own law); with
-    ``spectrum=True`` also ``eigs``, the spectrum of G over its top eigenvalue.
+    ``spectrum=True`` also ``eigs``, the spectrum of G over its top eigenvalue. ``key``: the
+    random draws of the rules that make them (they refuse ``None``).
     """
     c, probes, tau = case.cache, case.probes, case.scale
     n = c.n

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np

@@ -25,8 +25,8 @@ Conventions (one KV head):
 
 from __future__ import annotations
 
-from functools import lru_cache
 from collections.abc import Callable
+from functools import lru_cache
 from typing import NamedTuple
 
 import jax
