@@ -10,18 +10,22 @@ nothing sees the probes except the references marked as such.
 For every layer and KV head (the probe law of a KV head pools the queries of its GQA group),
 :func:`analyze_head` reports
 
-* **predictors**, computed before any rule runs: the ε-rank of the response covariance :math:`G`
-  on the probes (docs/theory.md §3), its relative spectral tail :math:`\sum_{i>m}\lambda_i/\sum_i\lambda_i`
-  at each budget, the value-class width :math:`\sigma_{m+1}(W^{1/2}P)^2` (L2) and the attention
-  entropy;
-* **references**: the achievable worst case U4 of the pivoted, mass-matched, least-squares-refit
-  support (per unit-norm value column), and the actual risk of that refit on the head's values
-  (it sees the probes: an oracle-like reference, not a rule);
+* **predictors** (``predicted``), computed from the context and the observed queries only, never
+  from a probe, and invariant under a shift and scale of the values (:mod:`minimaxkv.predict`,
+  docs/theory.md §10): the primary ``heldout`` and the secondary ``blind``, ``gamma_tail``,
+  ``shift``;
+* **diagnostics on the probes** (they see the evaluation queries, so they describe the head, they
+  do not predict): the ε-rank of the response covariance :math:`G` on the probes (docs/theory.md
+  §3), its relative spectral tail at each budget, the value-class width
+  :math:`\sigma_{m+1}(W^{1/2}P)^2` (L2), the attention entropy, the achievable worst case U4 of the
+  pivoted, mass-matched, least-squares-refit support (per unit-norm value column), and the actual
+  risk of that refit on the head's values (an oracle-like reference, not a rule);
 * **measured**: the risk and relative risk (risk over the spread of the outputs,
   :func:`minimaxkv.risk.relative_risk`) of each rule at each budget on the probes.
 
-:func:`rank_correlation` gives Spearman's :math:`\rho` of a predictor against a measured column
-across heads.
+:func:`rank_correlation` gives Spearman's :math:`\rho` of each predictor against a measured column
+across heads; :func:`prediction_summary` adds bootstrap intervals, the within-layer correlation
+and the calibration of the primary predictor.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import bounds, compressibility, fit
+from . import bounds, compressibility, fit, predict, rope
 from . import budgets as budgets_mod
 from .cache import Cache
-from .capture import Captured, attn_scale
+from .capture import Captured, attn_scale, rope_theta
 from .risk import relative_risk, risk
 
 
@@ -47,6 +51,7 @@ class HeadCase(NamedTuple):
     observed: jnp.ndarray  # [g, observed, hd]: queries of the last context tokens
     probes: jnp.ndarray  # [g * future, hd]: queries of the tokens after the context
     scale: float | None = None  # the model's attention scale tau (None: hd ** -0.5)
+    theta: float | rope.Llama3 | None = None  # the model's RoPE (None: none recorded)
 
 
 def _check_split(T: int, future: int, observed: int) -> int:
@@ -68,36 +73,63 @@ def head_case(cap: Captured, layer: int, kv_head: int, *, future: int, observed:
     cache, q = cap.head(layer, kv_head)
     ctx = Cache(cache.keys[:n].astype(dtype), cache.values[:n].astype(dtype))
     return HeadCase(ctx, q[:, n - observed:n].astype(dtype),
-                    q[:, n:].reshape(-1, q.shape[-1]).astype(dtype), attn_scale(cap))
+                    q[:, n:].reshape(-1, q.shape[-1]).astype(dtype), attn_scale(cap),
+                    rope_theta(cap))
 
 
 def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float = 0.05,
-                 key=None, spectrum: bool = False) -> dict:
+                 key=None, spectrum: bool = False, diagnostics: bool = True) -> dict:
     """Predictors, references and measured risks of one head (see the module docstring).
 
     ``budgets`` are atom counts (``1 <= m < n``), ``rules`` a ``{name: Rule}`` dict (built with
     the model's scale, as ``capture.rule_hyper`` gives it: every attention here uses
     ``case.scale``). Returns a
-    JSON-ready dict: ``eps_rank``, ``entropy``, ``n``, and per budget (lists in the order of
-    ``budgets``) ``tail``, ``lower`` (L2), ``upper`` (U4), ``refit`` / ``refit_relative`` (the
-    probe-fitted reference) and ``risk[rule]`` / ``relative[rule]``, and ``mass_gap[rule]`` for
-    the rules whose summaries report one (``minimax``: U4(c)'s certificate on its own law); with
-    ``spectrum=True`` also ``eigs``, the spectrum of G over its top eigenvalue. ``key``: the
-    random draws of the rules that make them (they refuse ``None``).
+    JSON-ready dict: ``n``, ``predicted[predictor]`` per budget (lists in the order of
+    ``budgets``; :mod:`minimaxkv.predict`), ``risk[rule]`` / ``relative[rule]``, and
+    ``mass_gap[rule]`` for the rules whose summaries report one (``minimax``: U4(c)'s certificate
+    on its own law); with ``diagnostics`` (the default) also ``eps_rank``, ``entropy``,
+    ``trace`` and per budget ``tail``, ``lower`` (L2), ``upper`` (U4), ``refit`` /
+    ``refit_relative`` (the probe-fitted reference); with ``spectrum=True`` also ``eigs``, the
+    spectrum of G over its top eigenvalue. ``key``: the random draws of the predictors' law
+    (``fold_in(key, 1)``) and of the rules that make them (``key``); required.
     """
     c, probes, tau = case.cache, case.probes, case.scale
     n = c.n
     bad = [m for m in budgets if not 1 <= m < n]
     if bad:
         raise ValueError(f"budgets {bad}: expected atom counts in [1, {n - 1}] (context n = {n})")
+    if key is None:
+        raise ValueError("analyze_head: the predictors draw future queries from a fitted law: "
+                         "pass key=")
+    if case.theta is None:
+        raise ValueError("analyze_head: the predictors' law needs the model's RoPE: a HeadCase "
+                         "with theta (head_case reads it from the capture)")
+    out = {"n": n, "predicted": predict.predictors(
+        c, case.observed, list(budgets), jax.random.fold_in(key, 1), theta=case.theta, scale=tau),
+        "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules},
+        "mass_gap": {}}
+    for m in budgets:
+        for name, rule in rules.items():
+            s = rule(c, m, case.observed, key)
+            out["risk"][name].append(float(risk(probes, c, s, scale=tau)))
+            out["relative"][name].append(float(relative_risk(probes, c, s, scale=tau)))
+            if s.mass_gap is not None:
+                out["mass_gap"].setdefault(name, []).append(float(s.mass_gap))
+    if diagnostics:
+        out.update(probe_diagnostics(case, budgets, eps=eps, spectrum=spectrum))
+    return out
+
+
+def probe_diagnostics(case: HeadCase, budgets: list[int], *, eps: float = 0.05,
+                      spectrum: bool = False) -> dict:
+    """The diagnostics of :func:`analyze_head` that read the probes (see the module docstring)."""
+    c, probes, tau = case.cache, case.probes, case.scale
     eigs = np.asarray(compressibility.spectrum(probes, c, scale=tau), np.float64)
     total = eigs.sum()
-    out = {"n": n, "eps_rank": int(compressibility.eps_rank(eigs, eps)),
+    out = {"eps_rank": int(compressibility.eps_rank(eigs, eps)),
            "entropy": float(jnp.mean(compressibility.attention_entropy(probes, c, scale=tau))),
            "trace": float(total), "tail": [], "lower": [], "upper": [], "refit": [],
-           "refit_relative": [],
-           "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules},
-           "mass_gap": {}}
+           "refit_relative": []}
     if spectrum:
         out["eigs"] = (eigs / eigs[0]).tolist() if eigs[0] > 0 else eigs.tolist()
     for m in budgets:
@@ -108,18 +140,12 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
         refit = fit.refit(probes, c, jnp.sort(jnp.asarray(support)), scale=tau)  # U4's summary
         out["refit"].append(float(risk(probes, c, refit, scale=tau)))
         out["refit_relative"].append(float(relative_risk(probes, c, refit, scale=tau)))
-        for name, rule in rules.items():
-            s = rule(c, m, case.observed, key)
-            out["risk"][name].append(float(risk(probes, c, s, scale=tau)))
-            out["relative"][name].append(float(relative_risk(probes, c, s, scale=tau)))
-            if s.mass_gap is not None:
-                out["mass_gap"].setdefault(name, []).append(float(s.mass_gap))
     return out
 
 
 def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed: int = 32,
-            eps: float = 0.05, heads=None, spectrum: bool = False, done: list[dict] | None = None,
-            on_row=None, progress: bool = True) -> list[dict]:
+            eps: float = 0.05, heads=None, spectrum: bool = False, diagnostics: bool = True,
+            done: list[dict] | None = None, on_row=None, progress: bool = True) -> list[dict]:
     """:func:`analyze_head` for every ``(layer, kv_head)`` in ``heads`` (default: all).
 
     ``budgets`` are atoms (integers) or fractions of the context (see
@@ -150,6 +176,7 @@ def analyze(cap: Captured, budgets, rules: dict, *, future: int = 128, observed:
     for layer, h in todo:
         case = head_case(cap, layer, h, future=future, observed=observed)
         row = analyze_head(case, atoms, rules, eps=eps, spectrum=spectrum,
+                           diagnostics=diagnostics,
                            key=jax.random.fold_in(jax.random.PRNGKey(layer), h))
         new.append({"layer": layer, "kv_head": h, "budgets": atoms, **row})
         if on_row is not None:
@@ -244,25 +271,94 @@ def spearman(x, y) -> float:
 
 
 def column(rows: list[dict], field: str, budget_index: int | None = None, rule: str | None = None):
-    """One value per head: ``field`` (``"eps_rank"``...), a per-budget field at ``budget_index``,
-    or ``risk``/``relative`` of ``rule`` at ``budget_index``."""
+    """One value per head: ``field`` (``"eps_rank"``...), a per-budget field at ``budget_index``
+    (a predictor of ``predicted`` by its name), or ``risk``/``relative`` of ``rule`` at
+    ``budget_index``."""
     if rule is not None:
         return np.array([r[field][rule][budget_index] for r in rows], np.float64)
+    if field in predict.PREDICTORS:
+        return np.array([r["predicted"][field][budget_index] for r in rows], np.float64)
     if budget_index is not None:
         return np.array([r[field][budget_index] for r in rows], np.float64)
     return np.array([r[field] for r in rows], np.float64)
 
 
-PREDICTORS = ("tail", "lower", "upper", "eps_rank", "entropy")
+PREDICTORS = predict.PREDICTORS
 
 
 def rank_correlation(rows: list[dict], rule: str, measured: str = "relative") -> dict:
-    """Spearman's :math:`\\rho` across heads of every predictor against ``measured`` (``"risk"``
+    """Spearman's :math:`\rho` across heads of every predictor against ``measured`` (``"risk"``
     or ``"relative"``) of ``rule``, per budget: ``{predictor: [rho per budget]}``."""
     k = len(rows[0]["budgets"])
+    return {p: [spearman(column(rows, p, i), column(rows, measured, i, rule)) for i in range(k)]
+            for p in PREDICTORS}
+
+
+def spearman_interval(x, y, *, reps: int = 2000, level: float = 0.95,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Spearman's :math:`\rho` of paired samples and its percentile-bootstrap interval (pairs
+    resampled with replacement, ``reps`` times; resamples whose ranks are constant are left out)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    rho = spearman(x, y)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, (reps, x.size))
+    boot = np.array([spearman(x[i], y[i]) for i in idx])
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return rho, float("nan"), float("nan")
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return rho, float(lo), float(hi)
+
+
+def within_group_spearman(x, y, groups) -> float:
+    """Spearman's :math:`\rho` within groups (e.g. layers): the Pearson correlation of the ranks of
+    x and y across all samples after each group's mean rank is removed from its members -- the
+    partial rank correlation given the group."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    groups = np.asarray(groups)
+    if x.shape != y.shape or x.ndim != 1 or groups.shape != x.shape or x.size < 3:
+        raise ValueError(f"within_group_spearman: expected three 1-D arrays of equal length >= 3, "
+                         f"got {x.shape}, {y.shape}, {groups.shape}")
+    rx, ry = rankdata(x), rankdata(y)
+    for gval in np.unique(groups):
+        at = groups == gval
+        rx[at] -= rx[at].mean()
+        ry[at] -= ry[at].mean()
+    den = np.sqrt(np.sum(rx * rx) * np.sum(ry * ry))
+    return float(np.sum(rx * ry) / den) if den > 0 else float("nan")
+
+
+CALIBRATION_BAND = (0.5, 2.0)  # measured / predicted within this band: calibrated (issue 16)
+
+
+def calibration(measured, predicted, band=CALIBRATION_BAND) -> tuple[float, float]:
+    """``(share of heads with measured / predicted inside band, median of that ratio)``."""
+    ratio = np.asarray(measured, np.float64) / np.asarray(predicted, np.float64)
+    ok = np.isfinite(ratio)
+    inside = (ratio >= band[0]) & (ratio <= band[1]) & ok
+    return float(inside.mean()), float(np.median(ratio[ok])) if ok.any() else float("nan")
+
+
+def prediction_summary(rows: list[dict], rule: str, *, measured: str = "relative",
+                       reps: int = 2000, seed: int = 0) -> dict:
+    """Per predictor and budget index: ``{"rho", "low", "high"}`` (Spearman across the rows with
+    its bootstrap 95 % interval), ``"within_layer"`` (:func:`within_group_spearman` by layer), and
+    for the predictors in units of relative risk (``heldout``, ``blind``) ``"calibrated"`` and
+    ``"ratio"`` (:func:`calibration`)."""
+    k = len(rows[0]["budgets"])
+    layers = np.array([r["layer"] for r in rows])
     out = {}
     for p in PREDICTORS:
-        per = p in ("tail", "lower", "upper")
-        out[p] = [spearman(column(rows, p, i if per else None), column(rows, measured, i, rule))
-                  for i in range(k)]
+        cells = []
+        for i in range(k):
+            x, y = column(rows, p, i), column(rows, measured, i, rule)
+            rho, lo, hi = spearman_interval(x, y, reps=reps, seed=seed)
+            cell = {"rho": rho, "low": lo, "high": hi,
+                    "within_layer": within_group_spearman(x, y, layers)}
+            if p in ("heldout", "blind"):
+                cell["calibrated"], cell["ratio"] = calibration(y, x)
+            cells.append(cell)
+        out[p] = cells
     return out

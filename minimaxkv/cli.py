@@ -151,14 +151,17 @@ def analyze_cmd(args) -> int:
     rules_ = list(rows[0]["relative"])
     print(f"{cap.meta.get('model', '?')}: {len(rows)} KV heads, context n = {rows[0]['n']} tokens, "
           f"{args.future} probe tokens x {cap.group} query heads; rules see the last "
-          f"{args.observed} context tokens' queries. Relative risk = risk / spread of the outputs.")
+          f"{args.observed} context tokens' queries. Relative risk = risk / spread of the outputs.\n"
+          "P1 = the primary predictor (from the observed window only, docs/theory.md §10); "
+          "eps-rank, tail, L2, U4 and refit read the probes (diagnostics, not predictions).")
     for i, m in enumerate(budgets):
         print(f"\nbudget m = {m} ({m / rows[0]['n']:.1%} of the context)")
-        head = ["layer", "head", "eps-rank", "tail", "L2", "U4", "refit"] + rules_
+        head = ["layer", "head", "eps-rank", "P1", "tail", "L2", "U4", "refit"] + rules_
         print("".join(h.rjust(11) for h in head))
         for r in rows:
             cells = [r["layer"], r["kv_head"], r["eps_rank"]]
-            vals = [r["tail"][i], r["lower"][i], r["upper"][i], r["refit_relative"][i]] + \
+            vals = [r["predicted"]["heldout"][i], r["tail"][i], r["lower"][i], r["upper"][i],
+                    r["refit_relative"][i]] + \
                 [r["relative"][name][i] for name in rules_]
             print("".join(f"{c:11d}" for c in cells) + "".join(f"{v:11.3g}" for v in vals))
     gaps = sorted({name for r in rows for name in r.get("mass_gap", {})})
@@ -171,7 +174,8 @@ def analyze_cmd(args) -> int:
                                               f"[{per[:, i].max():.3g}]"
                                               for i, m in enumerate(budgets)))
     if len(rows) >= 3:
-        print("\nSpearman rho across heads (predictor vs measured relative risk), per budget:")
+        print("\nSpearman rho across heads (predictor, from the observed window only, vs measured "
+              "relative risk), per budget:")
         for name in rules_:
             rho = analyze.rank_correlation(rows, name)
             print(f"  {name:20s}" + "  ".join(f"{p} " + "/".join(f"{v:.2f}" for v in vals)

@@ -37,7 +37,51 @@ def agg():
         matplotlib.use("Agg")
 
 
-PREDICTOR = "tail"  # the predictor drawn against the measured risk
+PREDICTOR_LABEL = {
+    "heldout": "held-out blind risk (P1, primary)", "blind": "blind risk under the fitted law (P2)",
+    "gamma_tail": "Γ tail (P2')", "shift": "law shift (P2'')"}
+
+
+def prediction_panel(ax, rows: list[dict], rule: str, summary: dict | None, *,
+                     predictor: str = "heldout", title: str = ""):
+    """Predicted (``predictor`` of each row's ``predicted``) against measured relative risk of
+    ``rule`` on the probes, one colour per budget, the line measured = predicted and the
+    calibration band (:data:`minimaxkv.analyze.CALIBRATION_BAND`); the legend gives Spearman's
+    rho with its bootstrap 95 % interval and the share of heads inside the band
+    (``summary``: :func:`minimaxkv.analyze.prediction_summary`, None for no statistics)."""
+    import matplotlib.pyplot as plt
+
+    from .analyze import CALIBRATION_BAND
+
+    bcol = plt.get_cmap("tab10")
+    budgets = rows[0]["budgets"]
+    n = rows[0]["n"]
+    xs, ys = [], []
+    for i, m in enumerate(budgets):
+        x = floor([r["predicted"][predictor][i] for r in rows])
+        y = floor([r["relative"][rule][i] for r in rows])
+        xs += x
+        ys += y
+        label = f"m = {m} ({m / n:.0%})"
+        if summary:
+            c = summary[predictor][i]
+            label += f": ρ = {c['rho']:.2f} [{c['low']:.2f}, {c['high']:.2f}]"
+            if "calibrated" in c:
+                label += f", {c['calibrated']:.0%} in band"
+        ax.scatter(x, y, s=10, color=bcol(i), alpha=0.7, label=label)
+    lo, hi = min(xs + ys), max(xs + ys)
+    line = np.geomspace(lo, hi, 50)
+    if predictor in ("heldout", "blind"):
+        ax.plot(line, line, color="0.3", lw=0.8, label="measured = predicted")
+        ax.fill_between(line, CALIBRATION_BAND[0] * line, CALIBRATION_BAND[1] * line,
+                        color="0.5", alpha=0.15, lw=0,
+                        label=f"calibration band ×[{CALIBRATION_BAND[0]:g}, {CALIBRATION_BAND[1]:g}]")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"predicted: {PREDICTOR_LABEL.get(predictor, predictor)}")
+    ax.set_ylabel(f"measured: relative risk of {rule} on the probes")
+    ax.set_title(title or f"Predicted vs measured, {len(rows)} heads")
+    ax.legend(loc="upper left", framealpha=0.9, edgecolor="0.8", fontsize=7)
 
 
 def _grid(rows, field, layers, heads):
@@ -54,11 +98,11 @@ def heads_figure(rows: list[dict], *, eps: float, model: str, probes: int, subti
     vs budget beside the probe-fitted refit. Rows need ``eigs`` (``analyze(..., spectrum=True)``)."""
     import matplotlib.pyplot as plt
 
-    from .analyze import rank_correlation
+    from .analyze import prediction_summary
 
     rules = list(rows[0]["relative"])
     focus = "minimax" if "minimax" in rules else rules[0]
-    spearman = rank_correlation(rows, focus) if len(rows) >= 3 else None
+    summary = prediction_summary(rows, focus) if len(rows) >= 3 else None
     layers = max(r["layer"] for r in rows) + 1
     heads = max(r["kv_head"] for r in rows) + 1
     n = rows[0]["n"]
@@ -100,28 +144,17 @@ def heads_figure(rows: list[dict], *, eps: float, model: str, probes: int, subti
     fig.colorbar(sm, ax=ax, pad=0.01, label="layer")
 
     ax = fig.add_subplot(gs[1, 1])
-    bcol = plt.get_cmap("tab10")
-    rho = spearman[PREDICTOR] if spearman else [float("nan")] * len(budgets)
-    for i, m in enumerate(budgets):
-        x = floor([r[PREDICTOR][i] for r in rows])
-        y = floor([r["relative"][focus][i] for r in rows])
-        ax.scatter(x, y, s=10, color=bcol(i), alpha=0.75,
-                   label=f"m = {m} ({m / n:.0%}): Spearman ρ = {rho[i]:.2f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("predicted: spectral tail Σ_{i>m} λ_i / Σ λ_i of G")
-    ax.set_ylabel(f"measured: relative risk of {focus} on the probes")
-    ax.set_title(f"Predicted vs measured, {len(rows)} heads")
-    ax.legend(loc="upper left", framealpha=0.9, edgecolor="0.8")
-    names = {"tail": "tail", "lower": "L2", "upper": "U4", "eps_rank": "ε-rank", "entropy": "entropy"}
-    if spearman:
-        table = "\n".join(f"{names[k]:>8}: " + " / ".join(f"{v:.2f}" for v in vals)
-                          for k, vals in spearman.items() if k in names)
+    prediction_panel(ax, rows, focus, summary,
+                     title=f"Predicted (no probe seen) vs measured, {len(rows)} heads")
+    if summary:
+        table = "\n".join(f"{k:>10}: " + " / ".join(f"{c['rho']:.2f}" for c in cells)
+                          for k, cells in summary.items())
         ax.text(0.98, 0.02, f"ρ per budget, {focus}\n" + table, transform=ax.transAxes,
                 ha="right", va="bottom", fontsize=6.5, family="monospace", zorder=5,
                 bbox=dict(boxstyle="round", fc="white", ec="0.8", alpha=0.9))
 
     ax = fig.add_subplot(gs[1, 2])
+    bcol = plt.get_cmap("tab10")
     x = [m / n for m in budgets]
     for j, rule in enumerate(rules):
         med = [np.median([r["relative"][rule][i] for r in rows]) for i in range(len(budgets))]

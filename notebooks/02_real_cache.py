@@ -110,15 +110,18 @@ print(f"eps-rank of G on the probes: {compressibility.eps_rank(eigs, 0.05)} atom
       f"{compressibility.eps_rank(eigs, 0.01)} at 1% (of n = {n})")
 
 # %% [markdown]
-# `analyze.analyze_head` measures, at each budget, the relative spectral tail of $G$, the bounds L2
-# and U4 (per unit-norm value column), the risk of the probe-fitted least-squares refit of U4's
-# support (a reference that sees the probes, not a rule), and each rule's risk on the probes. The
-# relative risk divides by the spread of the outputs: 1 is what always answering the mean value
-# gives (§1.2).
+# `analyze.analyze_head` computes, at each budget, the **predictors** from the observed window
+# alone (docs/theory.md §10: the primary P1 `heldout`, the risk of the best value-blind rank-$m$
+# map fitted on the window's first half, on its second half's queries; `blind`, `gamma_tail`,
+# `shift`), the **diagnostics on the probes** (the relative spectral tail of $G$, the bounds L2 and
+# U4 per unit-norm value column, the risk of the probe-fitted least-squares refit of U4's support:
+# they see the evaluation queries, so they describe, they do not predict), and each rule's risk on
+# the probes. The relative risk divides by the spread of the outputs: 1 is what always answering
+# the mean value gives (§1.2).
 
 # %%
 atoms = sorted({max(1, round(f * n)) for f in cfg["head_budgets"]})
-one = analyze.analyze_head(case, atoms, chosen)
+one = analyze.analyze_head(case, atoms, chosen, key=jax.random.PRNGKey(0))
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 ax = axes[0]
@@ -143,9 +146,11 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
 
-print(f"{'m':>5s}{'tail':>10s}{'L2':>10s}{'U4':>10s}" + "".join(f"{r:>20s}" for r in chosen))
+print(f"{'m':>5s}{'P1 heldout':>11s}{'tail':>10s}{'L2':>10s}{'U4':>10s}"
+      + "".join(f"{r:>20s}" for r in chosen))
 for i, m in enumerate(atoms):
-    print(f"{m:5d}{one['tail'][i]:10.3g}{one['lower'][i]:10.3g}{one['upper'][i]:10.3g}"
+    print(f"{m:5d}{one['predicted']['heldout'][i]:11.3g}{one['tail'][i]:10.3g}"
+          f"{one['lower'][i]:10.3g}{one['upper'][i]:10.3g}"
           + "".join(f"{one['relative'][r][i]:20.3g}" for r in chosen))
 
 # %% [markdown]
@@ -153,8 +158,9 @@ for i, m in enumerate(atoms):
 #
 # `analyze.analyze` repeats this for every layer and KV head (one row each). The figure of these
 # rows (`plots.heads_figure`, the same as `minimaxkv analyze --plot`) shows the $\varepsilon$-rank
-# heatmap, every head's spectrum, the spectral tail against the measured relative risk, and each
-# rule's median relative risk against the budget.
+# heatmap, every head's spectrum, the primary predictor against the measured relative risk (with
+# the calibration band measured / predicted in [0.5, 2]), and each rule's median relative risk
+# against the budget.
 
 # %%
 rows = analyze.analyze(cap, cfg["budgets"], chosen, future=cfg["future"],
@@ -166,9 +172,11 @@ fig.set_size_inches(15.5, 8.2)  # room between the colour bar and the next panel
 plt.show()
 
 # %% [markdown]
-# If compressibility is a property of the head, heads with a heavier spectral tail should be the
-# ones where every rule pays more. `analyze.rank_correlation` gives Spearman's $\rho$ across heads
-# between each predictor (computed before any rule runs) and the measured relative risk.
+# If compressibility is a property of the head, heads the predictors call less compressible should
+# be the ones where every rule pays more. `analyze.rank_correlation` gives Spearman's $\rho$ across
+# heads between each predictor (computed from the observed window only, before any rule runs) and
+# the measured relative risk; the `predictions` experiment does this over four kinds of text and
+# two lengths, with intervals (docs/theory.md §10).
 
 # %%
 budget_atoms = rows[0]["budgets"]

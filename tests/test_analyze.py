@@ -24,7 +24,8 @@ def _capture(seed=0, L=2, K=2, g=2, T=48, hd=8):
     k = r.standard_normal((L, K, T, hd)).astype(np.float32)
     v = r.standard_normal((L, K, T, hd)).astype(np.float32)
     q = (1.5 * r.standard_normal((L, K * g, T, hd))).astype(np.float32)
-    meta = {"model": "random", "tokens": T, "rope": "half", "dtype": "float32"}
+    meta = {"model": "random", "tokens": T, "rope": "half", "dtype": "float32",
+            "config": {"rope_theta": 10000.0}}
     return capture.Captured(k, v, q, np.arange(T, dtype=np.int32), meta)
 
 
@@ -46,18 +47,20 @@ def test_split_and_every_field_against_numpy(recorded):
     model recorded (``config.attn_scale``; none recorded: 1/sqrt(hd))."""
     cap = _capture()
     if recorded is not None:
-        cap = cap._replace(meta={**cap.meta, "config": {"attn_scale": recorded}})
+        cap = cap._replace(meta={**cap.meta, "config": {"rope_theta": 10000.0,
+                                                        "attn_scale": recorded}})
     tau = 8 ** -0.5 if recorded is None else recorded
     n, fut, obs = 48 - 16, 16, 6
     case = analyze.head_case(cap, 1, 0, future=fut, observed=obs)
-    assert case.scale == recorded
+    assert case.scale == recorded and case.theta == 10000.0
     np.testing.assert_array_equal(case.cache.keys, cap.keys[1, 0, :n])
     np.testing.assert_array_equal(case.observed, cap.queries[1, 0:2, n - obs:n])
     np.testing.assert_array_equal(case.probes, cap.queries[1, 0:2, n:].reshape(-1, 8))
     budgets = [3, 8]
     chosen = {"snapkv": rules.get("snapkv", scale=tau),
               "streaming_llm": rules.get("streaming_llm")}
-    row = analyze.analyze_head(case, budgets, chosen, eps=0.05, spectrum=True)
+    row = analyze.analyze_head(case, budgets, chosen, eps=0.05, spectrum=True,
+                               key=jax.random.PRNGKey(0))
     # float64 references
     k, v = np.asarray(case.cache.keys, np.float64), np.asarray(case.cache.values, np.float64)
     q = np.asarray(case.probes, np.float64)
@@ -95,16 +98,18 @@ def test_analyze_rows_spearman_and_errors():
     assert [(r["layer"], r["kv_head"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert rows[0]["budgets"] == [8]  # 25% of a 32-token context
     rho = analyze.rank_correlation(rows, "snapkv")
+    assert set(rho) == set(analyze.PREDICTORS)
     for p, vals in rho.items():
-        x = analyze.column(rows, p, 0 if p in ("tail", "lower", "upper") else None)
-        y = analyze.column(rows, "relative", 0, "snapkv")
+        x = [r["predicted"][p][0] for r in rows]
+        y = [r["relative"]["snapkv"][0] for r in rows]
         assert vals[0] == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
     with pytest.raises(ValueError, match="cannot hold"):
         analyze.analyze(cap, [0.25], chosen, future=46, observed=4)
     with pytest.raises(ValueError, match="positive"):
         analyze.analyze(cap, [0.25], chosen, future=0)
     with pytest.raises(ValueError, match="budgets"):
-        analyze.analyze_head(analyze.head_case(cap, 0, 0, future=16, observed=4), [32], chosen)
+        analyze.analyze_head(analyze.head_case(cap, 0, 0, future=16, observed=4), [32], chosen,
+                             key=jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="out of range"):
         analyze.analyze(cap, [0.25], chosen, future=16, observed=4, heads=[(5, 0)])
 

@@ -242,10 +242,11 @@ def test_real_heads_rows_match_a_direct_analysis(tiny):
     row = r["rows"][1]
     assert row["relative"]["snapkv"] == pytest.approx(again["relative"]["snapkv"], rel=1e-9)
     assert row["tail"] == pytest.approx(again["tail"], rel=1e-9)
-    x = [h["tail"][0] for h in r["rows"]]
+    assert row["predicted"]["heldout"] == pytest.approx(again["predicted"]["heldout"], rel=1e-9)
+    x = [h["predicted"]["heldout"][0] for h in r["rows"]]
     y = [h["relative"]["minimax"][0] for h in r["rows"]]
     rho = scipy.stats.spearmanr(x, y).statistic
-    assert r["spearman"]["minimax"]["tail"][0] == pytest.approx(rho, abs=1e-12)
+    assert r["spearman"]["minimax"]["heldout"][0] == pytest.approx(rho, abs=1e-12)
 
 
 def test_end_to_end_is_a_slice_of_the_bench(tiny):

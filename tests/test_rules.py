@@ -927,3 +927,17 @@ def test_the_rope_base_reaches_the_rules_that_model_rope():
     with pytest.raises(ValueError, match="records no RoPE base"):
         capture.rope_theta(cap._replace(meta={"model": "m"}))
 
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_minimax_with_few_observed_queries(p):
+    """One, two or three observed queries per head: a finite summary (two points once gave the
+    Ledoit-Wolf fit a rank-1 covariance with zero shrinkage, hence NaN draws), and its risk on the
+    observed queries below evicting to the first atoms."""
+    r = np.random.default_rng(p)
+    c = mkv.Cache(jnp.asarray(r.standard_normal((40, 8))), jnp.asarray(r.standard_normal((40, 4))))
+    obs = jnp.asarray(r.standard_normal((2, p, 8)))
+    s = mkv.rules.get("minimax")(c, 10, obs, jax.random.PRNGKey(0))
+    q = obs.reshape(-1, 8)
+    first = mkv.Cache(*(x[:10] for x in c))
+    assert float(mkv.risk(q, c, s.cache)) < float(mkv.risk(q, c, first))

@@ -29,7 +29,7 @@ from minimaxkv import io
 
 SCALES = ("tiny", "quick", "full")
 EXPERIMENTS = ("risk_vs_budget", "spectra", "aware_vs_agnostic", "causal", "lookup_support",
-               "real_heads", "end_to_end", "cost")
+               "real_heads", "predictions", "end_to_end", "cost")
 
 
 def results_dir(root=None) -> Path:

@@ -4,9 +4,11 @@ SmolLM2-135M reads the first ``tokens`` tokens of ``minimaxkv/data/<text>.txt``;
 context (all but the last ``future`` tokens) is compressed by each rule from the queries of its
 last ``observed`` context tokens and scored on the queries of the ``future`` tokens
 (:mod:`minimaxkv.analyze`). Reported per head: the spectrum of the response covariance on the
-probes and its eps-rank (the heatmap), the predictors (spectral tail, L2, U4, entropy) and the
-risk of each rule at each budget, with Spearman's rho of every predictor against the measured
-relative risk across heads.
+probes and its eps-rank (the heatmap) and the other diagnostics that read the probes (spectral
+tail, L2, U4, entropy), the predictors computed from the observed window only (docs/theory.md
+§10; the primary P1 drawn against the measured risk) and the risk of each rule at each budget,
+with Spearman's rho of every predictor against the measured relative risk across heads (the
+`predictions` experiment tests them over four texts and two lengths).
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class Law(NamedTuple):
 
 
 def ledoit_wolf(q):
-    r"""Gaussian fit of ``q [p, d]`` (p >= 2) with the Ledoit-Wolf (2004) shrinkage of the
+    r"""Gaussian fit of ``q [p, d]`` (p >= 3) with the Ledoit-Wolf (2004) shrinkage of the
     covariance towards :math:`\mu I`, :math:`\mu = \mathrm{tr}S/d`: intensity
     :math:`\min(\bar\beta^2, \delta^2)/\delta^2` with :math:`\delta^2 = \lVert S-\mu I\rVert_F^2`,
     :math:`\bar\beta^2 = p^{-2}\sum_k\lVert x_kx_k^T - S\rVert_F^2` (x centred, S = X^TX/p)."""
@@ -115,7 +115,8 @@ def _model_draws(pre, u, n: int, horizon, theta, convention):
     g, p, d = pre.shape
 
     def draw(qh, uh):
-        law = ledoit_wolf(qh) if p >= 2 else _fit(qh, 1e-3)
+        # two points give a rank-1 covariance and a zero Ledoit-Wolf intensity: fixed shrinkage
+        law = ledoit_wolf(qh) if p >= 3 else _fit(qh, 1e-3)
         return Q.rope_draws(Q.rope_future(law, n, horizon, theta, convention), uh)
 
     return jax.vmap(draw)(pre, u).reshape(-1, d)
@@ -123,9 +124,11 @@ def _model_draws(pre, u, n: int, horizon, theta, convention):
 
 def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int,
                   theta: float | rope.Llama3, convention: str, agnostic: bool, logit_std: float,
-                  scale: float, probes: float = 1.0, probe_share: str = "collision") -> Law:
+                  scale: float, probes: float = 1.0, probe_share: str = "collision",
+                  observed_end: int | None = None) -> Law:
     r"""The reference law of step 2 (docs/theory.md V2, V4): O(draws) query rows and one exact
-    isolating probe per atom.
+    isolating probe per atom. The ``p`` observed queries are those of positions
+    ``observed_end - p .. observed_end - 1`` (default: the last ``p`` tokens of the cache).
 
     :math:`\kappa` is ``probes`` x the collision probability of the observed (else drawn)
     attention over *tokens* (V2, V2'): :math:`\mathrm{mean}_i\sum_jp_j(q_i)^2e^{-\max(b_j,0)}`,
@@ -163,7 +166,8 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int,
     else:
         g, p, _ = queries.shape
         q = queries.astype(dt)
-        pre = rope.apply(q, -query_positions(n, p), theta, convention)
+        end = n if observed_end is None else observed_end
+        pre = rope.apply(q, -query_positions(end, p), theta, convention)
         per = max(1, draws // g)
         u_fut, u_half = Q.uniforms(key, [(g, per, d + 1), (g, max(8, 64 // g), d + 1)], dt)
         fut = _model_draws(pre, u_fut, n, horizon, theta, convention)
