@@ -85,7 +85,9 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
     the model's scale, as ``capture.rule_hyper`` gives it: every attention here uses
     ``case.scale``). Returns a
     JSON-ready dict: ``n``, ``predicted[predictor]`` per budget (lists in the order of
-    ``budgets``; :mod:`minimaxkv.predict`), ``risk[rule]`` / ``relative[rule]``, and
+    ``budgets``; :mod:`minimaxkv.predict`), ``blind_on_probes`` (the map of ``blind`` judged on
+    the probes: the ceiling a perfect forecast of the future queries would give; it reads the
+    probes), ``risk[rule]`` / ``relative[rule]``, and
     ``mass_gap[rule]`` for the rules whose summaries report one (``minimax``: U4(c)'s certificate
     on its own law); with ``diagnostics`` (the default) also ``eps_rank``, ``entropy``,
     ``trace`` and per budget ``tail``, ``lower`` (L2), ``upper`` (U4), ``refit`` /
@@ -104,8 +106,11 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
     if case.theta is None:
         raise ValueError("analyze_head: the predictors' law needs the model's RoPE: a HeadCase "
                          "with theta (head_case reads it from the capture)")
+    k_pred = jax.random.fold_in(key, 1)
     out = {"n": n, "predicted": predict.predictors(
-        c, case.observed, list(budgets), jax.random.fold_in(key, 1), theta=case.theta, scale=tau),
+        c, case.observed, list(budgets), k_pred, theta=case.theta, scale=tau),
+        "blind_on_probes": predict.blind_on(c, case.observed, list(budgets), k_pred, probes,
+                                            theta=case.theta, scale=tau).tolist(),
         "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules},
         "mass_gap": {}}
     for m in budgets:
@@ -346,18 +351,24 @@ def prediction_summary(rows: list[dict], rule: str, *, measured: str = "relative
     """Per predictor and budget index: ``{"rho", "low", "high"}`` (Spearman across the rows with
     its bootstrap 95 % interval), ``"within_layer"`` (:func:`within_group_spearman` by layer), and
     for the predictors in units of relative risk (``heldout``, ``blind``) ``"calibrated"`` and
-    ``"ratio"`` (:func:`calibration`)."""
+    ``"ratio"`` (:func:`calibration`). A rule whose summaries report a mass gap (``minimax``,
+    U4(c)'s certificate on its own law) also gets its row ``"mass_gap"``, and rows with
+    ``blind_on_probes`` (it reads the probes: the ceiling of a perfect forecast, not a
+    predictor) a row of that name, calibrated too."""
     k = len(rows[0]["budgets"])
     layers = np.array([r["layer"] for r in rows])
+    extra = (("mass_gap",) if all(rule in r.get("mass_gap", {}) for r in rows) else ()) + \
+        (("blind_on_probes",) if all("blind_on_probes" in r for r in rows) else ())
     out = {}
-    for p in PREDICTORS:
+    for p in PREDICTORS + extra:
         cells = []
         for i in range(k):
-            x, y = column(rows, p, i), column(rows, measured, i, rule)
+            x = column(rows, p, i, rule if p == "mass_gap" else None)
+            y = column(rows, measured, i, rule)
             rho, lo, hi = spearman_interval(x, y, reps=reps, seed=seed)
             cell = {"rho": rho, "low": lo, "high": hi,
                     "within_layer": within_group_spearman(x, y, layers)}
-            if p in ("heldout", "blind"):
+            if p in ("heldout", "blind", "blind_on_probes"):
                 cell["calibrated"], cell["ratio"] = calibration(y, x)
             cells.append(cell)
         out[p] = cells

@@ -81,7 +81,7 @@ def prediction_panel(ax, rows: list[dict], rule: str, summary: dict | None, *,
     ax.set_xlabel(f"predicted: {PREDICTOR_LABEL.get(predictor, predictor)}")
     ax.set_ylabel(f"measured: relative risk of {rule} on the probes")
     ax.set_title(title or f"Predicted vs measured, {len(rows)} heads")
-    ax.legend(loc="upper left", framealpha=0.9, edgecolor="0.8", fontsize=7)
+    ax.legend(loc="lower right", framealpha=0.9, edgecolor="0.8", fontsize=7)
 
 
 def _grid(rows, field, layers, heads):
@@ -149,8 +149,8 @@ def heads_figure(rows: list[dict], *, eps: float, model: str, probes: int, subti
     if summary:
         table = "\n".join(f"{k:>10}: " + " / ".join(f"{c['rho']:.2f}" for c in cells)
                           for k, cells in summary.items())
-        ax.text(0.98, 0.02, f"ρ per budget, {focus}\n" + table, transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=6.5, family="monospace", zorder=5,
+        ax.text(0.02, 0.98, f"ρ per budget, {focus}\n" + table, transform=ax.transAxes,
+                ha="left", va="top", fontsize=6.5, family="monospace", zorder=5,
                 bbox=dict(boxstyle="round", fc="white", ec="0.8", alpha=0.9))
 
     ax = fig.add_subplot(gs[1, 2])

@@ -103,6 +103,22 @@ def gamma_tail(law: Q.QuerySet, cache: Cache, budgets: list[int], *,
                       for m in budgets])
 
 
+def blind_on(cache: Cache, observed: Float[Arr, "g p d"], budgets: list[int], key,
+             queries: Float[Arr, "r d"], *, theta: float | rope.Llama3,
+             scale: Scalar | None = None, draws: int | None = None, horizon: int = 512,
+             convention: str = "half") -> Float[Arr, " b"]:
+    """The map of ``blind`` (fitted to the law of the whole window, drawn with the same key as in
+    :func:`predictors`) judged on other ``queries`` -- the future's own, in
+    :func:`minimaxkv.analyze.analyze_head`: what the predictors would give with a perfect
+    forecast of the future queries (it reads them: a diagnostic, not a predictor)."""
+    c = validate(cache)
+    draws = max(256, 2 * max(budgets)) if draws is None else draws
+    law = fitted_law(c, observed, jax.random.split(key)[0], theta=theta, scale=scale, draws=draws,
+                     horizon=horizon, convention=convention)
+    return blind_map_risk(law, Q.empirical(jnp.asarray(queries, law.queries.dtype)), c, budgets,
+                          scale=scale)
+
+
 def predictors(cache: Cache, observed: Float[Arr, "g p d"], budgets: list[int], key, *,
                theta: float | rope.Llama3, scale: Scalar | None = None,
                draws: int | None = None, horizon: int = 512, convention: str = "half") -> dict:

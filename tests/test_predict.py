@@ -130,6 +130,14 @@ def test_P3_predictors_read_no_probe():
     two = analyze.analyze_head(other, [4, 12], chosen, key=key, diagnostics=False)
     assert one["predicted"] == two["predicted"]
     assert one["relative"] != two["relative"]
+    assert one["blind_on_probes"] != two["blind_on_probes"]  # the ceiling does read them
+    k_pred = jax.random.fold_in(key, 1)
+    law = predict.fitted_law(cache, obs, jax.random.split(k_pred)[0], theta=100.0, draws=256)
+    ceiling = predict.blind_map_risk(law, mkv.queries.empirical(probes), cache, [4, 12])
+    np.testing.assert_allclose(one["blind_on_probes"], np.asarray(ceiling), rtol=1e-12)
+    np.testing.assert_allclose(one["predicted"]["blind"],
+                               np.asarray(predict.blind_map_risk(law, law, cache, [4, 12])),
+                               rtol=1e-12)
     with pytest.raises(ValueError, match="pass key="):
         analyze.analyze_head(case, [4], chosen)
     with pytest.raises(ValueError, match="RoPE"):
@@ -224,3 +232,32 @@ def test_heldout_is_P1_of_the_first_half_judged_on_the_second():
     own = predict.blind_map_risk(first, first, cache, [3, 9])
     np.testing.assert_allclose(got["heldout"], np.asarray(held), rtol=1e-12)
     np.testing.assert_allclose(got["shift"], np.asarray(held - own), rtol=1e-12, atol=1e-15)
+
+
+def test_prediction_summary_cells():
+    """Each cell against its definition on made-up rows: scipy's rho inside its interval, the
+    within-layer rho, the calibration of the predictors in units of relative risk only, and the
+    mass gap only for a rule whose every row reports one."""
+    r = np.random.default_rng(5)
+    rows = []
+    for i in range(24):
+        pred = {p: list(r.random(2)) for p in predict.PREDICTORS}
+        rows.append({"layer": i % 4, "kv_head": i // 4, "budgets": [3, 6], "predicted": pred,
+                     "relative": {"a": list(r.random(2)), "b": list(r.random(2))},
+                     "mass_gap": {"a": list(r.random(2))}, "blind_on_probes": list(r.random(2))})
+    got = analyze.prediction_summary(rows, "a", reps=300)
+    assert set(got) == set(predict.PREDICTORS) | {"mass_gap", "blind_on_probes"}
+    assert set(analyze.prediction_summary(rows, "b", reps=50)) == \
+        set(predict.PREDICTORS) | {"blind_on_probes"}
+    for p, cells in got.items():
+        for i, c in enumerate(cells):
+            x = [row["mass_gap"]["a"][i] if p == "mass_gap" else row["blind_on_probes"][i]
+                 if p == "blind_on_probes" else row["predicted"][p][i] for row in rows]
+            y = [row["relative"]["a"][i] for row in rows]
+            assert c["rho"] == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
+            assert c["low"] <= c["rho"] <= c["high"]
+            assert c["within_layer"] == pytest.approx(
+                analyze.within_group_spearman(x, y, [row["layer"] for row in rows]), abs=1e-12)
+            assert ("calibrated" in c) == (p in ("heldout", "blind", "blind_on_probes"))
+            if "calibrated" in c:
+                assert (c["calibrated"], c["ratio"]) == analyze.calibration(y, x)

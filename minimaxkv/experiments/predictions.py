@@ -9,7 +9,10 @@ the context, the queries of its last ``observed`` tokens (all any rule or predic
 (:mod:`minimaxkv.predict`) see no probe; the primary one (P1, ``heldout``) was named in
 docs/theory.md before this experiment was first run. Reported per (length, rule, budget) over all
 heads of all sources: Spearman's rho with its bootstrap 95 % interval, the within-layer
-correlation and the calibration (share of heads whose measured / predicted lies in [0.5, 2]).
+correlation and the calibration (share of heads whose measured / predicted lies in [0.5, 2]), for
+every predictor, for ``minimax``'s mass gap, and for ``blind_on_probes`` -- the ``blind`` map
+judged on the probes themselves, the ceiling of a perfect forecast of the future queries (it
+reads them: it separates the forecast's error from the gap between a rule and the map).
 
 Every finished (source, length) capture's rows are stored at once (``ROWS``): an interrupted run
 resumes where it stopped.
@@ -88,14 +91,39 @@ def run(config: dict, rows=None) -> dict:
                 have = store.resume(path, keep)
         out = sorted(({k: v for k, v in r.items() if k not in ("config", "key")} for r in have),
                      key=lambda r: (config["lengths"].index(r["length"]),
-                                          config["sources"].index(r["source"]),
-                                          r["layer"], r["kv_head"]))
+                                    config["sources"].index(r["source"]), r["layer"],
+                                    r["kv_head"]))
     summary = {str(length): {rule: analyze.prediction_summary(
         [r for r in out if r["length"] == length], rule, seed=config["seed"])
         for rule in config["rules"]} for length in config["lengths"]}
     return {"rows": out, "summary": summary, "model": model.config.name,
             "primary": "heldout", "layers": model.config.layers,
             "kv_heads": model.config.kv_heads}
+
+
+def table(scale: str = "quick", root=None) -> str:
+    """The stored result's statistics as a markdown table (docs/predictions.md prints it with
+    ``python -c "from minimaxkv.experiments import predictions; print(predictions.table('full'))"``):
+    one line per (length, rule, predictor), per budget ``rho [low, high]``, the within-layer rho
+    and, for those in units of relative risk, the share of heads within the calibration band and
+    the median measured / predicted."""
+    record = common.load("predictions", scale, root)
+    res, cfg = record["result"], record["config"]
+    head = "| length | rule | predictor | " + " | ".join(
+        f"{b:.0%} of the context" for b in cfg["budgets"]) + " |"
+    lines = [head, "|" + "---|" * (3 + len(cfg["budgets"]))]
+    for length in cfg["lengths"]:
+        for rule in cfg["rules"]:
+            for name, cells in res["summary"][str(length)][rule].items():
+                text = []
+                for c in cells:
+                    t = f"{c['rho']:.2f} [{c['low']:.2f}, {c['high']:.2f}]; within layer " \
+                        f"{c['within_layer']:.2f}"
+                    if "calibrated" in c:
+                        t += f"; {c['calibrated']:.0%} in band, ratio {c['ratio']:.2g}"
+                    text.append(t)
+                lines.append(f"| {length} | {rule} | {name} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Each cell is :func:`minimaxkv.tables.compare_table` (the numbers of ``minimaxkv compare``): rules see
 ``p_obs`` observed queries and are scored on ``p_eval`` held-out queries of the same law; beside
-them the value-class lower bound L2 (worst case over unit-norm values, times dv) and the
-mass-matched least-squares refit that sees the evaluation queries (an oracle-like reference).
+them the mass-matched least-squares refit that sees the evaluation queries (an oracle-like
+reference) and, stored but not drawn, L2 (the worst case over unit-norm values of value-linear
+rank-m summaries, times dv: a statement about a class's worst case, not a floor for these rules on
+these values).
 """
 
 from __future__ import annotations

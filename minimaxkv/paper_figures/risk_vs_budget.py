@@ -1,11 +1,17 @@
-"""(a) Risk on held-out queries vs budget, every rule, per family, with the reference band."""
+"""(a) Risk on held-out queries vs budget, every rule, per family, beside the refit that sees the
+evaluation queries (a reference, not a bound).
+
+No lower bound is drawn: L2 (stored beside, printed by ``minimaxkv compare``) bounds the *worst
+case over unit-norm values* of value-linear rank-m summaries, not the risk of these rules on these
+values (with random values the rules sit well below it), and no bound of docs/theory.md holds for
+every rule drawn here on one instance (``minimax`` reads V; L1's oracle needs n <= 16)."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
 from minimaxkv.paper_figures import common
-from minimaxkv.tables import L2_LOWER, REFIT
+from minimaxkv.tables import REFIT
 
 HIGHLIGHT = {"minimax": ("black", "-", 2.2), "minimax_agnostic": ("0.35", "--", 1.6)}
 
@@ -19,12 +25,9 @@ def draw(record):
     for ax, fam in zip(axes, fams):
         row = res["families"][fam]
         x = [m / res["n"] for m in row["budgets"]]
-        lo = common.floor(row["risk"][L2_LOWER])
         ref = common.floor(row["risk"][REFIT])
-        ax.fill_between(x, lo, ref, color="tab:green", alpha=0.15, lw=0,
-                        label="between L2 lower bound and eval-query refit")
-        ax.plot(x, lo, color="tab:green", lw=1, ls=":", label="L2 lower bound (worst case)")
-        ax.plot(x, ref, color="tab:green", lw=1, ls="-.", label="refit on eval queries (oracle-like)")
+        ax.plot(x, ref, color="tab:green", lw=1, ls="-.",
+                label="reference, not a bound: LS refit fitted on the eval queries")
         others = [r for r in row["risk"] if r not in HIGHLIGHT and "(" not in r
                   and r != REFIT]
         for i, rule in enumerate(others):
