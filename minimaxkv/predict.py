@@ -24,6 +24,8 @@ summary moves with its values is (P3 of docs/theory.md):
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -53,8 +55,6 @@ def fitted_law(cache: Cache, observed: Float[Arr, "g p d"], key, *, theta: float
     cache's last ``p``) and ``draws`` draws of future queries from the RoPE mixture (base
     ``theta``, future positions ``n .. n + horizon - 1``) of each query head's Ledoit-Wolf
     Gaussian, weighted as the ``minimax`` rule weighs them (V4), no isolating probes."""
-    from .rules.minimax import reference_law
-
     c = validate(cache)
     tau = default_scale(c.keys.shape[1]) if scale is None else scale
     if observed.shape[1] < 2:
@@ -62,9 +62,19 @@ def fitted_law(cache: Cache, observed: Float[Arr, "g p d"], key, *, theta: float
                          f"{observed.shape[1]}")
     dt = jnp.promote_types(c.keys.dtype, jnp.float32)
     c = Cache(*(x.astype(dt) for x in c))
-    law = reference_law(c, jnp.asarray(observed, dt), key, draws=draws, horizon=horizon,
-                        theta=theta, convention=convention, agnostic=False, logit_std=2.0,
-                        scale=tau, probes=0.0, observed_end=observed_end)
+    return _fitted_law(c, jnp.asarray(observed, dt), key, scale=float(tau), draws=draws,
+                       horizon=horizon, theta=theta, convention=convention,
+                       observed_end=observed_end)
+
+
+@partial(jax.jit, static_argnames=("scale", "draws", "horizon", "theta", "convention",
+                                   "observed_end"))
+def _fitted_law(cache, observed, key, *, scale, draws, horizon, theta, convention, observed_end):
+    from .rules.minimax import reference_law
+
+    law = reference_law(cache, observed, key, draws=draws, horizon=horizon, theta=theta,
+                        convention=convention, agnostic=False, logit_std=2.0, scale=scale,
+                        probes=0.0, observed_end=observed_end)
     return Q.QuerySet(law.queries, law.weights / jnp.sum(law.weights))
 
 
@@ -77,6 +87,15 @@ def blind_map_risk(fit: Q.QuerySet, judge: Q.QuerySet, cache: Cache, budgets: li
     :math:`\lVert X_J(I-\Pi_m)V_c\rVert_F^2/\lVert X_JV_c\rVert_F^2` (P1; ``nan`` where every output
     under ``judge`` is the mean value)."""
     c = validate(cache)
+    tau = default_scale(c.keys.shape[1]) if scale is None else scale
+    dt = jnp.promote_types(c.keys.dtype, jnp.float32)
+    return _blind_map_risk(*(Q.QuerySet(*(jnp.asarray(x, dt) for x in law)) for law in (fit, judge)),
+                           Cache(*(x.astype(dt) for x in c)), jnp.asarray(tau, dt),
+                           budgets=tuple(budgets))
+
+
+@partial(jax.jit, static_argnames=("budgets",))
+def _blind_map_risk(fit, judge, c, scale, *, budgets):
     vc = centred_values(c)
     xf = jnp.sqrt(fit.weights)[:, None] * attention_weights(fit.queries, c, scale)
     xj = jnp.sqrt(judge.weights)[:, None] * attention_weights(judge.queries, c, scale)
@@ -97,7 +116,12 @@ def gamma_tail(law: Q.QuerySet, cache: Cache, budgets: list[int], *,
                scale: Scalar | None = None) -> Float[Arr, " b"]:
     r""":math:`\sum_{i>m}\lambda_i(\Gamma)/\mathrm{tr}\,\Gamma` under ``law`` for each ``m`` (P2)."""
     gam = value_centred_covariance(law.queries, cache, weights=law.weights, scale=scale)
-    ev = jnp.clip(jnp.linalg.eigvalsh(gam)[::-1], 0.0, None)
+    return _relative_tails(gam, budgets=tuple(budgets))
+
+
+@partial(jax.jit, static_argnames=("budgets",))
+def _relative_tails(gram, *, budgets):
+    ev = jnp.clip(jnp.linalg.eigvalsh(gram)[::-1], 0.0, None)
     tails = jnp.cumsum(ev[::-1])[::-1]  # tails[m] = sum of the eigenvalues after the m-th
     return jnp.stack([tails[m] / tails[0] if m < ev.shape[0] else 0.0 * tails[0]
                       for m in budgets])
