@@ -38,8 +38,8 @@ def agg():
 
 
 PREDICTOR_LABEL = {
-    "heldout": "held-out blind risk (P1, primary)", "blind": "blind risk under the fitted law (P2)",
-    "gamma_tail": "Γ tail (P2')", "shift": "law shift (P2'')"}
+    "heldout": "held-out blind risk (P1, primary)", "blind": "blind risk under the fitted law",
+    "gamma_tail": "Γ tail", "shift": "law shift"}
 
 
 def prediction_panel(ax, rows: list[dict], rule: str, summary: dict | None, *,

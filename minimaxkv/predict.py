@@ -5,7 +5,7 @@ the queries of its last ``observed`` tokens (what a query-aware rule sees), and 
 queries of the tokens that follow, on which risk is measured). Every predictor here is computed
 from the context and the observed queries alone, never from a probe, and is invariant under
 :math:`v\mapsto av+c` applied to every value (:math:`a\ne0`), as the relative risk of a rule whose
-summary moves with its values is (P3 of docs/theory.md):
+summary moves with its values is (P2 of docs/theory.md):
 
 * :func:`fitted_law` -- the law :math:`F` of future queries the predictors use: the observed queries
   and draws from the RoPE mixture of a Gaussian fitted to them, mixed as the ``minimax`` rule's
@@ -14,11 +14,11 @@ summary moves with its values is (P3 of docs/theory.md):
   best value-blind rank-``m`` map (M1's: the projector onto the top ``m`` right singular vectors of
   :math:`X=W^{1/2}P`) fitted under the law of the first half of the observed window, applied to
   the head's centred values; its relative risk on the *second* half's queries, which it never saw;
-* ``blind`` (P2): the same map fitted under the law of the whole window, its relative risk under
+* ``blind`` (secondary): the same map fitted under the law of the whole window, its relative risk under
   that law (compressibility alone, no query mismatch);
-* ``gamma_tail`` (P2'): the relative spectral tail :math:`\sum_{i>m}\lambda_i(\Gamma)/\mathrm{tr}\,\Gamma`
+* ``gamma_tail`` (secondary): the relative spectral tail :math:`\sum_{i>m}\lambda_i(\Gamma)/\mathrm{tr}\,\Gamma`
   of the value-centred response covariance under the law of the whole window;
-* ``shift`` (P2''): ``heldout`` less the first-half map's risk under its own law: what the change
+* ``shift`` (secondary): ``heldout`` less the first-half map's risk under its own law: what the change
   of the queries within the window adds to the risk (the law-shift term).
 """
 
@@ -114,7 +114,7 @@ def _blind_map_risk(fit, judge, c, scale, *, budgets):
 
 def gamma_tail(law: Q.QuerySet, cache: Cache, budgets: list[int], *,
                scale: Scalar | None = None) -> Float[Arr, " b"]:
-    r""":math:`\sum_{i>m}\lambda_i(\Gamma)/\mathrm{tr}\,\Gamma` under ``law`` for each ``m`` (P2)."""
+    r""":math:`\sum_{i>m}\lambda_i(\Gamma)/\mathrm{tr}\,\Gamma` under ``law`` for each ``m``."""
     gam = value_centred_covariance(law.queries, cache, weights=law.weights, scale=scale)
     return _relative_tails(gam, budgets=tuple(budgets))
 
