@@ -106,13 +106,11 @@ def analyze_head(case: HeadCase, budgets: list[int], rules: dict, *, eps: float 
     if case.theta is None:
         raise ValueError("analyze_head: the predictors' law needs the model's RoPE: a HeadCase "
                          "with theta (head_case reads it from the capture)")
-    k_pred = jax.random.fold_in(key, 1)
-    out = {"n": n, "predicted": predict.predictors(
-        c, case.observed, list(budgets), k_pred, theta=case.theta, scale=tau),
-        "blind_on_probes": predict.blind_on(c, case.observed, list(budgets), k_pred, probes,
-                                            theta=case.theta, scale=tau).tolist(),
-        "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules},
-        "mass_gap": {}}
+    predicted = predict.predictors(c, case.observed, list(budgets), jax.random.fold_in(key, 1),
+                                   theta=case.theta, scale=tau, judge=probes)
+    out = {"n": n, "blind_on_probes": predicted.pop("judged"), "predicted": predicted,
+           "risk": {name: [] for name in rules}, "relative": {name: [] for name in rules},
+           "mass_gap": {}}
     for m in budgets:
         for name, rule in rules.items():
             s = rule(c, m, case.observed, key)
@@ -292,7 +290,7 @@ PREDICTORS = predict.PREDICTORS
 
 
 def rank_correlation(rows: list[dict], rule: str, measured: str = "relative") -> dict:
-    """Spearman's :math:`\rho` across heads of every predictor against ``measured`` (``"risk"``
+    r"""Spearman's :math:`\rho` across heads of every predictor against ``measured`` (``"risk"``
     or ``"relative"``) of ``rule``, per budget: ``{predictor: [rho per budget]}``."""
     k = len(rows[0]["budgets"])
     return {p: [spearman(column(rows, p, i), column(rows, measured, i, rule)) for i in range(k)]
@@ -301,7 +299,7 @@ def rank_correlation(rows: list[dict], rule: str, measured: str = "relative") ->
 
 def spearman_interval(x, y, *, reps: int = 2000, level: float = 0.95,
                       seed: int = 0) -> tuple[float, float, float]:
-    """Spearman's :math:`\rho` of paired samples and its percentile-bootstrap interval (pairs
+    r"""Spearman's :math:`\rho` of paired samples and its percentile-bootstrap interval (pairs
     resampled with replacement, ``reps`` times; resamples whose ranks are constant are left out)."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     rho = spearman(x, y)
@@ -316,7 +314,7 @@ def spearman_interval(x, y, *, reps: int = 2000, level: float = 0.95,
 
 
 def within_group_spearman(x, y, groups) -> float:
-    """Spearman's :math:`\rho` within groups (e.g. layers): the Pearson correlation of the ranks of
+    r"""Spearman's :math:`\rho` within groups (e.g. layers): the Pearson correlation of the ranks of
     x and y across all samples after each group's mean rank is removed from its members -- the
     partial rank correlation given the group."""
     from scipy.stats import rankdata

@@ -127,27 +127,15 @@ def _relative_tails(gram, *, budgets):
                       for m in budgets])
 
 
-def blind_on(cache: Cache, observed: Float[Arr, "g p d"], budgets: list[int], key,
-             queries: Float[Arr, "r d"], *, theta: float | rope.Llama3,
-             scale: Scalar | None = None, draws: int | None = None, horizon: int = 512,
-             convention: str = "half") -> Float[Arr, " b"]:
-    """The map of ``blind`` (fitted to the law of the whole window, drawn with the same key as in
-    :func:`predictors`) judged on other ``queries`` -- the future's own, in
-    :func:`minimaxkv.analyze.analyze_head`: what the predictors would give with a perfect
-    forecast of the future queries (it reads them: a diagnostic, not a predictor)."""
-    c = validate(cache)
-    draws = max(256, 2 * max(budgets)) if draws is None else draws
-    law = fitted_law(c, observed, jax.random.split(key)[0], theta=theta, scale=scale, draws=draws,
-                     horizon=horizon, convention=convention)
-    return blind_map_risk(law, Q.empirical(jnp.asarray(queries, law.queries.dtype)), c, budgets,
-                          scale=scale)
-
-
 def predictors(cache: Cache, observed: Float[Arr, "g p d"], budgets: list[int], key, *,
                theta: float | rope.Llama3, scale: Scalar | None = None,
-               draws: int | None = None, horizon: int = 512, convention: str = "half") -> dict:
+               draws: int | None = None, horizon: int = 512, convention: str = "half",
+               judge: Float[Arr, "r d"] | None = None) -> dict:
     """Every predictor of the module docstring at each budget (atoms), as JSON-ready lists:
-    ``{"heldout", "blind", "gamma_tail", "shift"}``. ``draws`` defaults to
+    ``{"heldout", "blind", "gamma_tail", "shift"}``; with ``judge`` (queries) also ``"judged"``,
+    the map of ``blind`` judged on them -- the future's own, in
+    :func:`minimaxkv.analyze.analyze_head`: what the predictors would give with a perfect
+    forecast of the future queries (it reads them: a diagnostic, not a predictor). ``draws`` defaults to
     ``max(256, 2 max(budgets))`` so the law's operator has rank above every budget; the
     held-out split needs ``p >= 4`` observed tokens (the first ``p // 2`` fit, the rest judge).
     ``jax.random.split(key)`` gives the draws of the whole window's law and of the first half's."""
@@ -172,6 +160,10 @@ def predictors(cache: Cache, observed: Float[Arr, "g p d"], budgets: list[int], 
     blind = blind_map_risk(law, law, c, budgets, scale=scale)
     own = blind_map_risk(first, first, c, budgets, scale=scale)
     held = blind_map_risk(first, second, c, budgets, scale=scale)
-    return {"heldout": held.tolist(), "blind": blind.tolist(),
-            "gamma_tail": gamma_tail(law, c, budgets, scale=scale).tolist(),
-            "shift": (held - own).tolist()}
+    out = {"heldout": held.tolist(), "blind": blind.tolist(),
+           "gamma_tail": gamma_tail(law, c, budgets, scale=scale).tolist(),
+           "shift": (held - own).tolist()}
+    if judge is not None:
+        future = Q.empirical(jnp.asarray(judge, law.queries.dtype))
+        out["judged"] = blind_map_risk(law, future, c, budgets, scale=scale).tolist()
+    return out
