@@ -514,6 +514,56 @@ def test_V2second_isolation_beyond_the_shared_pattern(rng):
     assert share["sink"] < 0.2 < 0.8 < share["distinct"], share
 
 
+def test_V6_reading_forward_is_the_sequential_reading_law(rng):
+    """V6: f_j = (1/H) sum_{s=1..H} pbar_{j-s}, renormalised over the cache, is the law of the
+    atom read by the sequential-reading model -- an observed query drawn by its weight, an atom t
+    by its attention, a step s uniform on 1..H, the atom t + s read (draws past the cache's end
+    left out) -- against 400,000 simulated reads (every atom within 5 standard errors + 1e-4);
+    a distribution with no successor inside the cache gives the token prior."""
+    from minimaxkv.rules.minimax import reading_forward
+
+    n, reach, draws = 60, 7, 400_000
+    pbar = rng.dirichlet(0.3 * np.ones(n))
+    prior = np.full(n, 1.0 / n)
+    got = np.asarray(reading_forward(jnp.asarray(pbar), jnp.asarray(prior), reach))
+    t = rng.choice(n, size=draws, p=pbar)
+    j = t + rng.integers(1, reach + 1, size=draws)
+    emp = np.bincount(j[j < n], minlength=n) / np.count_nonzero(j < n)
+    se = np.sqrt(got * (1 - got) / np.count_nonzero(j < n))
+    assert np.all(np.abs(emp - got) <= 5 * se + 1e-4), np.max(np.abs(emp - got) / (se + 1e-12))
+    np.testing.assert_allclose(got.sum(), 1.0, rtol=1e-12)
+    last = np.zeros(n)
+    last[-1] = 1.0
+    np.testing.assert_allclose(np.asarray(reading_forward(jnp.asarray(last), jnp.asarray(prior),
+                                                          reach)), prior, rtol=1e-12)
+
+
+def test_V6_reference_law_places_its_probes_forward(rng):
+    """V6 in the rule's law: the probes' weights are kappa ((1 - beta) u + beta f), f read forward
+    (reach H) from the mean attention of the observed queries (float64 NumPy), u the token prior;
+    the query-agnostic law (no observed queries) keeps the token prior."""
+    from minimaxkv.rules.minimax import reference_law
+
+    n, d, reach, beta = 48, 8, 5, 0.5
+    keys = 2.0 * rng.normal(size=(n, d))
+    cache = mkv.Cache(jnp.asarray(keys), jnp.asarray(rng.normal(size=(n, 2))), jnp.zeros(n))
+    q = 3.0 * rng.normal(size=(2, 12, d))
+
+    def law(agnostic):
+        return reference_law(cache, jnp.asarray(q), jax.random.PRNGKey(1), draws=32, horizon=64,
+                             theta=10000.0, convention="half", agnostic=agnostic,
+                             logit_std=2.0, scale=d ** -0.5, forward=beta, reach=reach)
+
+    pbar = np_attention(q.reshape(-1, d), keys, np.zeros((n, 1)))[2].mean(0)
+    f = np.array([pbar[max(0, j - reach):j].sum() for j in range(n)]) / reach
+    want = (1 - beta) / n + beta * f / f.sum()
+    got = law(False)
+    np.testing.assert_allclose(np.asarray(got.private), float(got.kappa) * want, rtol=1e-9)
+    agnostic = law(True)
+    np.testing.assert_allclose(np.asarray(agnostic.private), float(agnostic.kappa) / n,
+                               rtol=1e-9)
+
+
 def test_ledoit_wolf_shrinkage(rng):
     """Ledoit-Wolf fit: the intensity formula (recomputed in NumPy), isotropic data shrinks to
     nearly mu I, and strongly anisotropic data keeps its shape."""

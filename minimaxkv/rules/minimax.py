@@ -1,4 +1,4 @@
-r"""The theory-derived ``minimax`` rule (docs/theory.md §9: V1-V5).
+r"""The theory-derived ``minimax`` rule (docs/theory.md §9: V1-V6).
 
 One head, one call; every step is a named pure function below.
 
@@ -9,8 +9,10 @@ One head, one call; every step is a named pure function below.
    fitted to them, in the proportions :math:`\alpha : 1-\alpha` whose response covariance best
    predicts that of held-out observed queries (V4), :math:`1-\kappa` in all; and an exact
    isolating probe per atom (a query that sees that atom alone), :math:`\kappa` in all, with
-   :math:`\kappa` the collision probability of the observed attention (V2). A probe is a private
-   row of the value-class operator: a diagonal term of every Gram matrix, O(n).
+   :math:`\kappa` the collision probability of the observed attention (V2), spread half over
+   every atom and half over the atoms read on after what the observed queries read (V6). A
+   probe is a private row of the value-class operator: a diagonal term of every Gram matrix,
+   O(n).
 3. **Allocate** (:func:`split_blocks`, :func:`allocate`) the free slots to blocks by the
    eigenvalues of their response covariance (V5; one block in one-shot use, which gets every
    slot).
@@ -125,6 +127,7 @@ def _model_draws(pre, u, n: int, horizon, theta, convention):
 def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int,
                   theta: float | rope.Llama3, convention: str, agnostic: bool, logit_std: float,
                   scale: float, probes: float = 1.0, probe_share: str = "collision",
+                  forward: float = 0.0, reach: int = 16,
                   observed_end: int | None = None) -> Law:
     r"""The reference law of step 2 (docs/theory.md V2, V4): O(draws) query rows and one exact
     isolating probe per atom. The ``p`` observed queries are those of positions
@@ -142,10 +145,14 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int,
     ``draws`` model draws (per head ``draws // g``), :math:`(1-\alpha)(1-\kappa)`, with
     :math:`\alpha` from an even/odd split of the observed tokens (V4; 1/2 with fewer than 4).
     Query-agnostic (or no queries): ``draws`` isotropic queries at logit scale ``logit_std``,
-    weight :math:`1-\kappa`. The isolating probes, total weight :math:`\kappa` spread over the
-    atoms by their weights :math:`e^{b}`, are exact: the probe of atom j sees j alone, so it
-    enters every step as a private row (a diagonal term, O(n)), never as a row of the attention
-    matrix."""
+    weight :math:`1-\kappa`. The isolating probes, total weight :math:`\kappa`, are exact: the
+    probe of atom j sees j alone, so it enters every step as a private row (a diagonal term,
+    O(n)), never as a row of the attention matrix. They are spread over the atoms by
+    :math:`(1-\beta)u+\beta f` (V6): :math:`u`, the atoms' weights :math:`e^{b}` normalised (any
+    atom may be looked up), and :math:`f`, the atoms read ``reach`` steps or fewer after what the
+    observed queries read (:func:`reading_forward`: a continuation that copies reads on from
+    where the question's queries look), :math:`\beta` = ``forward`` (query-aware only; 0 when
+    there are no observed queries)."""
     n, d = cache.keys.shape
     keys = cache.keys
     logw = cache.logw
@@ -196,7 +203,24 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int,
         share = jnp.maximum(share - jnp.sum(pbar * pbar / tokens), 0.0)
     kappa = jnp.minimum(probes * share, 1.0)
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
+    if forward > 0 and not (agnostic or queries is None):
+        prior = (1 - forward) * prior + forward * reading_forward(jnp.mean(pb, axis=1), prior,
+                                                                  reach)
     return Law(rows, (1 - kappa) * w, att, logz, kappa * prior, kappa, alpha)
+
+
+def reading_forward(pbar, prior, reach: int):
+    r"""V6: :math:`f_j\propto\frac1H\sum_{s=1}^{H}\bar p_{j-s}` (H = ``reach``, atoms in
+    position order), the law of the atom read by a continuation that reads on from where the
+    attention ``pbar [n]`` looks: an atom t drawn from ``pbar``, a step s uniform on 1..H, atom
+    t + s read (reads past the last atom left out, the rest renormalised); ``prior`` where no
+    read stays inside. O(n): a difference of prefix sums."""
+    n = pbar.shape[0]
+    c = jnp.concatenate([jnp.zeros(1, pbar.dtype), jnp.cumsum(pbar)])
+    j = jnp.arange(n)
+    f = (c[j] - c[jnp.maximum(j - reach, 0)]) * (prior > 0)
+    total = jnp.sum(f)
+    return jnp.where(total > 0, f / jnp.where(total > 0, total, 1.0), prior)
 
 
 def length_squared_draws(u, norms2, valid):
@@ -674,8 +698,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
             agnostic: bool = False, logit_std: float = 2.0, ridge: float = 1e-3,
             window_frac: float = 0.125, response: str = "mass", selection: str = "value",
             merge: bool = True, sampled: float = 0.125, rounds: int = 2, pool: float = 1.5,
-            probes: float = 1.0, probe_share: str = "collision", scale: float | None = None,
-            iters: int = 100) -> Rule:
+            probes: float = 1.0, probe_share: str = "collision", forward: float = 0.5,
+            reach: int = 16, scale: float | None = None, iters: int = 100) -> Rule:
     r"""The minimax rule; ``agnostic=True`` gives the query-agnostic variant.
 
     ``block=None`` treats everything between the sinks and the window as one block (one-shot
@@ -688,6 +712,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
     ``probe_share``: ``"collision"`` (V2 over tokens, V2') or ``"variance"`` (V2'': the
     attention's total variance, which leaves out the pattern every query shares -- lower risk on
     natural continuations, fewer retrievals of what no observed query saw; docs/theory.md §9.2);
+    ``forward``: the share of the probes placed on the atoms read up to ``reach`` steps after what
+    the observed queries read (V6; 0: every atom alike, as before);
     ``scale``: the attention temperature (default d^-1/2).
     """
     if response not in ("full", "mass"):
@@ -704,6 +730,9 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         raise ValueError(f"sampled must lie in [0, 1] and pool be >= 1, got {sampled}, {pool}")
     if not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    if not 0.0 <= forward <= 1.0 or not isinstance(reach, int) or reach < 1:
+        raise ValueError(f"forward must lie in [0, 1] and reach be a positive integer, got "
+                         f"{forward}, {reach!r}")
 
     def compress(cache, budget, queries, key):
         return summarize(cache, budget, None, queries, key)
@@ -734,7 +763,8 @@ def minimax(sinks: int = 0, window: int = 0, block: int | None = None, samples: 
         draws = min(max(128, n // 4), 256) if samples is None else samples
         law = reference_law(cache, queries, keys[0], draws=draws, horizon=horizon, theta=theta,
                             convention=convention, agnostic=agnostic, logit_std=logit_std,
-                            scale=tau, probes=probes, probe_share=probe_share)
+                            scale=tau, probes=probes, probe_share=probe_share,
+                            forward=forward, reach=reach)
         blocks = split_blocks(law, cache, lo, hi, size_b)
         m_b = allocate(law, blocks, free, used, response)
         slots = min(size_b, free)  # no block gets more: every block has this many
