@@ -592,7 +592,12 @@ def test_ledoit_wolf_shrinkage(rng):
 def test_minimax_merge_is_exact_on_duplicated_keys(rng):
     """I3 inside minimax: a cache of 6 distinct keys, each repeated 8 times with different values,
     compressed to 6 atoms: the merged candidate (centroid key, log count) reproduces every query
-    exactly up to the value fit, so its risk is far below the best subset's."""
+    exactly up to the value fit, so its risk is far below the best subset's. Exact (to 1e-12)
+    with the probes spread by the atoms' weights (``forward=0``); with V6's probes, which weigh
+    the copies of a key unequally, each merged value is pulled towards the values its heavier
+    probes read (a law no query can realise: the copies are indistinguishable), so it is not
+    exact; the merged candidate still beats the subset on held-out queries (measured: 3.0e-5
+    against 4.7e-4)."""
     base = 2.0 * rng.normal(size=(6, D))
     keys = np.repeat(base, 8, axis=0)
     vals = rng.normal(size=(48, DV))
@@ -600,11 +605,12 @@ def test_minimax_merge_is_exact_on_duplicated_keys(rng):
     q = 1.5 * rng.normal(size=(G, P, D))
     held = 1.5 * rng.normal(size=(200, D))
     key = jax.random.PRNGKey(0)
-    merged = rules.get("minimax")(c, 6, q, key)
-    subset = rules.get("minimax", merge=False)(c, 6, q, key)
-    assert merged.kept is None and subset.kept is not None
-    r_m, r_s = (float(mkv.risk(held, c, s)) for s in (merged, subset))
-    assert r_m < 1e-12 < r_s
+    for forward in (0.0, 0.5):
+        merged = rules.get("minimax", forward=forward)(c, 6, q, key)
+        subset = rules.get("minimax", forward=forward, merge=False)(c, 6, q, key)
+        assert merged.kept is None and subset.kept is not None
+        r_m, r_s = (float(mkv.risk(held, c, s)) for s in (merged, subset))
+        assert (r_m < 1e-12 < r_s) if forward == 0 else (r_m < r_s)
 
 
 def test_minimax_value_selection_keeps_looked_up_and_far_values():
