@@ -195,17 +195,16 @@ def reference_law(cache: Cache, queries, key, *, draws: int, horizon: int,
         w = jnp.concatenate([jnp.full((n_base,), alpha / n_base, dt),
                              jnp.full((fut.shape[0],), (1 - alpha) / fut.shape[0], dt)])
     pb = att[:, :n_base]  # the observed (else drawn) rows
+    pbar = jnp.mean(pb, axis=1)  # their mean attention
     # over tokens: an atom of log-weight b >= 0 stands for e^b of them, its attention split evenly
     tokens = jnp.where(jnp.isfinite(logw), jnp.exp(jnp.maximum(logw, 0.0)), 1.0)
     share = jnp.mean(jnp.sum(pb * pb / tokens[:, None], axis=0))
     if probe_share == "variance":  # less the shared pattern's: isolation the rows predict
-        pbar = jnp.mean(pb, axis=1)
         share = jnp.maximum(share - jnp.sum(pbar * pbar / tokens), 0.0)
     kappa = jnp.minimum(probes * share, 1.0)
     prior = jnp.where(jnp.isfinite(logw), jax.nn.softmax(logw), 0.0)
     if forward > 0 and not (agnostic or queries is None):
-        prior = (1 - forward) * prior + forward * reading_forward(jnp.mean(pb, axis=1), prior,
-                                                                  reach)
+        prior = (1 - forward) * prior + forward * reading_forward(pbar, prior, reach)
     return Law(rows, (1 - kappa) * w, att, logz, kappa * prior, kappa, alpha)
 
 
